@@ -1,0 +1,5 @@
+import sys
+
+from caeadmm.cli import main
+
+sys.exit(main())

@@ -1,0 +1,45 @@
+"""The `caeadmm` command line: one small module per subcommand.
+
+Each module in SUBCOMMANDS exposes `register(subparsers)`, which adds its parser and sets
+`func` to a callable taking the parsed args and returning the exit code. Modules are imported
+only when the CLI starts, so `caeadmm compress` never imports Ray.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# (module under caeadmm.cli, present once the feature exists)
+SUBCOMMANDS = ["compress", "decompress", "info", "models", "train", "eval"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="caeadmm",
+        description="CAE-ADMM sparse-latent learned image codec.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        try:
+            module = importlib.import_module(f"caeadmm.cli.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"caeadmm.cli.{name}":
+                continue  # subcommand not built yet
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

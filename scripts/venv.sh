@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Create or reuse .venv in the repo root and install the project into it (idempotent).
+# Sourced by the README's two commands. The CPU wheel of torch is installed first, pinned,
+# so that pip never resolves the unpinned `torch` dependency to a multi-GB CUDA build.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="$ROOT/.venv"
+PY="${PYTHON:-python3}"
+if [ ! -x "$VENV/bin/python" ]; then
+    echo "[setup] creating $VENV"
+    "$PY" -m venv "$VENV"
+fi
+STAMP="$VENV/.caeadmm-installed"
+if [ ! -f "$STAMP" ] || [ "$ROOT/pyproject.toml" -nt "$STAMP" ]; then
+    echo "[setup] installing caeadmm and its dependencies into .venv (first run: about a minute)"
+    "$VENV/bin/python" -m pip install -q --upgrade pip >/dev/null
+    "$VENV/bin/python" -m pip install -q "torch==2.13.0"
+    "$VENV/bin/python" -m pip install -q -e "$ROOT[dev]"
+    touch "$STAMP"
+fi
+export PATH="$VENV/bin:$PATH"

@@ -1,0 +1,33 @@
+"""Shared fixtures. Ray is started here by the tests themselves, never assumed."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+# Keep numba's and torch's thread pools to what CI has (2 cores).
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+@pytest.fixture(scope="session")
+def ray_local():
+    """A local Ray instance shared by the tests that need one, shut down at the end.
+
+    It declares 4 logical CPUs on a 2-core machine so that a training worker and Ray Data's
+    read tasks can be scheduled side by side (see docs/architecture.md, "Ray on small machines").
+    Tests that need their own cluster (multi-node simulation) must not use this fixture.
+    """
+    ray = pytest.importorskip("ray")
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(
+        num_cpus=4,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=True,
+        logging_level="ERROR",
+        object_store_memory=512 * 1024 * 1024,
+    )
+    yield ray
+    ray.shutdown()
