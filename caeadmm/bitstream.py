@@ -1,0 +1,153 @@
+"""The .cae file format, version 1: a fixed 52-byte header followed by one coded payload.
+
+The header says everything a decoder must check before it allocates anything: which model
+the stream needs, how large the image is, how the tiles were cut and how many symbols the
+payload holds. `parse` validates every field, the total length and a CRC32 over header and
+payload, and raises BitstreamError (a ValueError) for anything wrong, so that callers see one
+error type for every malformed file. docs/bitstream.md is the specification.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass
+
+MAGIC = b"\x89CAE"
+VERSION = 1
+FINGERPRINT_BYTES = 16  # leading bytes of the model's sha256 fingerprint
+MODES = {0: "RGB", 1: "L"}
+MODE_CODES = {name: code for code, name in MODES.items()}
+
+# magic, version, mode, tile size, latent channels, reserved, width, height,
+# kept slots per tile, model fingerprint, payload length, CRC32.
+_HEADER = struct.Struct("<4sBBHHHIII16sQI")
+HEADER_BYTES = _HEADER.size  # 52
+
+# Default limit on the pixels a stream may declare (2**27, e.g. 16384 x 8192); callers that
+# need larger images pass their own `max_pixels`.
+DEFAULT_MAX_PIXELS = 1 << 27
+_MAX_TILE = 4096  # a tile larger than this is certainly not a real model's
+
+
+class BitstreamError(ValueError):
+    """A byte string is not a valid .cae stream (truncated, corrupted or not ours)."""
+
+
+class ModelMismatchError(BitstreamError):
+    """A valid stream was given to a model other than the one that wrote it."""
+
+    def __init__(self, needed: bytes, given: bytes):
+        self.needed = needed
+        self.given = given
+        super().__init__(
+            f"stream needs the model with fingerprint {needed.hex()}, "
+            f"but the given model's fingerprint is {given[: len(needed)].hex()}"
+        )
+
+
+@dataclass(frozen=True)
+class Header:
+    """The decoded header fields of a v1 stream."""
+
+    width: int
+    height: int
+    mode: str  # "RGB" or "L": the mode the image had, and the one decompress returns
+    tile_size: int
+    latent_channels: int
+    kept_per_tile: int  # transmitted (unpruned) latent slots per tile
+    fingerprint: bytes  # first FINGERPRINT_BYTES bytes of the model fingerprint
+    payload_length: int
+    version: int = VERSION
+
+    @property
+    def tiles(self) -> tuple[int, int]:
+        """(rows, columns) of tiles covering the image after padding."""
+        return -(-self.height // self.tile_size), -(-self.width // self.tile_size)
+
+    @property
+    def n_symbols(self) -> int:
+        rows, cols = self.tiles
+        return rows * cols * self.kept_per_tile
+
+
+def pack(header: Header, payload: bytes) -> bytes:
+    """Build a complete stream from its header fields and its coded payload."""
+    if len(payload) != header.payload_length:
+        raise ValueError("payload_length does not match the payload")
+    _check_fields(header, max_pixels=None)
+    fields = (
+        MAGIC, VERSION, MODE_CODES[header.mode], header.tile_size, header.latent_channels, 0,
+        header.width, header.height, header.kept_per_tile, header.fingerprint,
+        header.payload_length,
+    )
+    head = _HEADER.pack(*fields, 0)[:-4]
+    crc = zlib.crc32(payload, zlib.crc32(head))
+    return head + struct.pack("<I", crc) + payload
+
+
+def read_header(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Header:
+    """Decode and check the header alone (no length or CRC check): enough for `info`."""
+    if len(data) < HEADER_BYTES:
+        raise BitstreamError(
+            f"truncated: {len(data)} bytes is shorter than the {HEADER_BYTES}-byte header"
+        )
+    (magic, version, mode, tile, channels, reserved, width, height, kept, fingerprint,
+     payload_length, _crc) = _HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise BitstreamError("not a .cae stream (bad magic number)")
+    if version != VERSION:
+        raise BitstreamError(f"unsupported format version {version} (this decoder reads {VERSION})")
+    if mode not in MODES:
+        raise BitstreamError(f"unknown image mode code {mode}")
+    if reserved != 0:
+        raise BitstreamError("reserved header field is not zero")
+    header = Header(
+        width=width, height=height, mode=MODES[mode], tile_size=tile, latent_channels=channels,
+        kept_per_tile=kept, fingerprint=fingerprint, payload_length=payload_length,
+        version=version,
+    )
+    _check_fields(header, max_pixels)
+    return header
+
+
+def parse(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[Header, bytes]:
+    """Check a whole stream and split it into (header, payload)."""
+    data = bytes(data)
+    header = read_header(data, max_pixels)
+    expected = HEADER_BYTES + header.payload_length
+    if len(data) != expected:
+        state = "truncated" if len(data) < expected else "trailing bytes"
+        raise BitstreamError(
+            f"{state}: header says {expected} bytes, the stream has {len(data)}"
+        )
+    (stored_crc,) = struct.unpack_from("<I", data, HEADER_BYTES - 4)
+    crc = zlib.crc32(data[HEADER_BYTES:], zlib.crc32(data[: HEADER_BYTES - 4]))
+    if crc != stored_crc:
+        raise BitstreamError("checksum mismatch: the stream is corrupted")
+    return header, data[HEADER_BYTES:]
+
+
+def _check_fields(header: Header, max_pixels: int | None) -> None:
+    """Refuse values no model or image can have, before anyone sizes a buffer from them."""
+    if header.width < 1 or header.height < 1:
+        raise BitstreamError(f"bad image size {header.width}x{header.height}")
+    if max_pixels is not None and header.width * header.height > max_pixels:
+        raise BitstreamError(
+            f"image of {header.width}x{header.height} = {header.width * header.height} pixels "
+            f"exceeds the limit of {max_pixels}"
+        )
+    tile = header.tile_size
+    if not (16 <= tile <= _MAX_TILE and tile % 8 == 0):
+        raise BitstreamError(f"bad tile size {tile} (a multiple of 8 from 16 to {_MAX_TILE})")
+    if not 1 <= header.latent_channels <= 1024:
+        raise BitstreamError(f"bad latent channel count {header.latent_channels}")
+    slots = header.latent_channels * (tile // 8) ** 2
+    if not 0 <= header.kept_per_tile <= slots:
+        raise BitstreamError(
+            f"{header.kept_per_tile} kept slots per tile, but a tile has only {slots}"
+        )
+    if header.mode not in MODE_CODES:
+        raise BitstreamError(f"unknown image mode {header.mode!r}")
+    if len(header.fingerprint) != FINGERPRINT_BYTES:
+        raise BitstreamError("bad model fingerprint length")

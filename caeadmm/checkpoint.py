@@ -1,0 +1,193 @@
+"""Checkpoints: everything to resume a run exactly, and the inference-only export.
+
+A training checkpoint (`save_checkpoint`) is one torch file holding the TrainConfig, the
+model config and float32 weights with the mask, the ADMM state (Z, U, support, pending
+sums), the optimizer state, the next step to run and the torch, numpy and Python RNG
+states. It is written to a temporary file and renamed, so a crash never leaves a torn file.
+
+An exported model (`export_model`) keeps only the model config, weights and mask: the file
+the codec and the model zoo ship (small preset about 2.3 MB). `load_model` reads either
+kind and returns a CAE in eval mode; neither Ray nor the optimizer is needed.
+
+Files are read with `torch.load(weights_only=True)`: they hold only tensors and plain
+Python values, so loading a file from elsewhere cannot run code.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from caeadmm.admm import ADMM
+from caeadmm.config import ConfigError, ModelConfig, TrainConfig
+from caeadmm.model import CAE, unwrap
+
+CHECKPOINT_FORMAT = "caeadmm-checkpoint"
+MODEL_FORMAT = "caeadmm-model"
+FORMAT_VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, unreadable, of another format or inconsistent."""
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    *,
+    model: nn.Module,
+    admm: ADMM | None,
+    optimizer: torch.optim.Optimizer | None,
+    step: int,
+    config: TrainConfig,
+    extra: dict[str, Any] | None = None,
+) -> Path:
+    """Write a full training checkpoint atomically; `step` is the next step to run."""
+    net = unwrap(model)
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "version": FORMAT_VERSION,
+        "config": config.to_dict(),
+        "model_config": net.config.to_dict(),
+        "model": _float32_state(net),
+        "admm": admm.state_dict() if admm is not None else None,
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "step": int(step),
+        "rng": _rng_state(),
+        "extra": extra or {},
+    }
+    return _atomic_save(payload, Path(path))
+
+
+def export_model(
+    checkpoint_path: str | os.PathLike, out_path: str | os.PathLike
+) -> Path:
+    """Write the inference-only file (model config, weights, mask) of a checkpoint."""
+    ckpt = load_checkpoint(checkpoint_path)
+    payload = {
+        "format": MODEL_FORMAT,
+        "version": FORMAT_VERSION,
+        "model_config": ckpt["model_config"],
+        "model": ckpt["model"],
+    }
+    return _atomic_save(payload, Path(out_path))
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
+    """Read a checkpoint or exported model into a dict (see the module docstring)."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"no checkpoint at {path}")
+    try:
+        data = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # torch raises many types for corrupt or foreign files
+        raise CheckpointError(f"{path} is not a readable checkpoint: {exc}") from exc
+    if not isinstance(data, dict) or data.get("format") not in (CHECKPOINT_FORMAT, MODEL_FORMAT):
+        raise CheckpointError(f"{path} is not a caeadmm checkpoint or model file")
+    if data.get("version") != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path} has format version {data.get('version')}; this code reads {FORMAT_VERSION}"
+        )
+    return data
+
+
+def model_from_checkpoint(ckpt: dict) -> CAE:
+    """A CAE built from a loaded checkpoint's config, with its weights and mask, in eval mode."""
+    try:
+        config = ModelConfig.from_dict(ckpt["model_config"])
+    except (ConfigError, TypeError) as exc:
+        raise CheckpointError(f"the checkpoint's model config is invalid: {exc}") from exc
+    model = CAE(config)
+    try:
+        model.load_state_dict(ckpt["model"])
+    except (RuntimeError, ValueError) as exc:
+        raise CheckpointError(f"the checkpoint's weights do not fit its config: {exc}") from exc
+    return model.eval()
+
+
+def load_model(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> CAE:
+    """The model of a checkpoint or exported file, in eval mode with its mask set."""
+    return model_from_checkpoint(load_checkpoint(path, map_location)).to(map_location)
+
+
+def restore_training_state(
+    ckpt: dict,
+    *,
+    model: nn.Module,
+    admm: ADMM | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    restore_rng: bool = True,
+) -> int:
+    """Load weights, mask, ADMM, optimizer and RNG states of a checkpoint; returns its step.
+
+    `model` may be wrapped (DDP). The model's config must equal the checkpoint's.
+    """
+    if ckpt.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError("an exported model file has no training state to resume from")
+    net = unwrap(model)
+    if net.config.to_dict() != ckpt["model_config"]:
+        raise CheckpointError(
+            f"model config {net.config.to_dict()} differs from the checkpoint's "
+            f"{ckpt['model_config']}"
+        )
+    device = next(net.parameters()).device
+    net.load_state_dict({k: v.to(device) for k, v in ckpt["model"].items()})
+    if admm is not None:
+        if ckpt["admm"] is None:
+            raise CheckpointError("the checkpoint holds no ADMM state")
+        admm.load_state_dict(ckpt["admm"])
+    if optimizer is not None and ckpt["optimizer"] is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+    if restore_rng:
+        _set_rng_state(ckpt["rng"])
+    return int(ckpt["step"])
+
+
+def _float32_state(net: CAE) -> dict[str, torch.Tensor]:
+    return {
+        k: (v.float() if v.is_floating_point() else v).detach().to("cpu").clone()
+        for k, v in net.state_dict().items()
+    }
+
+
+def _rng_state() -> dict[str, Any]:
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+
+
+def _atomic_save(payload: dict, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            torch.save(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

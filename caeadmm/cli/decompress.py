@@ -1,0 +1,72 @@
+"""`caeadmm decompress FILE... [-o FILE|DIR] [--model M] [--workers N] [--force]`.
+
+Without --model each stream picks the registered model whose fingerprint it names. Outputs
+are PNG unless -o names a file with another image extension; grayscale streams give
+grayscale images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+from pathlib import Path
+
+from caeadmm.cli.compress import add_common_options, cached_model, execute, plan, usage_error
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "decompress",
+        help="decompress .cae files into images",
+        description="Decompress .cae files (directories recurse) into images. Without -o "
+        "each output goes beside its input, NAME.png.",
+    )
+    p.add_argument("inputs", nargs="+", metavar="FILE", help=".cae files or directories")
+    p.add_argument(
+        "-o", "--output", metavar="FILE|DIR",
+        help="output image (one input file; its extension picks the format) or directory",
+    )
+    add_common_options(p, model_help="registered model name or checkpoint path (default: the "
+                       "registered model whose fingerprint the stream names)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    pairs, errors = plan(args.inputs, args.output, ".png", _cae_files)
+    if pairs is None:
+        return usage_error("decompress", errors[0][1])
+    if args.model is not None:
+        from caeadmm.zoo import ModelLoadError
+
+        try:
+            cached_model(args.model)
+        except ModelLoadError as exc:
+            return usage_error("decompress", str(exc))
+    task = functools.partial(decompress_one, model=args.model, overwrite=args.force)
+    return execute("decompress", pairs, errors, task, args.workers)
+
+
+def decompress_one(src: Path, dst: Path, model: str | None, overwrite: bool) -> str:
+    from caeadmm import bitstream, zoo
+    from caeadmm.codec import decompress, save_image
+
+    if not overwrite and dst.exists():
+        raise FileExistsError(f"{dst} exists (use --force to overwrite)")
+    data = src.read_bytes()
+    if model is None:
+        header = bitstream.read_header(data)
+        info = zoo.find_by_fingerprint(header.fingerprint)
+        if info is None:
+            raise zoo.ModelLoadError(
+                f"stream needs the model with fingerprint {header.fingerprint.hex()}, which "
+                "is not registered; pass --model PATH to its checkpoint"
+            )
+        model = info.name
+    image = decompress(data, cached_model(model))
+    save_image(dst, image, overwrite=overwrite)
+    mode = "L" if image.ndim == 2 else "RGB"
+    return f"{src} -> {dst}: {image.shape[1]}x{image.shape[0]} {mode}"
+
+
+def _cae_files(paths: list[str]) -> list[Path]:
+    return sorted(p for p in Path(paths[0]).rglob("*.cae") if p.is_file())

@@ -1,0 +1,66 @@
+"""`caeadmm info FILE...`: the header fields of .cae files, checked, with the file's bpp."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from caeadmm.bitstream import Header, parse
+from caeadmm.cli.compress import EXIT_FAILED, EXIT_OK
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "info",
+        help="show the header of .cae files",
+        description="Check .cae files (header, length, checksum) and print their header "
+        "fields and bits per pixel. Needs no model.",
+    )
+    p.add_argument("files", nargs="+", metavar="FILE", help=".cae files")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    status = EXIT_OK
+    for i, name in enumerate(args.files):
+        try:
+            data = Path(name).read_bytes()
+            header, _ = parse(data)
+        except (ValueError, OSError) as exc:
+            print(f"caeadmm info: {name}: {' '.join(str(exc).split())}", file=sys.stderr)
+            status = EXIT_FAILED
+            continue
+        if i:
+            print()
+        for key, value in describe(name, header, len(data)):
+            print(f"{key + ':':<20}{value}")
+    return status
+
+
+def describe(name: str, header: Header, size: int) -> list[tuple[str, str]]:
+    """(field, value) rows for one checked stream."""
+    from caeadmm.zoo import ModelLoadError, find_by_fingerprint
+
+    try:
+        registered = find_by_fingerprint(header.fingerprint)
+    except ModelLoadError:
+        registered = None
+    rows, cols = header.tiles
+    slots = header.latent_channels * (header.tile_size // 8) ** 2
+    pixels = header.width * header.height
+    return [
+        ("file", name),
+        ("format version", str(header.version)),
+        ("image", f"{header.width}x{header.height} {header.mode}"),
+        ("tile size", f"{header.tile_size} ({rows}x{cols} tiles)"),
+        ("latent channels", str(header.latent_channels)),
+        ("kept slots", f"{header.kept_per_tile} of {slots} per tile"),
+        ("symbols", str(header.n_symbols)),
+        ("model fingerprint", header.fingerprint.hex()
+         + (f" (registered model {registered.name})" if registered else " (not registered)")),
+        ("payload", f"{header.payload_length} bytes"),
+        ("file size", f"{size} bytes"),
+        ("bpp", f"{8 * size / pixels:.4f}"),
+        ("checksum", "ok"),
+    ]

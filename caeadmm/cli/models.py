@@ -1,0 +1,44 @@
+"""`caeadmm models`: the trained models shipped with this installation."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from caeadmm.cli.compress import EXIT_OK, usage_error
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "models",
+        help="list the shipped models",
+        description="List the registered models (name, fingerprint, checkpoint size, operating "
+        "point); * marks the default. CAEADMM_REGISTRY may name another registry.json.",
+    )
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from caeadmm.zoo import ModelLoadError, list_models, registry_path
+
+    try:
+        models = list_models()
+    except ModelLoadError as exc:
+        return usage_error("models", str(exc))
+    if not models:
+        print(
+            f"No models are registered ({registry_path()}): no trained model ships yet. "
+            "Pass --model PATH (a checkpoint) to compress and decompress.",
+            file=sys.stderr,
+        )
+        return EXIT_OK
+    rows = [("", "NAME", "FINGERPRINT", "SIZE", "OPERATING POINT")]
+    for m in models:
+        size = "missing" if m.size is None else f"{m.size / 1e6:.1f} MB"
+        rows.append(("*" if m.default else "", m.name, m.fingerprint[:32], size,
+                     m.operating_point))
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for row in rows:
+        cells = [cell.ljust(w) for cell, w in zip(row[:4], widths, strict=True)]
+        print("  ".join([*cells, row[4]]))
+    return EXIT_OK

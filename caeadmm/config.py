@@ -1,0 +1,240 @@
+"""Model and training configuration: dataclasses, presets and YAML loading with overrides.
+
+A run is described by one `TrainConfig` (which holds its `ModelConfig`). Configs live in
+`configs/*.yaml`; any field can be overridden on the command line as `key=value` or
+`model.key=value`, the value parsed by `yaml.safe_load` (so `rho=0.5`, `use_gpu=true`,
+`init_from=null` all work). Unknown keys and wrong types are errors, so a typo never
+silently trains the wrong thing. Checkpoints store `to_dict()` so a model always carries
+its own full configuration.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration file or override is malformed, unknown or out of range."""
+
+
+# Fields a preset sets; anything not named keeps the dataclass default.
+PRESETS: dict[str, dict[str, int]] = {
+    # Sized to train on a 2-core CPU (see docs/training.md for the measured throughput).
+    "small": {"width": 64, "n_blocks": 3},
+    # The paper's network, for GPUs.
+    "paper": {"width": 128, "n_blocks": 15},
+    # For tests and smoke runs only: too small to compress well.
+    "tiny": {"width": 16, "n_blocks": 1, "latent_channels": 8, "patch_size": 48},
+}
+
+
+@dataclass
+class ModelConfig:
+    """Shape of the network. The latent of a P x P patch is latent_channels x P/8 x P/8."""
+
+    preset: str = "small"
+    width: int = 64
+    n_blocks: int = 3
+    latent_channels: int = 32
+    patch_size: int = 128
+
+    def __post_init__(self) -> None:
+        _check_types(self)
+        if self.width < 1 or self.n_blocks < 0 or self.latent_channels < 1:
+            raise ConfigError(f"model sizes must be positive: {self}")
+        if self.patch_size < 16 or self.patch_size % 8:
+            raise ConfigError(
+                f"model.patch_size must be a multiple of 8 and at least 16, got {self.patch_size}"
+            )
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides: Any) -> ModelConfig:
+        """The preset's sizes with `overrides` applied on top."""
+        if name not in PRESETS:
+            raise ConfigError(f"unknown model preset {name!r}; known: {sorted(PRESETS)}")
+        return cls.from_dict({**PRESETS[name], **overrides, "preset": name})
+
+    def latent_shape(self) -> tuple[int, int, int]:
+        """(C, P/8, P/8): the shape of one patch's latent, and of the ADMM tensors and mask."""
+        side = self.patch_size // 8
+        return (self.latent_channels, side, side)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        _reject_unknown(cls, data, "model.")
+        return cls(**data)
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run needs, for the local trainer and the Ray Train loop alike.
+
+    Schedule (steps are optimizer steps, numbered from 0): `warmup_steps` of MSE-only
+    training, then `admm_steps` with the full distortion plus the ADMM penalty, then the hard
+    prune and `finetune_steps` of masked training without the penalty. See training.Schedule.
+    """
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    # Data: a folder of images (local trainer) or a directory of Parquet patch shards (Ray).
+    images: str | None = None
+    shards: str | None = None
+    batch_size: int = 8
+    # Optimizer (Adam) and learning rate: constant `lr`, then a cosine decay to
+    # lr * lr_final_scale over the fine-tune phase.
+    lr: float = 1e-3
+    lr_final_scale: float = 0.1
+    weight_decay: float = 0.0
+    grad_clip: float = 0.0  # max global gradient norm; 0 turns clipping off
+    # Schedule.
+    warmup_steps: int = 500
+    admm_steps: int = 1500
+    finetune_steps: int = 1000
+    admm_every: int = 50
+    # ADMM: rho multiplies the PER-SLOT mean squared residual (see admm.py).
+    rho: float = 1.0
+    pruning_ratio: float = 0.9
+    # Distortion weights (the paper's), and the PSNR reference of the (psnr_ref - PSNR) term.
+    w_msssim: float = 1000.0
+    w_ssim: float = 1000.0
+    w_mse: float = 1e4
+    w_psnr: float = 1.0
+    psnr_ref: float = 45.0
+    # Logging and checkpoints (every N steps; 0 turns periodic checkpoints off).
+    log_every: int = 20
+    checkpoint_every: int = 200
+    eval_patches: int = 32  # fixed held patches for the before/after-prune measurement
+    seed: int = 0
+    threads: int = 0  # torch intra-op threads; 0 keeps torch's default
+    loader_workers: int = 0  # DataLoader worker processes of the local trainer
+    # Ray Train.
+    num_workers: int = 1
+    cpus_per_worker: float = 1.0
+    use_gpu: bool = False
+    run_name: str = "caeadmm"
+    storage_path: str = "runs"
+    # Injected failure (fault-tolerance tests): raise once this step is reached.
+    fail_at_step: int | None = None
+    # A checkpoint or exported model whose weights (and mask) start this run.
+    init_from: str | None = None
+
+    def __post_init__(self) -> None:
+        if isinstance(self.model, dict):
+            self.model = ModelConfig.from_dict(self.model)
+        _check_types(self)
+        positive = ("batch_size", "admm_every", "log_every", "num_workers")
+        non_negative = (
+            "warmup_steps", "admm_steps", "finetune_steps", "checkpoint_every", "eval_patches",
+            "threads", "loader_workers", "lr_final_scale", "weight_decay", "grad_clip", "rho",
+            "w_msssim", "w_ssim", "w_mse", "w_psnr",
+        )
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in non_negative:
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must not be negative, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ConfigError(f"lr must be positive, got {self.lr}")
+        if not 0.0 <= self.pruning_ratio < 1.0:
+            raise ConfigError(f"pruning_ratio must be in [0, 1), got {self.pruning_ratio}")
+        if self.total_steps() <= 0:
+            raise ConfigError("warmup_steps + admm_steps + finetune_steps must be positive")
+        if self.pruning_ratio > 0 and self.finetune_steps > 0 and (
+            self.warmup_steps + self.admm_steps == 0
+        ):
+            raise ConfigError("the hard prune needs at least one warm-up or ADMM step before it")
+
+    def total_steps(self) -> int:
+        return self.warmup_steps + self.admm_steps + self.finetune_steps
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        data = dict(data)
+        _reject_unknown(cls, data, "")
+        model = data.pop("model", {})
+        if not isinstance(model, (dict, ModelConfig)):
+            raise ConfigError(f"model must be a mapping, got {model!r}")
+        if isinstance(model, dict):
+            model = dict(model)
+            model = ModelConfig.from_preset(model.pop("preset", "small"), **model)
+        return cls(model=model, **data)
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
+    """Read a YAML config (None: all defaults) and apply `key=value` / `a.b=value` overrides.
+
+    The model section names a preset and, optionally, fields that override the preset's
+    sizes; an override `model.preset=paper` therefore switches the sizes too unless the
+    file also pins them.
+    """
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read config {path}: {exc}") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config {path} is not valid YAML: {exc}") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config {path} must be a mapping at the top level")
+        data = loaded or {}
+    data = {**data, "model": dict(data.get("model") or {})}
+    for item in overrides or []:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override {item!r}: cannot parse the value: {exc}") from exc
+        parts = key.strip().split(".")
+        if len(parts) == 1:
+            data[parts[0]] = value
+        elif len(parts) == 2 and parts[0] == "model":
+            data["model"][parts[1]] = value
+        else:
+            raise ConfigError(f"override {item!r}: keys are `name` or `model.name`")
+    return TrainConfig.from_dict(data)
+
+
+def _reject_unknown(cls: type, data: dict[str, Any], prefix: str) -> None:
+    if not isinstance(data, dict):
+        raise ConfigError(f"expected a mapping for {cls.__name__}, got {data!r}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"unknown config keys: {[prefix + k for k in unknown]}")
+
+
+def _check_types(obj: Any) -> None:
+    """Check each field against its annotation; ints are accepted (and kept) where a float is."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        allowed = typing.get_args(hints[f.name]) or (hints[f.name],)
+        if value is None and type(None) in allowed:
+            continue
+        if float in allowed and isinstance(value, int) and not isinstance(value, bool):
+            setattr(obj, f.name, float(value))
+            continue
+        # bool is an int subclass: refuse it where an int is expected, and vice versa.
+        ok = any(
+            isinstance(value, t) and (t is bool) == isinstance(value, bool)
+            for t in allowed
+            if isinstance(t, type)
+        )
+        if not ok:
+            names = " or ".join(getattr(t, "__name__", str(t)) for t in allowed)
+            raise ConfigError(f"{f.name} must be {names}, got {value!r}")

@@ -1,0 +1,186 @@
+"""Rate-distortion evaluation on Ray: one task per (image, codec, setting), anywhere in the cluster.
+
+The driver reads each image file's bytes once and puts them in Ray's object store, so only the
+driver needs the data set on disk; tasks decode the image, run `baselines.measure` and return
+one result row. Rows come back as they finish (a tqdm bar over `ray.wait`), then
+`rd.write_report` writes the tables, JSON files, plots and BD-rate tables.
+
+Each task asks for `cpus_per_task` CPUs (1 by default) and limits torch and the AVIF codec to
+that many threads, so timings are comparable and tasks do not oversubscribe a node. Connected to
+a cluster (RAY_ADDRESS, `ray job submit`, or `address=`) the tasks spread over it; otherwise an
+embedded Ray starts for the run and stops after it, with its logging kept off the terminal.
+A task that fails (a corrupt image, a codec error) costs only its own row: failures are
+collected, written to failures.csv and reported, the other points still count.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import ray
+import torch
+from PIL import AvifImagePlugin
+from tqdm import tqdm
+
+from caeadmm import rd
+from caeadmm.baselines import Setting, measure
+from caeadmm.images import list_images, load_rgb
+
+
+class EvaluationError(RuntimeError):
+    """The evaluation could not run at all (no images, nothing measured)."""
+
+
+@dataclass
+class Outcome:
+    """What a run produced: the per-image rows, the points that failed and the files written."""
+
+    rows: pd.DataFrame
+    failures: pd.DataFrame
+    paths: dict[str, Path] = field(default_factory=dict)
+
+
+def _limit_threads(cpus: float) -> None:
+    threads = max(1, int(cpus))
+    torch.set_num_threads(threads)
+    AvifImagePlugin.DEFAULT_MAX_THREADS = threads  # the AVIF decoder's thread pool
+
+
+def _measure_task(image: str, data: bytes, codec: str, setting: Setting, cpus: float) -> dict:
+    _limit_threads(cpus)
+    return measure(image, load_rgb(data), codec, setting)
+
+
+def _image_name(path: Path, roots: Sequence[Path]) -> str:
+    """The path relative to the data set root it came from (unique even across sub-folders)."""
+    for root in roots:
+        if root.is_dir() and path.is_relative_to(root):
+            return path.relative_to(root).as_posix()
+    return path.name
+
+
+def start_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
+    """Connect to (or start) Ray unless already connected; True if this call did (then the
+    caller disconnects with ray.shutdown(), which stops an embedded Ray, not a cluster).
+
+    `num_cpus` sizes an embedded Ray only; a cluster (address or RAY_ADDRESS) has its own.
+    """
+    if ray.is_initialized():
+        return False
+    joining = address or os.environ.get("RAY_ADDRESS")
+    ray.init(
+        address=address,
+        num_cpus=None if joining else num_cpus,
+        include_dashboard=False,
+        log_to_driver=False,
+        configure_logging=True,
+        logging_level=logging.ERROR,
+    )
+    return True
+
+
+def evaluate(
+    images: Sequence[Path],
+    codecs: Mapping[str, Sequence[Setting]],
+    *,
+    roots: Sequence[Path] = (),
+    cpus_per_task: float = 1.0,
+    progress: bool = True,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Measure every image at every codec setting on the connected Ray cluster.
+
+    Returns (rows, failures): the per-image result rows (columns of `baselines.measure`) and one
+    row per failed point (image, codec, setting, error).
+    """
+    if not images:
+        raise EvaluationError("no images to evaluate")
+    task = ray.remote(_measure_task).options(num_cpus=cpus_per_task, max_retries=0)
+    names = [_image_name(Path(p), [Path(r) for r in roots]) for p in images]
+    twice = sorted(n for n, count in Counter(names).items() if count > 1)
+    if twice:
+        raise EvaluationError(f"two images share a name: {', '.join(twice[:5])}")
+    pending: dict[ray.ObjectRef, tuple[str, str, Setting]] = {}
+    for path, name in zip(images, names, strict=True):
+        try:
+            data_ref = ray.put(Path(path).read_bytes())
+        except OSError as exc:
+            raise EvaluationError(f"cannot read {path}: {exc}") from exc
+        for codec, settings in codecs.items():
+            for setting in settings:
+                ref = task.remote(name, data_ref, codec, setting, cpus_per_task)
+                pending[ref] = (name, codec, setting)
+
+    rows, failures = [], []
+    with tqdm(total=len(pending), desc="eval", unit="pt", disable=not progress) as bar:
+        waiting = list(pending)
+        while waiting:
+            done, waiting = ray.wait(waiting, num_returns=len(waiting), timeout=0.5)
+            for ref in done:
+                try:
+                    rows.append(ray.get(ref))
+                except ray.exceptions.RayError as exc:  # task raised, or its worker died
+                    name, codec, setting = pending[ref]
+                    cause = getattr(exc, "cause", None) or exc
+                    failures.append(
+                        {"image": name, "codec": codec, "setting": str(setting),
+                         "error": f"{type(cause).__name__}: {cause}"}
+                    )
+            bar.update(len(done))
+    failure_frame = pd.DataFrame(failures, columns=["image", "codec", "setting", "error"])
+    return pd.DataFrame(rows), failure_frame
+
+
+def _order(rows: pd.DataFrame, codecs: Mapping[str, Sequence[Setting]]) -> pd.DataFrame:
+    """Rows in a stable order: codecs as asked, then image, then setting as asked."""
+    if rows.empty:
+        return rows
+    codec_rank = {c: i for i, c in enumerate(codecs)}
+    setting_rank = {(c, str(s)): i for c, ss in codecs.items() for i, s in enumerate(ss)}
+    keys = pd.DataFrame({
+        "c": rows["codec"].map(codec_rank),
+        "i": rows["image"],
+        "s": [setting_rank[(c, s)] for c, s in zip(rows["codec"], rows["setting"], strict=True)],
+    })
+    return rows.loc[keys.sort_values(["c", "i", "s"]).index].reset_index(drop=True)
+
+
+def run(
+    dataset: Sequence[str | os.PathLike],
+    codecs: Mapping[str, Sequence[Setting]],
+    out_dir: str | os.PathLike,
+    *,
+    references: Sequence[rd.Curve] = (),
+    address: str | None = None,
+    num_cpus: int | None = None,
+    cpus_per_task: float = 1.0,
+    max_bpp: float = 2.0,
+    progress: bool = True,
+) -> Outcome:
+    """Evaluate the images under `dataset` and write every artifact into `out_dir`."""
+    roots = [Path(p) for p in dataset]
+    images = list_images(roots)
+    if not images:
+        raise EvaluationError(f"no image files under {', '.join(map(str, dataset))}")
+    started = start_ray(address, num_cpus)
+    try:
+        rows, failures = evaluate(
+            images, codecs, roots=roots, cpus_per_task=cpus_per_task, progress=progress
+        )
+    finally:
+        if started:
+            ray.shutdown()
+    if rows.empty:
+        first = failures["error"].iloc[0] if len(failures) else "no result"
+        raise EvaluationError(f"every point failed; first error: {first}")
+    rows = _order(rows, codecs)
+    paths = rd.write_report(rows, out_dir, references, max_bpp)
+    if len(failures):
+        paths["failures_csv"] = Path(out_dir) / "failures.csv"
+        failures.to_csv(paths["failures_csv"], index=False)
+    return Outcome(rows, failures, paths)

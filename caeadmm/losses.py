@@ -1,0 +1,94 @@
+"""The training distortion of CAE-ADMM (DESIGN.md section 2), built on pytorch-msssim.
+
+    distortion = w_msssim (1 - MS-SSIM) + w_ssim (1 - SSIM) + w_mse MSE + w_psnr (psnr_ref - PSNR)
+
+with the paper's weights 1000, 1000, 1e4, 1 and psnr_ref = 45 by default; the warm-up phase
+uses w_mse * MSE alone. PSNR is per image (peak 1.0), averaged over the batch, as the
+evaluation averages it.
+
+Window choice. pytorch-msssim's `ms_ssim` always downsamples four times and asserts that the
+smaller side exceeds (win_size - 1) * 16, i.e. 160 px for the standard 11-tap window. So the
+SSIM term uses the standard window (11 taps, sigma 1.5: exactly the evaluation metric), while
+the MS-SSIM term keeps the standard five scales and their weights (0.0448, 0.2856, 0.3001,
+0.2363, 0.1333) and sigma 1.5 but takes the largest odd window that fits the patch:
+11 taps from 161 px, 9 from 129 px, 7 at 128 px (a Gaussian cut at 2 sigma instead of
+3.3 sigma, so almost the same filter), 3 at 64 px. Patches of 32 px or less leave no usable
+window; with them set w_msssim = 0.
+"""
+
+from __future__ import annotations
+
+import torch
+from pytorch_msssim import ms_ssim, ssim
+
+SSIM_WINDOW = 11
+MS_SSIM_MAX_WINDOW = 11
+
+
+class LossConfigError(ValueError):
+    """The images are too small for a requested loss term."""
+
+
+def ms_ssim_window(side: int) -> int:
+    """The largest odd window (at most 11) with (window - 1) * 16 < side."""
+    window = min(MS_SSIM_MAX_WINDOW, (side - 1) // 16 + 1)
+    window -= 1 - window % 2  # make it odd
+    if window < 3:
+        raise LossConfigError(
+            f"MS-SSIM needs images over 32 px (got {side} px); set w_msssim=0 for smaller patches"
+        )
+    return window
+
+
+def psnr(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB for images in [0, 1], shape (B,); MSE floored at 1e-10."""
+    mse = (x_hat - x).square().flatten(1).mean(dim=1)
+    return -10.0 * torch.log10(mse.clamp_min(1e-10))
+
+
+def distortion(
+    x_hat: torch.Tensor,
+    x: torch.Tensor,
+    *,
+    w_msssim: float = 1000.0,
+    w_ssim: float = 1000.0,
+    w_mse: float = 1e4,
+    w_psnr: float = 1.0,
+    psnr_ref: float = 45.0,
+    mse_only: bool = False,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """(scalar loss to minimise, the terms' values as floats for logs).
+
+    With `mse_only` (warm-up) the loss is w_mse * MSE; MS-SSIM and SSIM are still reported
+    (computed without gradient) so that logs have the same columns in every phase.
+    Weights of 0 skip a term's gradient computation.
+    """
+    side = min(x.shape[-2:])
+    mse = (x_hat - x).square().mean()
+    per_image_psnr = psnr(x_hat, x)
+    loss = w_mse * mse
+    with torch.set_grad_enabled(torch.is_grad_enabled() and not mse_only):
+        ssim_value = ssim(x_hat, x, data_range=1.0, win_size=SSIM_WINDOW) if (
+            side >= SSIM_WINDOW
+        ) else None
+        msssim_value = (
+            ms_ssim(x_hat, x, data_range=1.0, win_size=ms_ssim_window(side))
+            if side > 32 or (w_msssim > 0 and not mse_only)
+            else None
+        )
+    if not mse_only:
+        if w_msssim > 0:
+            loss = loss + w_msssim * (1.0 - msssim_value)
+        if w_ssim > 0:
+            if ssim_value is None:
+                raise LossConfigError(f"SSIM needs images of at least {SSIM_WINDOW} px")
+            loss = loss + w_ssim * (1.0 - ssim_value)
+        if w_psnr > 0:
+            loss = loss + w_psnr * (psnr_ref - per_image_psnr.mean())
+    terms = {
+        "mse": float(mse.detach()),
+        "psnr": float(per_image_psnr.detach().mean()),
+        "ssim": float(ssim_value.detach()) if ssim_value is not None else float("nan"),
+        "msssim": float(msssim_value.detach()) if msssim_value is not None else float("nan"),
+    }
+    return loss, terms

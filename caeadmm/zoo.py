@@ -1,0 +1,116 @@
+"""Named models: the registry of trained models shipped inside the package.
+
+`caeadmm/models/registry.json` lists each model's name, checkpoint file (beside the
+registry), the file's sha256, the model fingerprint (hex sha256 of `CAE.fingerprint()`),
+and its operating point in words, plus which model is the default. The environment variable
+CAEADMM_REGISTRY may point at another registry.json (a site's own collection of models).
+
+Everywhere a model is asked for (`--model`), a registry name or a checkpoint path works.
+The registry may be empty (no trained model ships yet); then a checkpoint path is needed and
+the error says so.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from caeadmm.checkpoint import CheckpointError, load_model
+from caeadmm.model import CAE
+
+PACKAGED_REGISTRY = Path(__file__).parent / "models" / "registry.json"
+
+
+class ModelLoadError(ValueError):
+    """A model name or path names no usable model; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    file: Path
+    sha256: str
+    fingerprint: str  # hex sha256 of CAE.fingerprint()
+    operating_point: str
+    default: bool
+
+    @property
+    def size(self) -> int | None:
+        """Checkpoint size in bytes, None if the file is missing."""
+        return self.file.stat().st_size if self.file.is_file() else None
+
+
+def registry_path() -> Path:
+    return Path(os.environ.get("CAEADMM_REGISTRY") or PACKAGED_REGISTRY)
+
+
+def list_models() -> list[ModelInfo]:
+    """The models in the registry, in the order it lists them."""
+    path = registry_path()
+    try:
+        registry = json.loads(path.read_text())
+        default = registry.get("default")
+        return [
+            ModelInfo(
+                name=entry["name"],
+                file=path.parent / entry["file"],
+                sha256=entry["sha256"].lower(),
+                fingerprint=entry["fingerprint"].lower(),
+                operating_point=entry.get("operating_point", ""),
+                default=entry["name"] == default,
+            )
+            for entry in registry["models"]
+        ]
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ModelLoadError(f"model registry {path} is unreadable: {exc}") from exc
+
+
+def find_by_fingerprint(prefix: bytes) -> ModelInfo | None:
+    """The registered model whose fingerprint starts with `prefix` (as a stream stores it)."""
+    return next((m for m in list_models() if m.fingerprint.startswith(prefix.hex())), None)
+
+
+def load(name_or_path: str | os.PathLike | None = None) -> CAE:
+    """Load a registered model by name (None: the default) or a checkpoint by path, in eval mode."""
+    models = {m.name: m for m in list_models()}
+    if name_or_path is None:
+        default = next((m for m in models.values() if m.default), None)
+        if default is None:
+            raise ModelLoadError(
+                "no model ships with this installation yet: pass --model PATH to a checkpoint"
+            )
+        return _load_registered(default)
+    if str(name_or_path) in models:
+        return _load_registered(models[str(name_or_path)])
+    path = Path(name_or_path)
+    if not path.is_file():
+        known = ", ".join(models) or "none ship yet"
+        raise ModelLoadError(
+            f"no model named {str(name_or_path)!r} (registered models: {known}) "
+            "and no checkpoint file at that path"
+        )
+    return _load_checkpoint(path)
+
+
+def _load_registered(info: ModelInfo) -> CAE:
+    try:
+        digest = hashlib.sha256(info.file.read_bytes()).hexdigest()
+    except OSError as exc:
+        raise ModelLoadError(f"model {info.name!r}: cannot read {info.file}: {exc}") from exc
+    if digest != info.sha256:
+        raise ModelLoadError(
+            f"model {info.name!r}: {info.file} has sha256 {digest}, the registry says "
+            f"{info.sha256} (damaged or replaced file)"
+        )
+    return _load_checkpoint(info.file)
+
+
+def _load_checkpoint(path: Path) -> CAE:
+    try:
+        model = load_model(path)
+    except CheckpointError as exc:
+        raise ModelLoadError(str(exc)) from exc
+    return model.eval()

@@ -1,0 +1,84 @@
+"""Cut image corpora into Parquet patch shards (a Ray Data job).
+
+    python jobs/prepare_data.py /data/photos s3://bucket/more --out runs/shards_p128
+    ray job submit --working-dir . -- python jobs/prepare_data.py ... --out s3://bucket/shards
+
+Runs on the Ray cluster named by --address or $RAY_ADDRESS, else on an embedded local Ray.
+Prints a summary; the full record (shards, sources, rejected files with reasons) is the
+`_manifest.json` written beside the shards. See docs/data.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from caeadmm.data import format_summary, init_ray, prepare_patches
+from caeadmm.patches import PatchSpec
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "inputs", nargs="+", help="folders, image files or .txt/.lst path lists (local or URI)"
+    )
+    parser.add_argument("--out", required=True, help="output folder for the shards (local or URI)")
+    parser.add_argument("--patch-size", type=int, default=128, help="patch side P (default 128)")
+    parser.add_argument(
+        "--crops", type=int, default=16, help="random crops per image (default 16)"
+    )
+    parser.add_argument(
+        "--grid", action="store_true", help="cut a regular grid instead of random crops"
+    )
+    parser.add_argument("--stride", type=int, help="grid step in pixels (default: the patch size)")
+    parser.add_argument(
+        "--small",
+        choices=["pad", "skip"],
+        default="pad",
+        help="images smaller than the patch: reflect-pad (default) or skip",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="crop seed (default 0)")
+    parser.add_argument("--rows-per-shard", type=int, default=1024, help="patches per shard")
+    parser.add_argument("--files-per-task", type=int, default=4, help="files decoded per Ray task")
+    parser.add_argument("--max-pixels", type=int, help="decompression-bomb pixel limit")
+    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
+    parser.add_argument("--no-progress", action="store_true", help="no progress display")
+    parser.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or local)")
+    parser.add_argument(
+        "--num-cpus", type=int, help="CPUs of an embedded local Ray (default: all cores)"
+    )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        spec = PatchSpec(
+            patch_size=args.patch_size,
+            mode="grid" if args.grid else "random",
+            crops=args.crops,
+            stride=args.stride,
+            small=args.small,
+            seed=args.seed,
+        )
+        init_ray(address=args.address, num_cpus=args.num_cpus)
+        manifest = prepare_patches(
+            args.inputs,
+            args.out,
+            spec,
+            rows_per_shard=args.rows_per_shard,
+            files_per_task=args.files_per_task,
+            max_pixels=args.max_pixels,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+        )
+    except ValueError as exc:  # PatchSpec's checks, and ShardError for inputs and output
+        print(f"prepare_data: {exc}", file=sys.stderr)
+        return 2
+    print(format_summary(manifest))
+    print(f"shards and _manifest.json in {args.out}")
+    return 0 if manifest["counts"]["patches"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

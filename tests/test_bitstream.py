@@ -1,0 +1,191 @@
+"""The .cae v1 container: header packing, every validation rule, and parser fuzzing.
+
+The fuzzing of the whole decoder (container, coded payload, model checks) lives in
+test_codec.py; here the container alone is checked against arbitrary bytes.
+"""
+
+from __future__ import annotations
+
+import struct
+import zlib
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from caeadmm import bitstream
+from caeadmm.bitstream import HEADER_BYTES, BitstreamError, Header
+
+PAYLOAD = bytes(range(256)) * 3
+
+
+def make_header(**changes) -> Header:
+    fields = dict(
+        width=127, height=129, mode="RGB", tile_size=32, latent_channels=8, kept_per_tile=70,
+        fingerprint=bytes(range(16)), payload_length=len(PAYLOAD),
+    )
+    return Header(**{**fields, **changes})
+
+
+def stream() -> bytes:
+    return bitstream.pack(make_header(), PAYLOAD)
+
+
+def with_field(data: bytes, offset: int, fmt: str, value: int, fix_crc: bool = True) -> bytes:
+    """`data` with one header field replaced (and the CRC recomputed, so that the field's own
+    check is what refuses it)."""
+    out = bytearray(data)
+    struct.pack_into(fmt, out, offset, value)
+    if fix_crc:
+        crc = zlib.crc32(out[HEADER_BYTES:], zlib.crc32(out[: HEADER_BYTES - 4]))
+        struct.pack_into("<I", out, HEADER_BYTES - 4, crc)
+    return bytes(out)
+
+
+def test_round_trip_of_all_fields():
+    header = make_header(mode="L", width=1, height=1)
+    parsed, payload = bitstream.parse(bitstream.pack(header, PAYLOAD))
+    assert parsed == header
+    assert payload == PAYLOAD
+    assert parsed.tiles == (1, 1)
+    assert parsed.n_symbols == 70
+
+
+def test_layout_is_the_documented_one():
+    data = stream()
+    assert HEADER_BYTES == 52
+    assert data[:4] == b"\x89CAE" and data[4] == 1
+    assert struct.unpack_from("<II", data, 12) == (127, 129)
+    assert struct.unpack_from("<Q", data, 40) == (len(PAYLOAD),)
+    assert len(data) == HEADER_BYTES + len(PAYLOAD)
+
+
+def test_tiles_round_up():
+    assert make_header(width=33, height=64).tiles == (2, 2)
+    assert make_header(width=33, height=64).n_symbols == 4 * 70
+
+
+def test_empty_payload_is_valid():
+    header = make_header(kept_per_tile=0, payload_length=0)
+    assert bitstream.parse(bitstream.pack(header, b""))[1] == b""
+
+
+@pytest.mark.parametrize(
+    "data, message",
+    [
+        (b"", "truncated"),
+        (stream()[:HEADER_BYTES - 1], "truncated"),
+        (b"GIF89a" + stream()[6:], "magic"),
+        (with_field(stream(), 4, "<B", 2), "version 2"),
+        (with_field(stream(), 5, "<B", 9), "mode"),
+        (with_field(stream(), 10, "<H", 1), "reserved"),
+        (with_field(stream(), 6, "<H", 0), "tile size"),
+        (with_field(stream(), 6, "<H", 12), "tile size"),
+        (with_field(stream(), 6, "<H", 8), "tile size"),
+        (with_field(stream(), 6, "<H", 65528), "tile size"),
+        (with_field(stream(), 8, "<H", 0), "channel"),
+        (with_field(stream(), 12, "<I", 0), "size"),
+        (with_field(stream(), 16, "<I", 0), "size"),
+        (with_field(stream(), 12, "<I", 2**32 - 1), "exceeds the limit"),
+        (with_field(stream(), 20, "<I", 8 * 16 + 1), "kept slots"),
+        (with_field(stream(), 40, "<Q", 2**64 - 1), "truncated"),
+        (with_field(stream(), 40, "<Q", 3), "trailing bytes"),
+        (stream()[:-1], "truncated"),
+        (stream() + b"\0", "trailing bytes"),
+        (with_field(stream(), 48, "<I", 0, fix_crc=False), "checksum"),
+    ],
+)
+def test_refuses_bad_streams(data, message):
+    with pytest.raises(BitstreamError, match=message):
+        bitstream.parse(data)
+
+
+def test_pixel_limit_is_configurable():
+    big = bitstream.pack(make_header(width=10_000, height=10_000), PAYLOAD)
+    bitstream.parse(big)  # 1e8 pixels: within the default limit
+    with pytest.raises(BitstreamError, match="exceeds the limit of 1000000"):
+        bitstream.parse(big, max_pixels=1_000_000)
+    assert bitstream.parse(big, max_pixels=None)[0].width == 10_000
+
+
+def test_payload_corruption_is_caught_by_the_checksum():
+    data = bytearray(stream())
+    data[HEADER_BYTES + 5] ^= 0x10
+    with pytest.raises(BitstreamError, match="checksum"):
+        bitstream.parse(bytes(data))
+
+
+def test_read_header_needs_only_the_header():
+    assert bitstream.read_header(stream()[:HEADER_BYTES]) == make_header()
+
+
+def test_pack_checks_its_arguments():
+    with pytest.raises(ValueError, match="payload_length"):
+        bitstream.pack(make_header(payload_length=1), PAYLOAD)
+    with pytest.raises(ValueError, match="tile size"):
+        bitstream.pack(make_header(tile_size=20), PAYLOAD)
+
+
+def test_model_mismatch_names_both_fingerprints():
+    exc = bitstream.ModelMismatchError(b"\xab" * 16, b"\xcd" * 32)
+    assert isinstance(exc, BitstreamError)
+    assert "ab" * 16 in str(exc) and "cd" * 16 in str(exc)
+
+
+# -- fuzzing --------------------------------------------------------------------------------
+
+VALID = stream()
+
+
+def _check(data: bytes) -> None:
+    try:
+        header, payload = bitstream.parse(data)
+    except BitstreamError:
+        return
+    assert len(payload) == header.payload_length
+
+
+@settings(max_examples=400, deadline=2000, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=200))
+def test_fuzz_arbitrary_bytes(data):
+    _check(data)
+    _check(VALID[:HEADER_BYTES - 4] + data)
+
+
+@settings(max_examples=400, deadline=2000)
+@given(st.integers(0, len(VALID) - 1))
+def test_fuzz_truncation(length):
+    with pytest.raises(BitstreamError):
+        bitstream.parse(VALID[:length])
+
+
+def _flip(bits: list[int]) -> bytes:
+    data = bytearray(VALID)
+    for bit in bits:
+        data[bit // 8] ^= 1 << (bit % 8)
+    return bytes(data)
+
+
+@settings(max_examples=400, deadline=2000)
+@given(st.lists(st.integers(0, 8 * len(VALID) - 1), min_size=1, max_size=3, unique=True))
+def test_fuzz_few_bit_flips_are_always_detected(bits):
+    # CRC-32 has Hamming distance >= 4 at this length: every 1- to 3-bit error is caught.
+    with pytest.raises(BitstreamError):
+        bitstream.parse(_flip(bits))
+
+
+@settings(max_examples=200, deadline=2000)
+@given(st.lists(st.integers(0, 8 * len(VALID) - 1), min_size=4, max_size=64, unique=True))
+def test_fuzz_many_bit_flips(bits):
+    _check(_flip(bits))
+
+
+@settings(max_examples=400, deadline=2000)
+@given(st.integers(0, HEADER_BYTES - 5), st.binary(min_size=1, max_size=8), st.booleans())
+def test_fuzz_header_edits(offset, patch, fix_crc):
+    data = bytearray(VALID)
+    data[offset : offset + len(patch)] = patch
+    if fix_crc:
+        crc = zlib.crc32(data[HEADER_BYTES:], zlib.crc32(data[: HEADER_BYTES - 4]))
+        struct.pack_into("<I", data, HEADER_BYTES - 4, crc)
+    _check(bytes(data))

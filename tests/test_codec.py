@@ -1,0 +1,237 @@
+"""Whole-image codec: round trips at awkward sizes, exactness against the model's own
+reconstruction, determinism, grayscale, wrong models and fuzzing of the whole decoder."""
+
+from __future__ import annotations
+
+import resource
+import struct
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from caeadmm import codec
+from caeadmm.bitstream import HEADER_BYTES, BitstreamError, ModelMismatchError, parse
+from caeadmm.config import ModelConfig
+from caeadmm.model import CAE
+
+
+def tiny_model(seed: int = 0, keep: float = 0.5) -> CAE:
+    """A random tiny model whose latents are spread like a trained one's (BatchNorm
+    statistics calibrated on noise, a few symbols of each sign), with a random mask."""
+    torch.manual_seed(seed)
+    model = CAE(ModelConfig.from_preset("tiny"))
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.momentum = None  # cumulative average: statistics of all batches seen
+    with torch.no_grad():
+        for _ in range(3):
+            model(torch.rand(16, 3, 32, 32))
+    model.encoder[-1][-1].weight.data.fill_(4.0)
+    model.set_mask(torch.rand(model.config.latent_shape()) < keep)
+    return model.eval()
+
+
+def test_image(height: int, width: int, seed: int = 0) -> np.ndarray:
+    """Smooth gradients plus noise: content with both structure and detail."""
+    yy, xx = np.mgrid[0:height, 0:width]
+    base = np.stack([xx * 255 / max(width, 1), yy * 255 / max(height, 1), (xx + yy) % 97], -1)
+    noise = np.random.default_rng(seed).normal(0, 12, base.shape)
+    return np.clip(base + noise, 0, 255).astype(np.uint8)
+
+
+test_image.__test__ = False  # a helper, not a test
+
+
+def reconstruction(image: np.ndarray, model: CAE) -> np.ndarray:
+    """What the model itself gives for `image`, computed directly: replicate-pad, all tiles
+    in one batch through encode and decode, round, crop."""
+    tile = model.config.patch_size
+    h, w = image.shape[:2]
+    padded = np.pad(image, ((0, -h % tile), (0, -w % tile), (0, 0)), mode="edge")
+    rows, cols = padded.shape[0] // tile, padded.shape[1] // tile
+    tiles = padded.reshape(rows, tile, cols, tile, 3).transpose(0, 2, 4, 1, 3)
+    x = torch.from_numpy(tiles.reshape(-1, 3, tile, tile).copy()).float() / 255
+    y = model.decode(model.encode(x))
+    pixels = (y * 255).round().clamp(0, 255).to(torch.uint8).numpy()
+    pixels = pixels.reshape(rows, cols, 3, tile, tile).transpose(0, 3, 1, 4, 2)
+    return pixels.reshape(rows * tile, cols * tile, 3)[:h, :w]
+
+
+@pytest.fixture(scope="module")
+def model() -> CAE:
+    return tiny_model()
+
+
+@pytest.mark.parametrize("size", [(1, 1), (1, 45), (45, 1), (127, 129), (768, 512)])
+def test_round_trip_equals_the_models_reconstruction(model, size):
+    image = test_image(*size)
+    data = codec.compress(image, model)
+    header, _ = parse(data)
+    assert (header.height, header.width, header.mode) == (*size, "RGB")
+    decoded = codec.decompress(data, model)
+    assert decoded.shape == image.shape and decoded.dtype == np.uint8
+    np.testing.assert_array_equal(decoded, reconstruction(image, model))
+
+
+def test_large_image_round_trip(model):
+    image = test_image(1500, 2000, seed=3)
+    data = codec.compress(image, model, batch_tiles=64)
+    decoded = codec.decompress(data, model)
+    np.testing.assert_array_equal(decoded, reconstruction(image, model))
+    # The reconstruction follows the image (the codec placed every tile where it belongs).
+    assert np.corrcoef(decoded.ravel(), image.ravel())[0, 1] > 0.3
+
+
+def test_only_kept_slots_are_transmitted(model):
+    image = test_image(64, 96)  # 2 x 3 tiles
+    header, _ = parse(codec.compress(image, model))
+    assert header.kept_per_tile == int(model.mask.sum()) < model.mask.numel()
+    assert header.n_symbols == 6 * header.kept_per_tile
+
+
+def test_unpruned_model_transmits_every_slot():
+    model = tiny_model(seed=1)
+    model.set_mask(None)
+    image = test_image(40, 40)
+    header, _ = parse(codec.compress(image, model))
+    assert header.kept_per_tile == 8 * 4 * 4
+    np.testing.assert_array_equal(codec.decompress(codec.compress(image, model), model),
+                                  reconstruction(image, model))
+
+
+def test_same_input_gives_identical_bytes(model):
+    image = test_image(100, 150, seed=7)
+    first = codec.compress(image, model)
+    assert codec.compress(image, model) == first
+    assert codec.compress(image, model, batch_tiles=1) == first
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        assert codec.compress(image, model) == first
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_decode_does_not_depend_on_batching(model):
+    data = codec.compress(test_image(100, 150), model)
+    assert np.array_equal(codec.decompress(data, model, batch_tiles=1),
+                          codec.decompress(data, model, batch_tiles=64))
+
+
+def test_grayscale_is_coded_as_rgb_and_returned_as_grayscale(model):
+    gray = test_image(50, 70)[..., 1]
+    data = codec.compress(gray, model)
+    assert parse(data)[0].mode == "L"
+    decoded = codec.decompress(data, model)
+    assert decoded.shape == (50, 70) and decoded.dtype == np.uint8
+    rgb = reconstruction(np.repeat(gray[..., None], 3, axis=2), model).astype(np.float64)
+    np.testing.assert_array_equal(decoded, np.round(rgb.mean(axis=2) + 1e-9).astype(np.uint8))
+    assert codec.compress(gray[..., None], model) == data  # (H, W, 1) is grayscale too
+
+
+@pytest.mark.parametrize(
+    "bad", [np.zeros((4, 4, 3), np.float32), np.zeros((4, 4, 4), np.uint8),
+            np.zeros((0, 4, 3), np.uint8), np.zeros(5, np.uint8)],
+)
+def test_refuses_bad_arrays(model, bad):
+    with pytest.raises(ValueError):
+        codec.compress(bad, model)
+
+
+def test_wrong_model_is_refused_with_both_fingerprints(model):
+    other = tiny_model(seed=5)
+    data = codec.compress(test_image(20, 20), model)
+    with pytest.raises(ModelMismatchError) as info:
+        codec.decompress(data, other)
+    assert model.fingerprint()[:16].hex() in str(info.value)
+    assert other.fingerprint()[:16].hex() in str(info.value)
+
+
+def test_pixel_limit_applies_before_decoding(model):
+    data = codec.compress(test_image(64, 64), model)
+    with pytest.raises(BitstreamError, match="exceeds the limit"):
+        codec.decompress(data, model, max_pixels=64 * 63)
+
+
+def test_header_that_disagrees_with_the_model_is_refused(model):
+    data = bytearray(codec.compress(test_image(40, 40), model))
+    struct.pack_into("<I", data, 20, int(model.mask.sum()) - 1)  # kept slots per tile
+    _fix_crc(data)
+    with pytest.raises(BitstreamError, match="kept slots"):
+        codec.decompress(bytes(data), model)
+
+
+def test_wrong_symbol_count_is_refused(model):
+    data = bytearray(codec.compress(test_image(40, 40), model))  # 2 x 2 tiles
+    struct.pack_into("<I", data, 16, 20)  # height 40 -> 20: the header implies 1 x 2 tiles
+    _fix_crc(data)
+    with pytest.raises(BitstreamError, match="symbols"):
+        codec.decompress(bytes(data), model)
+
+
+# -- fuzzing the whole decoder --------------------------------------------------------------
+
+
+def _fix_crc(data: bytearray) -> None:
+    crc = zlib.crc32(data[HEADER_BYTES:], zlib.crc32(data[: HEADER_BYTES - 4]))
+    struct.pack_into("<I", data, HEADER_BYTES - 4, crc)
+
+
+@pytest.fixture(scope="module")
+def valid_stream(model) -> bytes:
+    return codec.compress(test_image(40, 72, seed=2), model)
+
+
+def _decode_or_refuse(data: bytes, model: CAE) -> None:
+    """The decoder's contract: a correct image or BitstreamError, nothing else."""
+    try:
+        image = codec.decompress(data, model)
+    except BitstreamError:
+        return
+    header, _ = parse(data)
+    assert image.shape[:2] == (header.height, header.width)
+
+
+edits = st.one_of(
+    st.tuples(st.just("truncate"), st.integers(0, 10_000), st.just(b""), st.booleans()),
+    st.tuples(st.just("flip"), st.integers(0, 80_000), st.just(b""), st.booleans()),
+    st.tuples(st.just("header"), st.integers(0, HEADER_BYTES - 5),
+              st.binary(min_size=1, max_size=8), st.booleans()),
+    st.tuples(st.just("payload"), st.integers(0, 10_000), st.binary(min_size=1, max_size=8),
+              st.booleans()),
+)
+
+
+@settings(max_examples=2000, deadline=2000, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(steps=st.lists(edits, min_size=1, max_size=3))
+def _fuzz(model: CAE, valid_stream: bytes, steps) -> None:
+    data = bytearray(valid_stream)
+    for kind, position, patch, fix_crc in steps:
+        if kind == "truncate":
+            del data[position % (len(data) + 1):]
+        elif kind == "flip" and data:
+            data[(position // 8) % len(data)] ^= 1 << (position % 8)
+        elif kind == "header":
+            data[position : position + len(patch)] = patch
+        elif kind == "payload" and len(data) > HEADER_BYTES:
+            at = HEADER_BYTES + position % (len(data) - HEADER_BYTES)
+            data[at : at + len(patch)] = patch
+        if fix_crc and len(data) >= HEADER_BYTES:
+            _fix_crc(data)
+    _decode_or_refuse(bytes(data), model)
+
+
+def test_fuzz_decoder_gives_only_bitstream_errors(model, valid_stream):
+    """2,000 streams made by truncations, bit flips, header and payload edits, each with or
+    without a recomputed CRC (so that the checks behind the checksum are reached too): each
+    decodes or raises BitstreamError, within 2 s (hypothesis deadline), and the process's
+    peak memory grows by less than 256 MB over all of them."""
+    rss_now = int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize() / 1024
+    peak_before = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, rss_now)
+    _fuzz(model, valid_stream)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss < peak_before + 256 * 1024

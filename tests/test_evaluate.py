@@ -1,0 +1,113 @@
+"""End to end on a local Ray cluster: small generated images, two codecs, every artifact."""
+
+from __future__ import annotations
+
+import json
+import struct
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from caeadmm import evaluate, rd
+from caeadmm.cli import main as cli_main
+
+CODECS = {"jpeg": [10, 50, 90], "webp": [10, 50, 90]}
+SHAPES = [(40, 56), (33, 47), (64, 64)]
+
+
+def _png_size(path) -> tuple[int, int]:
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return struct.unpack(">II", data[16:24])
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    root = tmp_path / "images"
+    (root / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for i, (h, w) in enumerate(SHAPES):
+        y, x = np.mgrid[0:h, 0:w]
+        pixels = np.stack([x * 4 + i * 30, y * 5, (x + y) * 3], -1) + rng.integers(0, 25, (h, w, 3))
+        folder = root / "sub" if i == 2 else root
+        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(folder / f"im{i}.png")
+    return root
+
+
+def test_end_to_end_writes_every_artifact(ray_local, dataset, tmp_path):
+    out = tmp_path / "out"
+    outcome = evaluate.run([dataset], CODECS, out, references=rd.published_references(),
+                           progress=False)
+
+    n_points = len(SHAPES) * sum(len(s) for s in CODECS.values())
+    assert len(outcome.rows) == n_points and outcome.failures.empty
+    expected = {"per_image.csv", "per_image.parquet", "summary.csv", "summary.md", "bd_rate.md",
+                "jpeg.json", "webp.json", "rd_psnr.png", "rd_ms_ssim.png", "rd_ms_ssim_db.png"}
+    assert {p.name for p in out.iterdir()} == expected
+
+    per_image = pd.read_csv(out / "per_image.csv")
+    assert len(per_image) == n_points
+    assert set(per_image["image"]) == {"im0.png", "im1.png", "sub/im2.png"}
+    assert list(per_image.columns) == [
+        "image", "codec", "setting", "bytes", "bpp", "psnr", "ms_ssim", "ssim", "encode_s",
+        "decode_s", "height", "width",
+    ]
+    np.testing.assert_allclose(
+        per_image["bpp"], 8 * per_image["bytes"] / (per_image["height"] * per_image["width"])
+    )
+    assert pd.read_parquet(out / "per_image.parquet").shape == per_image.shape
+
+    summary = pd.read_csv(out / "summary.csv")
+    assert len(summary) == 6 and (summary["images"] == 3).all()
+    jpeg_bpp = per_image[per_image["codec"] == "jpeg"].groupby("setting")["bpp"].mean()
+    doc = json.loads((out / "jpeg.json").read_text())
+    assert doc["name"] == "JPEG"
+    assert doc["results"]["bpp"] == pytest.approx(sorted(jpeg_bpp))
+    assert len(doc["results"]["psnr-rgb"]) == 3 and len(doc["results"]["ms-ssim-rgb"]) == 3
+
+    for metric in rd.METRIC_LABELS:
+        path = out / f"rd_{metric}.png"
+        assert _png_size(path) == (rd.PLOT_SIZE_IN[0] * rd.PLOT_DPI,
+                                   rd.PLOT_SIZE_IN[1] * rd.PLOT_DPI)
+        assert path.stat().st_size > 5000
+    bd = (out / "bd_rate.md").read_text()
+    assert "| JPEG | +0.00 |" in bd and "WebP" in bd and "JPEG, CompressAI" in bd
+
+
+def test_failed_points_are_reported_not_fatal(ray_local, dataset, tmp_path):
+    (dataset / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    outcome = evaluate.run([dataset], {"jpeg": [50]}, tmp_path / "out", progress=False)
+    assert len(outcome.rows) == 3
+    assert list(outcome.failures["image"]) == ["broken.png"]
+    assert "ImageLoadError" in outcome.failures["error"].iloc[0]
+    assert (tmp_path / "out" / "failures.csv").exists()
+
+
+def test_cli_eval(ray_local, dataset, tmp_path, capsys):
+    code = cli_main(["eval", str(dataset), "--codecs", "jpeg:20+80", "--out",
+                     str(tmp_path / "cli"), "--no-published", "--quiet"])
+    assert code == 0
+    assert "6 points measured" in capsys.readouterr().out
+    assert (tmp_path / "cli" / "rd_psnr.png").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--codecs", "gif"], "unknown codec"),
+        (["--codecs", "cae"], "needs settings"),
+    ],
+)
+def test_cli_eval_rejects_bad_arguments(dataset, tmp_path, capsys, args, message):
+    code = cli_main(["eval", str(dataset), "--out", str(tmp_path / "x"), *args])
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_eval_with_no_images(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    code = cli_main(["eval", str(tmp_path / "empty"), "--out", str(tmp_path / "x")])
+    assert code == 2
+    assert "no image files" in capsys.readouterr().err
