@@ -14,6 +14,10 @@ an unfair one (DESIGN.md section 3):
 - AVIF: libavif with the AOM encoder, speed 6 (Pillow's default; 0 is slowest), 4:2:0, one
   encoder thread.
 
+`jpeg-default` and `webp-default` are Pillow with nothing but `quality` set, the way
+CompressAI made its published Kodak curves: they exist to check our measurements against those
+files (docs/results.md), not as baselines.
+
 The CAE codec (`cae`) is the same kind of entry: its settings are model names for
 `caeadmm.zoo.load`, one model per operating point; `caeadmm.codec` and `caeadmm.zoo` are
 imported only when a CAE point is measured.
@@ -105,6 +109,13 @@ def _webp_encode(rgb: np.ndarray, quality: int) -> bytes:
     return _pillow_encode(rgb, "WEBP", quality=quality, method=6)
 
 
+def _pillow_defaults_encode(fmt: str) -> Callable[[np.ndarray, int], bytes]:
+    def encode(rgb: np.ndarray, quality: int) -> bytes:
+        return _pillow_encode(rgb, fmt, quality=quality)
+
+    return encode
+
+
 def _jpeg2000_encode(rgb: np.ndarray, target_bpp: float) -> bytes:
     # OpenJPEG's default of 6 resolution levels needs sides of 2^5 px; small images get fewer.
     levels = max(1, min(6, int(np.log2(min(rgb.shape[:2]))) + 1))
@@ -122,10 +133,16 @@ def _avif_encode(rgb: np.ndarray, quality: int) -> bytes:
 
 @functools.lru_cache(maxsize=8)
 def _cae_model(name: str) -> Any:
-    """Load a CAE model once per process (Ray workers measure many images per model)."""
-    from caeadmm import zoo
+    """Load a CAE model once per process (Ray workers measure many images per model).
 
-    return zoo.load(name)
+    One round trip of a tiny image follows, so that one-time costs (Numba compiling the entropy
+    coder, torch's lazy initialisation) do not land in the first measured encode.
+    """
+    from caeadmm import codec, zoo
+
+    model = zoo.load(name)
+    codec.decompress(codec.compress(np.zeros((8, 8, 3), np.uint8), model), model)
+    return model
 
 
 def _cae_encode(rgb: np.ndarray, model_name: str) -> bytes:
@@ -177,6 +194,20 @@ CODECS: dict[str, Codec] = {
             "4:2:0, 1 thread; setting = quality",
             (5, 10, 15, 20, 30, 40, 50, 60, 70, 80, 85),
             _int_in(0, 100), _avif_encode, _pillow_decode,
+        ),
+        Codec(
+            "jpeg-default", "JPEG, Pillow defaults",
+            f"JPEG, {_PILLOW}, quality only (standard Huffman tables, 4:2:0), as CompressAI's "
+            "published jpeg.json; for checking against it, not a baseline",
+            (5, 10, 15, 20, 30, 40, 50),
+            _int_in(0, 100), _pillow_defaults_encode("JPEG"), _pillow_decode,
+        ),
+        Codec(
+            "webp-default", "WebP, Pillow defaults",
+            f"WebP, {_PILLOW}, quality only (method=4), as CompressAI's published webp.json; "
+            "for checking against it, not a baseline",
+            (5, 10, 15, 20, 25, 30, 40, 50),
+            _int_in(0, 100), _pillow_defaults_encode("WEBP"), _pillow_decode,
         ),
         Codec(
             "cae", "CAE-ADMM",

@@ -102,6 +102,8 @@ class TrainConfig:
     # ADMM: rho multiplies the PER-SLOT mean squared residual (see admm.py).
     rho: float = 1.0
     pruning_ratio: float = 0.9
+    # "all" (DESIGN.md) or "pruned": penalise only the slots outside Z's support.
+    penalty_slots: str = "all"
     # Distortion weights (the paper's), and the PSNR reference of the (psnr_ref - PSNR) term.
     w_msssim: float = 1000.0
     w_ssim: float = 1000.0
@@ -219,7 +221,8 @@ def _reject_unknown(cls: type, data: dict[str, Any], prefix: str) -> None:
 
 
 def _check_types(obj: Any) -> None:
-    """Check each field against its annotation; ints are accepted (and kept) where a float is."""
+    """Check each field against its annotation; ints and numeric strings become floats where
+    a float is expected."""
     hints = typing.get_type_hints(type(obj))
     for f in dataclasses.fields(obj):
         value = getattr(obj, f.name)
@@ -229,6 +232,13 @@ def _check_types(obj: Any) -> None:
         if float in allowed and isinstance(value, int) and not isinstance(value, bool):
             setattr(obj, f.name, float(value))
             continue
+        if float in allowed and isinstance(value, str):
+            # YAML 1.1 reads "3e-4" (no dot) as a string; accept it as the float it means.
+            try:
+                setattr(obj, f.name, float(value))
+                continue
+            except ValueError:
+                pass
         # bool is an int subclass: refuse it where an int is expected, and vice versa.
         ok = any(
             isinstance(value, t) and (t is bool) == isinstance(value, bool)

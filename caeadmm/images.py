@@ -88,7 +88,8 @@ def load_rgb(source: str | os.PathLike | bytes, max_pixels: int | None = None) -
         raise ImageLoadError(f"is a directory: {exc.filename}") from exc
     except Image.UnidentifiedImageError as exc:
         raise ImageLoadError("not an image Pillow can identify") from exc
-    except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as exc:
+    # RuntimeError: Pillow's AVIF plugin raises it for damaged files (e.g. a missing item).
+    except (OSError, SyntaxError, ValueError, EOFError, MemoryError, RuntimeError) as exc:
         raise ImageLoadError(f"corrupt or truncated image: {exc}") from exc
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import random
 import time
 from collections import deque
@@ -53,7 +54,8 @@ from caeadmm.training import (
 
 LOG_COLUMNS = [
     "step", "phase", "loss", "distortion", "penalty", "mse", "psnr", "ssim", "msssim", "lr",
-    "grad_norm", "admm_residual", "energy_outside_top_k", "patches_per_s", "elapsed_s",
+    "grad_norm", "admm_residual", "energy_outside_top_k", "support_churn", "patches_per_s",
+    "elapsed_s",
 ]
 
 
@@ -178,7 +180,7 @@ def train(
     window: list[dict[str, float]] = []
     recent_mse: deque[float] = deque(maxlen=cfg.log_every)  # training MSE, last steps
     after_prune: list[float] = []  # training MSE of the first log_every fine-tune steps
-    admm_stats = {"admm_residual": float("nan"), "energy_outside_top_k": float("nan")}
+    admm_stats = dict.fromkeys(["admm_residual", "energy_outside_top_k", "support_churn"], math.nan)
     t_start = t_window = time.perf_counter()
     for step, batch in zip(range(start, schedule.total), loader, strict=True):
         maybe_inject_failure(cfg, step, resumed)
@@ -246,7 +248,11 @@ def _admm_update(admm) -> dict[str, float]:
         "admm_residual": admm.residual(c_bar),
         "energy_outside_top_k": latent_energy_outside_top_k(c_bar, admm.k),
     }
+    before = admm.support.clone() if admm.updates else None
     admm.update(latent_sum, count)
+    # Share of the kept slots that changed: near 0 once the ADMM support has settled.
+    changed = (admm.support & ~before).sum() / admm.k if before is not None else math.nan
+    stats["support_churn"] = float(changed)
     return stats
 
 
@@ -259,7 +265,7 @@ def _save(path, model, admm, optimizer, step, cfg, summary) -> None:
 
 def _log_row(step: int, window: list[dict], admm_stats: dict, patches_per_s: float) -> dict:
     row: dict[str, float] = {"step": step}
-    for key in LOG_COLUMNS[1:13]:
+    for key in LOG_COLUMNS[1:14]:
         if key in admm_stats:
             row[key] = admm_stats[key]
         else:

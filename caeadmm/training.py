@@ -94,7 +94,10 @@ class Schedule:
 
 
 def new_admm(cfg: TrainConfig, device: torch.device | str = "cpu") -> ADMM:
-    return ADMM(cfg.model.latent_shape(), cfg.pruning_ratio, cfg.rho, device=device)
+    return ADMM(
+        cfg.model.latent_shape(), cfg.pruning_ratio, cfg.rho, device=device,
+        penalty_slots=cfg.penalty_slots,
+    )
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:

@@ -51,9 +51,11 @@ def _prepare(symbols: object, backend: ModuleType) -> _Coding:
         return _Coding(header, pack_header(header), np.zeros(0, np.uint8), (), 0, 0)
     runs, values, trailing = backend.nonzero_tokens(x)
     p = plan.choose(runs, values, trailing, backend)
-    counts, extra_bits = backend.token_counts(
-        runs, values, trailing, p.log2_run, p.direct, p.classes
-    )
+    counts, extra_bits = p.counts, p.extra_bits
+    if counts is None:  # the planner binned large magnitudes: count the tokens exactly
+        counts, extra_bits = backend.token_counts(
+            runs, values, trailing, p.log2_run, p.direct, p.classes
+        )
     lengths = backend.code_lengths(counts, MAX_CODE_LENGTH)
     tail = int(trailing) & ((1 << p.log2_run) - 1)
     header = Header(x.size, p.log2_run, p.direct, p.classes, tail)
@@ -80,18 +82,16 @@ def encode(symbols: object, backend: ModuleType = kernels) -> bytes:
     c = _prepare(symbols, backend)
     if c.header.count == 0:
         return c.header_bytes
-    size = (c.bits + 7) // 8
-    out = np.zeros(size + 8, np.uint8)  # the bit writer stores whole 64-bit words
-    out[: len(c.header_bytes)] = np.frombuffer(c.header_bytes, np.uint8)
+    words = np.zeros((c.bits + 63) // 64, np.uint64)
     h = c.header
     runs, values, trailing = c.tokens
-    end = backend.write_stream(
-        out, len(c.header_bytes), c.lengths, runs, values, trailing,
-        h.log2_run, h.direct, h.classes,
-    )  # fmt: skip
-    if end != size:
-        raise RuntimeError(f"coder wrote {end} bytes where it planned {size}")
-    return out[:size].tobytes()
+    header = np.frombuffer(c.header_bytes, np.uint8)
+    bits = backend.write_stream(
+        words, header, c.lengths, runs, values, trailing, h.log2_run, h.direct, h.classes
+    )
+    if bits != c.bits:
+        raise RuntimeError(f"coder wrote {bits} bits where it planned {c.bits}")
+    return words.astype(">u8", copy=False).view(np.uint8)[: (bits + 7) // 8].tobytes()
 
 
 def _check(error: int) -> None:

@@ -49,11 +49,13 @@ def nonzero_tokens(symbols):
     """(runs, values, trailing): zeros before each non-zero symbol, the symbols, zeros after.
 
     Branch-free: every symbol is written to the next free slot, which only advances on a
-    non-zero, so the loop runs at memory speed whatever the zero pattern.
+    non-zero, so the loop runs at memory speed whatever the zero pattern. The slots are
+    counted first, so memory is sized by the non-zeros (8 bytes each), not the symbols.
     """
     n = symbols.shape[0]
-    runs = np.empty(n, np.int64)
-    values = np.empty(n, np.int32)
+    count = np.count_nonzero(symbols)
+    runs = np.empty(count + 1, np.int32)  # + 1: the slot written after the last non-zero
+    values = np.empty(count + 1, np.int32)
     count = 0
     last = -1
     for i in range(n):
@@ -305,62 +307,58 @@ def table_bits(lengths, width):
 
 
 @njit(cache=True)
-def _store_be64(out, pos, word):
-    for i in range(8):
-        out[pos + i] = (word >> U64(56 - 8 * i)) & U64(255)
+def _put(words, acc, nbits, w, value, width):
+    """Append `width` (0..57) bits, MSB first: `acc` holds `nbits` (< 64) pending bits, and
+    each full 64-bit word goes to words[w] (never past the end of `words`)."""
+    free = 64 - nbits
+    if width < free:
+        return (acc << U64(width)) | U64(value), nbits + width, w
+    rest = width - free
+    if w < words.size:
+        words[w] = (acc << U64(free)) | (U64(value) >> U64(rest))
+    return U64(value), rest, w + 1  # bits of `value` above `rest` are already written
 
 
 @njit(cache=True)
-def _put(out, acc, nbits, pos, value, width):
-    """Append `width` (1..57) bits, MSB first. Branch-free: the pending bits are stored as a
-    whole 64-bit word at every call and `pos` advances by the bytes completed; `out` has 8
-    bytes of room past the stream (stores that would pass its end are dropped)."""
-    acc = (acc << U64(width)) | U64(value)
-    nbits += width
-    if pos + 8 <= out.size:
-        _store_be64(out, pos, acc << U64(64 - nbits))
-    pos += nbits >> 3
-    nbits &= 7
-    return acc, nbits, pos
+def write_stream(words, header, lengths, runs, values, trailing, log2_run, direct, classes):
+    """Write header bytes, table and payload as big-endian 64-bit words; returns the bits.
 
-
-@njit(cache=True)
-def write_stream(out, offset, lengths, runs, values, trailing, log2_run, direct, classes):
-    """Write the table and the payload into out[offset:]; returns the end offset.
-
-    The caller sizes `out` from table_bits and the token counts (plus 8 bytes of room); a
-    mismatch shows as an end offset other than the planned one, never as a write out of
-    bounds. The last byte is padded with zero bits.
+    The caller sizes `words` from table_bits and the token counts, and checks the returned
+    bit count against its plan; a mismatch can never write out of bounds.
     """
     run_cap = 1 << log2_run
     width = 2 * direct + 2 * classes
     acc = U64(0)
-    nbits = 0
-    pos = offset
+    nbits = w = 0
+    for b in header:
+        acc, nbits, w = _put(words, acc, nbits, w, b, 8)
 
     symbols = table_symbols(lengths, width)
     _, table_lengths = _table_code(symbols)
     table_codes = _canonical_codes(table_lengths)
     for s in range(TABLE_SYMBOLS):
-        acc, nbits, pos = _put(out, acc, nbits, pos, table_lengths[s], TABLE_LENGTH_BITS)
+        acc, nbits, w = _put(words, acc, nbits, w, table_lengths[s], TABLE_LENGTH_BITS)
     for t in range(lengths.size):
         s = symbols[t]
-        acc, nbits, pos = _put(out, acc, nbits, pos, table_codes[s], table_lengths[s])
+        acc, nbits, w = _put(words, acc, nbits, w, table_codes[s], table_lengths[s])
         if s == TABLE_ESCAPE:
-            acc, nbits, pos = _put(out, acc, nbits, pos, lengths[t], TABLE_ESCAPE_BITS)
+            acc, nbits, w = _put(words, acc, nbits, w, lengths[t], TABLE_ESCAPE_BITS)
 
     codes = _canonical_codes(lengths)
-    zero_run = run_cap * width
+    packed = codes << 4 | lengths  # code and length in one load
+    zero_run = packed[run_cap * width]
     for i in range(runs.size):
         r = runs[i]
         for _ in range(r >> log2_run):
-            acc, nbits, pos = _put(out, acc, nbits, pos, codes[zero_run], lengths[zero_run])
+            acc, nbits, w = _put(words, acc, nbits, w, zero_run >> 4, zero_run & 15)
         j, k, extra = _value_class(values[i], direct)
-        t = (r & (run_cap - 1)) * width + j
-        acc, nbits, pos = _put(out, acc, nbits, pos, codes[t] << k | extra, lengths[t] + k)
+        p = packed[(r & (run_cap - 1)) * width + j]
+        acc, nbits, w = _put(words, acc, nbits, w, (p >> 4) << k | extra, (p & 15) + k)
     for _ in range(trailing >> log2_run):
-        acc, nbits, pos = _put(out, acc, nbits, pos, codes[zero_run], lengths[zero_run])
-    return pos + (1 if nbits else 0)  # the partial last byte is already stored
+        acc, nbits, w = _put(words, acc, nbits, w, zero_run >> 4, zero_run & 15)
+    if nbits and w < words.size:
+        words[w] = acc << U64(64 - nbits)  # the last word, zero-padded
+    return 64 * w + nbits
 
 
 # ---------------------------------------------------------------------------- reading

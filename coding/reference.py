@@ -43,7 +43,7 @@ def nonzero_tokens(symbols: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
     positions = np.flatnonzero(symbols)
     runs = np.diff(positions, prepend=-1) - 1
     trailing = len(symbols) - 1 - int(positions[-1]) if positions.size else len(symbols)
-    return runs.astype(np.int64), symbols[positions].astype(np.int32), trailing
+    return runs.astype(np.int32), symbols[positions].astype(np.int32), trailing
 
 
 def token_extent(runs: np.ndarray, values: np.ndarray, trailing: int) -> tuple[int, int]:
@@ -81,7 +81,10 @@ def run_value_histogram(runs, values, log2_rows, magnitudes, columns):
     for r, v in zip(runs.tolist(), values.tolist(), strict=True):
         m = abs(v)
         sign = 1 if v < 0 else 0
-        col = 2 * (m - 1) + sign if m <= magnitudes else 2 * magnitudes + 2 * (m.bit_length() - 1) + sign
+        if m <= magnitudes:
+            col = 2 * (m - 1) + sign
+        else:
+            col = 2 * magnitudes + 2 * (m.bit_length() - 1) + sign
         hist[r % (1 << log2_rows), col] += 1
         long_runs += r >> log2_rows
     return hist, long_runs
@@ -194,12 +197,15 @@ def table_bits(lengths, width):
 # ---------------------------------------------------------------------------- writing
 
 
-def write_stream(out, offset, lengths, runs, values, trailing, log2_run, direct, classes):
+def write_stream(words, header, lengths, runs, values, trailing, log2_run, direct, classes):
     width = 2 * direct + 2 * classes
     bits = []
 
     def put(value: int, n: int) -> None:
         bits.append(format(value, f"0{n}b") if n else "")
+
+    for byte in header.tolist():
+        put(byte, 8)
 
     symbols = table_symbols(lengths, width)
     _, table_lengths = _table_code(symbols)
@@ -223,10 +229,10 @@ def write_stream(out, offset, lengths, runs, values, trailing, log2_run, direct,
         put(*codes[zero_run])
 
     text = "".join(bits)
-    text += "0" * (-len(text) % 8)
-    for i in range(0, len(text), 8):
-        out[offset + i // 8] = int(text[i : i + 8], 2)
-    return offset + len(text) // 8
+    padded = text + "0" * (-len(text) % 64)
+    for i in range(0, len(padded), 64):
+        words[i // 64] = int(padded[i : i + 64], 2)
+    return len(text)
 
 
 # ---------------------------------------------------------------------------- reading

@@ -39,7 +39,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--seed", type=int, default=0, help="crop seed (default 0)")
     parser.add_argument("--rows-per-shard", type=int, default=1024, help="patches per shard")
-    parser.add_argument("--files-per-task", type=int, default=4, help="files decoded per Ray task")
+    parser.add_argument("--files-per-task", type=int, default=8, help="files decoded per Ray task")
+    parser.add_argument(
+        "--compression", default="none", help="Parquet codec: none (default, fastest), zstd, ..."
+    )
     parser.add_argument("--max-pixels", type=int, help="decompression-bomb pixel limit")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     parser.add_argument("--no-progress", action="store_true", help="no progress display")
@@ -68,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             spec,
             rows_per_shard=args.rows_per_shard,
             files_per_task=args.files_per_task,
+            compression=args.compression,
             max_pixels=args.max_pixels,
             overwrite=args.overwrite,
             progress=not args.no_progress,

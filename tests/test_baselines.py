@@ -18,7 +18,7 @@ from caeadmm import baselines
 from caeadmm.baselines import CodecError, get_codec, measure, parse_codecs
 from caeadmm.images import ImageLoadError
 
-PILLOW_CODECS = ["jpeg", "webp", "jpeg2000", "avif"]
+PILLOW_CODECS = ["jpeg", "webp", "jpeg2000", "avif", "jpeg-default", "webp-default"]
 
 
 def _image(height: int, width: int, seed: int = 0) -> np.ndarray:

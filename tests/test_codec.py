@@ -23,7 +23,8 @@ def tiny_model(seed: int = 0, keep: float = 0.5) -> CAE:
     """A random tiny model whose latents are spread like a trained one's (BatchNorm
     statistics calibrated on noise, a few symbols of each sign), with a random mask."""
     torch.manual_seed(seed)
-    model = CAE(ModelConfig.from_preset("tiny"))
+    model = CAE(ModelConfig(preset="tiny", width=16, n_blocks=1, latent_channels=8,
+                            patch_size=32))
     for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
             module.momentum = None  # cumulative average: statistics of all batches seen
@@ -48,17 +49,31 @@ test_image.__test__ = False  # a helper, not a test
 
 def reconstruction(image: np.ndarray, model: CAE) -> np.ndarray:
     """What the model itself gives for `image`, computed directly: replicate-pad, all tiles
-    in one batch through encode and decode, round, crop."""
+    in one batch through encode and decode, round, crop. A lone tile is batched with an
+    unrelated noise tile: a tile's result must not depend on its companions."""
     tile = model.config.patch_size
     h, w = image.shape[:2]
     padded = np.pad(image, ((0, -h % tile), (0, -w % tile), (0, 0)), mode="edge")
     rows, cols = padded.shape[0] // tile, padded.shape[1] // tile
     tiles = padded.reshape(rows, tile, cols, tile, 3).transpose(0, 2, 4, 1, 3)
     x = torch.from_numpy(tiles.reshape(-1, 3, tile, tile).copy()).float() / 255
-    y = model.decode(model.encode(x))
+    n = len(x)
+    if n == 1:
+        x = torch.cat([x, torch.rand(1, 3, tile, tile)])
+    y = model.decode(model.encode(x))[:n]
     pixels = (y * 255).round().clamp(0, 255).to(torch.uint8).numpy()
     pixels = pixels.reshape(rows, cols, 3, tile, tile).transpose(0, 3, 1, 4, 2)
     return pixels.reshape(rows * tile, cols * tile, 3)[:h, :w]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """The tiny model gains nothing from a second thread, and OpenMP's waiting threads make
+    it many times slower on a busy 2-core machine. (Thread-count independence is tested.)"""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
@@ -82,8 +97,6 @@ def test_large_image_round_trip(model):
     data = codec.compress(image, model, batch_tiles=64)
     decoded = codec.decompress(data, model)
     np.testing.assert_array_equal(decoded, reconstruction(image, model))
-    # The reconstruction follows the image (the codec placed every tile where it belongs).
-    assert np.corrcoef(decoded.ravel(), image.ravel())[0, 1] > 0.3
 
 
 def test_only_kept_slots_are_transmitted(model):
@@ -107,19 +120,20 @@ def test_same_input_gives_identical_bytes(model):
     image = test_image(100, 150, seed=7)
     first = codec.compress(image, model)
     assert codec.compress(image, model) == first
-    assert codec.compress(image, model, batch_tiles=1) == first
-    threads = torch.get_num_threads()
+    for batch_tiles in (1, 2, 5, 64):  # 5 x 5 tiles: batches of 1 to 25 tiles, and a lone one
+        assert codec.compress(image, model, batch_tiles=batch_tiles) == first
+    torch.set_num_threads(2)
     try:
-        torch.set_num_threads(1)
         assert codec.compress(image, model) == first
     finally:
-        torch.set_num_threads(threads)
+        torch.set_num_threads(1)
 
 
 def test_decode_does_not_depend_on_batching(model):
     data = codec.compress(test_image(100, 150), model)
-    assert np.array_equal(codec.decompress(data, model, batch_tiles=1),
-                          codec.decompress(data, model, batch_tiles=64))
+    reference = codec.decompress(data, model, batch_tiles=64)
+    for batch_tiles in (1, 2, 4):
+        assert np.array_equal(codec.decompress(data, model, batch_tiles=batch_tiles), reference)
 
 
 def test_grayscale_is_coded_as_rgb_and_returned_as_grayscale(model):

@@ -3,10 +3,10 @@ reading the shards back through Ray Data."""
 
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import io
 import json
+import re
 import threading
 from collections import Counter
 from pathlib import Path
@@ -21,6 +21,7 @@ from caeadmm.patches import PatchSpec, split_sources
 
 ray = pytest.importorskip("ray")
 data = pytest.importorskip("caeadmm.data")
+torch = pytest.importorskip("torch")
 
 P = 16
 SPEC = PatchSpec(patch_size=P, crops=3, seed=7)
@@ -44,6 +45,7 @@ BAD = {
     "text.jpg": "not an image Pillow can identify",
     "empty.png": "empty file (0 bytes)",
     "bomb.png": "decompression bomb",
+    "damaged.avif": "corrupt or truncated image",  # Pillow raises RuntimeError for this one
     "missing.jpg": "unreadable: not found",  # named by the path list, never created
 }
 
@@ -73,6 +75,7 @@ def make_corpus(root: Path) -> tuple[Path, Path]:
     jpeg = io.BytesIO()
     Image.fromarray(_noise(64, 64, 11)).save(jpeg, "JPEG")
     (corpus / "truncated.jpg").write_bytes(jpeg.getvalue()[: len(jpeg.getvalue()) // 2])
+    (corpus / "damaged.avif").write_bytes(_avif_without_its_image())
     (corpus / "text.jpg").write_text("this is not a JPEG")
     (corpus / "empty.png").write_bytes(b"")
     Image.new("1", (10000, 9000)).save(corpus / "bomb.png")  # 90 Mpixels, 11 kB
@@ -82,9 +85,20 @@ def make_corpus(root: Path) -> tuple[Path, Path]:
     return corpus, path_list
 
 
+def _avif_without_its_image() -> bytes:
+    """An AVIF whose primary-item box ('pitm') names an item that does not exist."""
+    encoded = io.BytesIO()
+    Image.fromarray(_noise(24, 32, 12)).save(encoded, "AVIF")
+    data = bytearray(encoded.getvalue())
+    item_id = data.index(b"pitm") + 8  # after the tag: 4 bytes version+flags, then the id
+    data[item_id : item_id + 2] = b"\x7f\x7f"
+    return bytes(data)
+
+
 def read_rows(shards_dir: Path) -> list[dict]:
     manifest = json.loads((shards_dir / "_manifest.json").read_text())
-    return [r for s in manifest["shards"] for r in pq.read_table(shards_dir / s["path"]).to_pylist()]
+    tables = [pq.read_table(shards_dir / shard["path"]) for shard in manifest["shards"]]
+    return [row for table in tables for row in table.to_pylist()]
 
 
 @pytest.fixture(scope="module")
@@ -100,18 +114,6 @@ def shards(ray_local, corpus, tmp_path_factory):
         progress=False,
     )
     return out, manifest
-
-
-@contextlib.contextmanager
-def one_read_task_per_shard():
-    """Ray Data packs small files into one read task; these test shards are tiny."""
-    ctx = ray.data.DataContext.get_current()
-    saved = ctx.target_min_block_size
-    ctx.target_min_block_size = 1
-    try:
-        yield
-    finally:
-        ctx.target_min_block_size = saved
 
 
 def test_manifest_counts_and_rejects(shards, corpus):
@@ -173,7 +175,9 @@ def test_same_seed_gives_identical_shards(shards, corpus, tmp_path):
 def test_different_seed_gives_different_crops(shards, corpus, tmp_path):
     out, manifest = shards
     spec = PatchSpec(patch_size=P, crops=3, seed=8)
-    other = data.prepare_patches([str(p) for p in corpus], str(tmp_path), spec, progress=False)
+    other = data.prepare_patches(
+        [str(p) for p in corpus], str(tmp_path), spec, compression="zstd", progress=False
+    )
     assert other["sources"] == manifest["sources"]  # same images, same count per image
 
     def crops(rows):
@@ -191,10 +195,12 @@ def test_output_must_be_empty_unless_overwritten(shards, corpus, tmp_path):
     assert (tmp_path / "_manifest.json").exists()
 
 
-def test_no_inputs_and_incomplete_folders_are_refused(ray_local, tmp_path):
+def test_bad_arguments_and_incomplete_folders_are_refused(ray_local, tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(data.ShardError, match="no image files"):
         data.prepare_patches([str(tmp_path / "empty")], str(tmp_path / "out"), progress=False)
+    with pytest.raises(data.ShardError, match="compression"):
+        data.prepare_patches([str(tmp_path)], str(tmp_path / "out"), compression="bogus")
     (tmp_path / "half").mkdir()
     (tmp_path / "half" / "part-00000.parquet").write_bytes(b"PAR1")
     with pytest.raises(data.ShardError, match="did not finish"):
@@ -220,13 +226,14 @@ def test_job_grid_mode_skipping_small_images(ray_local, corpus, tmp_path, capsys
 
 
 def _keys(batch) -> list[tuple[str, int, int]]:
-    return list(zip(batch["source"].tolist(), batch["x"].tolist(), batch["y"].tolist(), strict=True))
+    """(source, x, y) of each row of a batch: a patch's identity."""
+    columns = (batch["source"].tolist(), batch["x"].tolist(), batch["y"].tolist())
+    return list(zip(*columns, strict=True))
 
 
 def test_reading_yields_every_patch_once_per_epoch_with_two_read_workers(shards):
     out, manifest = shards
-    with one_read_task_per_shard():
-        train, val = data.read_patches(str(out), val_fraction=0.25, concurrency=2)
+    train, val = data.read_patches(str(out), val_fraction=0.25, concurrency=2)
     expected = Counter((r["source"], r["x"], r["y"]) for r in read_rows(out))
     for _epoch in range(2):
         seen = Counter()
@@ -234,15 +241,16 @@ def test_reading_yields_every_patch_once_per_epoch_with_two_read_workers(shards)
             for batch in ds.iter_batches(batch_size=4):
                 seen.update(_keys(batch))
         assert seen == expected
-    assert "2 tasks executed" in train.stats() or "tasks executed" in train.stats()
+    read_tasks = re.search(r"MapBatches\(_read_shards\): (\d+) tasks executed", train.stats())
+    assert int(read_tasks.group(1)) == len(manifest["shards"])  # one task per shard
 
 
 def test_two_training_workers_share_an_epoch_without_overlap(shards):
-    out, _ = shards
-    with one_read_task_per_shard():
-        train, _ = data.read_patches(str(out), val_fraction=0.25, concurrency=2)
+    out, manifest = shards
+    train, _ = data.read_patches(str(out), val_fraction=0.25, concurrency=2)
+    train_sources = set(split_sources(manifest["sources"], 0.25)[0])
     expected = Counter((r["source"], r["x"], r["y"]) for r in read_rows(out))
-    expected = Counter({k: n for k, n in expected.items() if k[0] in _train_sources(out)})
+    expected = Counter({k: n for k, n in expected.items() if k[0] in train_sources})
     splits = train.streaming_split(2, equal=False)
     seen: list[Counter] = [Counter(), Counter()]
 
@@ -257,10 +265,6 @@ def test_two_training_workers_share_an_epoch_without_overlap(shards):
         t.join(timeout=120)
     assert seen[0] + seen[1] == expected
     assert not set(seen[0]) & set(seen[1])
-
-
-def _train_sources(out: Path) -> set[str]:
-    return set(split_sources(data.load_manifest(str(out))["sources"], 0.25)[0])
 
 
 def test_split_by_source_flips_only_training_and_batches_are_nchw_floats(shards):
@@ -284,11 +288,27 @@ def test_split_by_source_flips_only_training_and_batches_are_nchw_floats(shards)
         flipped += not np.array_equal(row["image"], src)
     assert flipped > 0
 
-    batches = list(data.iter_patch_batches(val, batch_size=3))
-    assert sum(len(b) for b in batches) == len(val_rows)
-    first = batches[0]
-    assert first.dtype.is_floating_point and str(first.dtype) == "torch.float32"
-    assert tuple(first.shape[1:]) == (3, P, P) and first.is_contiguous()
-    assert 0.0 <= float(first.min()) and float(first.max()) <= 1.0
-    expected = np.stack([r["image"] for r in val_rows[:3]]).transpose(0, 3, 1, 2) / 255.0
-    assert np.allclose(first.numpy(), expected)
+    batches = list(data.iter_patch_batches(val, batch_size=4))
+    assert [len(b) for b in batches[:-1]] == [4] * (len(batches) - 1)
+    tensor = torch.cat(batches)
+    assert tensor.dtype == torch.float32 and tensor.is_contiguous()
+    assert tuple(tensor.shape) == (len(val_rows), 3, P, P)
+    as_bytes = np.rint(tensor.numpy().transpose(0, 2, 3, 1) * 255).astype(np.uint8)
+    assert sorted(a.tobytes() for a in as_bytes) == sorted(r["image"].tobytes() for r in val_rows)
+    assert 0.0 <= float(tensor.min()) and float(tensor.max()) <= 1.0
+
+
+def test_a_worker_holding_all_but_half_a_cpu_is_still_fed(shards):
+    """On the 4-logical-CPU cluster a training worker takes 3.5 CPUs; 0.25-CPU read tasks
+    still run beside it (with 1-CPU read tasks this hangs)."""
+    out, manifest = shards
+    train, _ = data.read_patches(str(out), val_fraction=0.25)
+    shard = train.streaming_split(1)[0]
+    train_sources = split_sources(manifest["sources"], 0.25)[0]
+    n_train = sum(manifest["sources"][s] for s in train_sources)
+
+    @ray.remote(num_cpus=3.5)
+    def training_worker(shard) -> int:
+        return sum(len(batch) for _ in range(2) for batch in data.iter_patch_batches(shard, 4))
+
+    assert ray.get(training_worker.remote(shard), timeout=120) == 2 * n_train

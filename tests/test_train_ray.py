@@ -1,0 +1,306 @@
+"""caeadmm.train_ray and jobs/train.py on real Ray: the ADMM consensus across two nodes,
+recovery from a worker failure, resubmitting a run, and `ray job submit`.
+
+The in-process runs use the session's `ray_local` (4 logical CPUs). The two-node cluster is a
+head and a second raylet started with `ray start --block` in subprocesses (their own ports
+and temp dir), driven by subprocess drivers, so it never touches this process's Ray.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+ray = pytest.importorskip("ray")
+torch = pytest.importorskip("torch")
+train_ray = pytest.importorskip("caeadmm.train_ray")
+
+from caeadmm.admm import ADMM  # noqa: E402
+from caeadmm.checkpoint import load_checkpoint, load_model  # noqa: E402
+from caeadmm.config import load_config  # noqa: E402
+from caeadmm.data import prepare_patches  # noqa: E402
+from caeadmm.patches import PatchSpec  # noqa: E402
+from caeadmm.training import Schedule  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+SMOKE = REPO / "configs" / "ray_smoke.yaml"
+RAY_CLI = Path(sys.executable).with_name("ray")
+
+
+def _images(folder: Path, n: int = 6) -> Path:
+    """n smooth 64 x 64 colour images with some noise (a codec has something to learn)."""
+    folder.mkdir(parents=True)
+    ramp = np.linspace(0, 1, 64)
+    for i in range(n):
+        rng = np.random.default_rng(i)
+        base = np.outer(ramp, rng.random(64))[..., None] * rng.random(3) * 255
+        noise = rng.normal(0, 12, (64, 64, 3))
+        Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8)).save(folder / f"{i}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory, ray_local) -> Path:
+    """Shards of 32 px patches: 6 images x 9 grid positions (stride 16) = 54 patches."""
+    root = tmp_path_factory.mktemp("train_ray")
+    out = root / "shards"
+    spec = PatchSpec(patch_size=32, mode="grid", stride=16)
+    prepare_patches([str(_images(root / "images"))], str(out), spec, rows_per_shard=16,
+                    progress=False)  # fmt: skip
+    return out
+
+
+def _cfg(shards: Path, storage: Path, *overrides: str):
+    return load_config(SMOKE, [f"shards={shards}", f"storage_path={storage}", *overrides])
+
+
+def _checkpoint(run: Path, step: int) -> dict:
+    return load_checkpoint(run / f"checkpoint_{step:07d}" / train_ray.CHECKPOINT_FILE)
+
+
+def _log_steps(run: Path) -> list[int]:
+    lines = (run / train_ray.LOG_FILE).read_text().splitlines()[1:]
+    return [int(float(line.split(",")[0])) for line in lines]
+
+
+# ---------------------------------------------------------------------------------------------
+# Set-up errors (no training)
+
+
+def test_fit_needs_shards(tmp_path):
+    cfg = load_config(SMOKE, [f"storage_path={tmp_path}"])
+    with pytest.raises(train_ray.TrainRayError, match="shards"):
+        train_ray.fit(cfg)
+
+
+def test_fit_refuses_shards_of_another_patch_size(shards, tmp_path):
+    cfg = _cfg(shards, tmp_path, "model.patch_size=48")
+    with pytest.raises(train_ray.TrainRayError, match="32 px patches"):
+        train_ray.fit(cfg)
+
+
+def test_job_refuses_a_bad_override(capsys):
+    spec = importlib.util.spec_from_file_location("jobs_train", REPO / "jobs" / "train.py")
+    job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(job)
+    assert job.main(["--config", str(SMOKE), "no_such_key=1"]) == 2
+    assert "no_such_key" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------
+# Recovery and resubmission (in-process, on ray_local)
+
+
+@pytest.mark.slow
+def test_worker_failure_resumes_with_admm_state_mask_and_step(shards, tmp_path):
+    # Prune before step 12; checkpoints every 4 steps; worker 1 dies at step 17, so the run
+    # must come back from step 16 with Z, U AND the mask, and finish at 20.
+    cfg = _cfg(shards, tmp_path, "finetune_steps=8", "fail_at_step=17", "run_name=ft")
+    lines: list[str] = []
+    result = train_ray.fit(cfg, debug=True, max_failures=1, keep_checkpoints=None,
+                           log=lines.append)  # fmt: skip
+    run = tmp_path / "ft"
+
+    assert result.metrics["step"] == 20 and result.metrics["start_step"] == 16
+    assert "resumed from the checkpoint at step 16 (run ft)" in lines
+    saved = _checkpoint(run, 16)
+    assert saved["model"]["mask"] is not None  # the checkpoint is past the prune
+    for rank in (0, 1):
+        restored = torch.load(run / "debug" / f"resume_step0000016_rank{rank}.pt")
+        assert restored["step"] == 16
+        assert torch.equal(restored["Z"], saved["admm"]["Z"])
+        assert torch.equal(restored["U"], saved["admm"]["U"])
+        assert torch.equal(restored["mask"], saved["model"]["mask"])
+        assert restored["updates"] == saved["admm"]["updates"] == 3
+
+    final = _checkpoint(run, 20)
+    expected_updates = sum(Schedule(cfg).update_due(s) for s in range(cfg.total_steps()))
+    assert final["step"] == 20 and final["admm"]["updates"] == expected_updates
+    assert torch.equal(final["model"]["mask"], final["admm"]["support"])
+    # Rows the failed attempt logged after step 16 were dropped, then written again once.
+    assert _log_steps(run) == [4, 8, 12, 16, 20]
+    model = load_model(run / "checkpoint_0000020" / train_ray.MODEL_FILE)
+    assert torch.equal(model.mask, final["admm"]["support"])
+
+
+@pytest.mark.slow
+def test_resubmitting_a_run_resumes_it(shards, tmp_path):
+    # No retries: the injected failure at step 6 ends the first submission after the
+    # checkpoint at step 4. The same command again resumes there (and gets past step 6,
+    # since a resumed run does not fail again); once more, it finds the run finished.
+    cfg = _cfg(shards, tmp_path, "fail_at_step=6", "run_name=again")
+    run = tmp_path / "again"
+    with pytest.raises(ray.train.TrainingFailedError, match="injected failure at step 6"):
+        train_ray.fit(cfg, max_failures=0, log=None)
+    assert (run / "checkpoint_0000004").is_dir()
+    assert not (run / "checkpoint_0000008").exists()
+
+    second = train_ray.fit(cfg, max_failures=0, log=None)
+    assert second.metrics["start_step"] == 4 and second.metrics["step"] == 16
+    assert second.checkpoint.path.endswith("checkpoint_0000016")
+    assert _log_steps(run) == [4, 8, 12, 16]
+
+    lines: list[str] = []
+    third = train_ray.fit(cfg, max_failures=0, log=lines.append)
+    assert third.return_value["start_step"] == 16
+    assert third.checkpoint.path.endswith("checkpoint_0000016")
+    assert any("had already finished at step 16" in line for line in lines)
+    assert not any(line.startswith("step ") for line in lines)  # no training step ran
+
+
+# ---------------------------------------------------------------------------------------------
+# A two-node cluster in subprocesses: consensus, and `ray job submit`
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LocalCluster:
+    """A Ray head (with the job server) and a second raylet on 127.0.0.1, 2 CPUs each."""
+
+    def __init__(self, root: Path):
+        self.gcs_port, self.dashboard_port = _free_port(), _free_port()
+        # The lines below keep this cluster apart from any other Ray on the machine: its own
+        # temp dir, ports, and no token from ~/.ray (the cluster only listens on 127.0.0.1).
+        self.env = {
+            **os.environ,
+            "PATH": f"{RAY_CLI.parent}{os.pathsep}{os.environ.get('PATH', '')}",
+            "PYTHONPATH": str(REPO),
+            "RAY_AUTH_MODE": "disabled",
+            "RAY_USAGE_STATS_ENABLED": "0",
+        }
+        common = ["--block", "--node-ip-address", "127.0.0.1", "--num-cpus", "2",
+                  "--min-worker-port", "0", "--max-worker-port", "0",
+                  "--object-store-memory", str(200 * 1024 * 1024)]  # fmt: skip
+        head = [
+            "--head", "--port", str(self.gcs_port), "--temp-dir", str(root),
+            "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port),
+            "--ray-client-server-port", str(_free_port()),
+        ]
+        self.logs = root.parent / f"{root.name}-nodes.log"
+        self.procs: list[subprocess.Popen] = []
+        self._start([*common, *head, "--dashboard-agent-listen-port", str(_free_port())])
+        self._wait_for(nodes=1)
+        worker = ["--address", f"127.0.0.1:{self.gcs_port}"]
+        self._start([*common, *worker, "--dashboard-agent-listen-port", str(_free_port())])
+        self._wait_for(nodes=2)
+
+    @property
+    def dashboard(self) -> str:
+        return f"http://127.0.0.1:{self.dashboard_port}"
+
+    def _start(self, args: list[str]) -> None:
+        with self.logs.open("a") as log:
+            self.procs.append(subprocess.Popen(
+                [str(RAY_CLI), "start", *args], env=self.env, stdout=log,
+                stderr=subprocess.STDOUT, start_new_session=True,
+            ))  # fmt: skip
+
+    def _wait_for(self, nodes: int, timeout: float = 120.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = subprocess.run(
+                [str(RAY_CLI), "status", "--address", f"127.0.0.1:{self.gcs_port}"],
+                env=self.env, capture_output=True, text=True, timeout=60,
+            )  # fmt: skip
+            if status.stdout.count(" node_") >= nodes:
+                return
+            if any(p.poll() is not None for p in self.procs):
+                break
+            time.sleep(1)
+        self.stop()
+        pytest.fail(f"the test cluster did not come up; see {self.logs}")
+
+    def stop(self) -> None:
+        """SIGTERM each `ray start --block`, which then stops the Ray processes it started."""
+        for proc in reversed(self.procs):
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGTERM)
+        for proc in reversed(self.procs):
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    if not RAY_CLI.exists():
+        pytest.skip(f"no ray command beside {sys.executable}")
+    cluster = LocalCluster(tmp_path_factory.mktemp("raycluster"))
+    yield cluster
+    cluster.stop()
+
+
+def _run(args: list[str], env: dict, timeout: float = 400) -> subprocess.CompletedProcess:
+    proc = subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True,
+                          timeout=timeout)  # fmt: skip
+    assert proc.returncode == 0, f"{args} failed:\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+@pytest.mark.slow
+def test_consensus_on_two_nodes_matches_one_process(cluster, shards, tmp_path):
+    # 2 workers of 1.5 CPUs on nodes of 2 CPUs: one worker per node. 24 steps, 5 updates.
+    overrides = [
+        f"shards={shards}", f"storage_path={tmp_path}", "run_name=consensus",
+        "num_workers=2", "cpus_per_worker=1.5", "admm_steps=16",
+    ]
+    env = {**cluster.env, "RAY_ADDRESS": f"127.0.0.1:{cluster.gcs_port}"}
+    _run([sys.executable, "jobs/train.py", "--config", str(SMOKE), "--debug", *overrides], env)
+
+    cfg = load_config(SMOKE, overrides)
+    debug = tmp_path / "consensus" / "debug"
+    n_updates = sum(Schedule(cfg).update_due(s) for s in range(cfg.total_steps()))
+    assert n_updates == 5
+    replay = ADMM(cfg.model.latent_shape(), cfg.pruning_ratio, cfg.rho)
+    rank0_only = ADMM(cfg.model.latent_shape(), cfg.pruning_ratio, cfg.rho)
+    for n in range(1, n_updates + 1):
+        r0, r1 = (torch.load(debug / f"update{n:04d}_rank{r}.pt") for r in (0, 1))
+        assert r0["node_id"] != r1["node_id"]
+        assert r0["updates"] == r1["updates"] == n and r0["world"] == 2
+        # Every rank holds the same Z and U...
+        assert torch.equal(r0["Z"], r1["Z"]) and torch.equal(r0["U"], r1["U"])
+        # ...the ones one process computes from the union of both ranks' latents...
+        replay.update(r0["local_sum"] + r1["local_sum"], r0["local_count"] + r1["local_count"])
+        assert torch.equal(replay.Z, r0["Z"]) and torch.equal(replay.U, r0["U"])
+        # ...which differ from what one rank's latents alone would give.
+        assert r0["local_count"] > 0 and not torch.equal(r0["local_sum"], r1["local_sum"])
+        rank0_only.update(r0["local_sum"], r0["local_count"])
+    assert not torch.equal(rank0_only.U, replay.U)
+    final = _checkpoint(tmp_path / "consensus", cfg.total_steps())
+    assert torch.equal(final["admm"]["Z"], replay.Z) and torch.equal(final["admm"]["U"], replay.U)
+
+
+@pytest.mark.slow
+def test_ray_job_submit_trains_to_a_checkpoint(cluster, shards, tmp_path):
+    proc = _run(
+        [str(RAY_CLI), "job", "submit", "--address", cluster.dashboard,
+         "--working-dir", str(REPO), "--", "python", "jobs/train.py", "--config",
+         "configs/ray_smoke.yaml", f"shards={shards}", f"storage_path={tmp_path}",
+         "run_name=submitted", "num_workers=1"],
+        cluster.env,
+    )  # fmt: skip
+    assert "succeeded" in proc.stdout
+    assert "[train] step 16/16 [finetune]" in proc.stdout  # rank 0's progress reaches the log
+    assert "RayTrainWorker" not in proc.stdout  # but none of Ray's worker chatter
+    checkpoint = tmp_path / "submitted" / "checkpoint_0000016"
+    assert f"latest checkpoint: {checkpoint}/checkpoint.pt" in proc.stdout
+    model = load_model(checkpoint / train_ray.MODEL_FILE)
+    assert model.mask is not None and int(model.mask.sum()) == ADMM(
+        model.config.latent_shape(), 0.5, 1.0
+    ).k

@@ -1,0 +1,297 @@
+"""Configuration, schedule, train_step, the effect of ADMM, and the local trainer end to end."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from caeadmm.checkpoint import load_checkpoint, load_model
+from caeadmm.cli import main as cli_main
+from caeadmm.config import ConfigError, ModelConfig, TrainConfig, load_config
+from caeadmm.model import CAE
+from caeadmm.train_local import TrainDataError, train
+from caeadmm.training import (
+    InjectedFailure,
+    Schedule,
+    admm_update,
+    hard_prune,
+    latent_energy_outside_top_k,
+    make_optimizer,
+    new_admm,
+    train_step,
+)
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+
+
+# -- configuration ----------------------------------------------------------------------------
+
+
+def test_yaml_and_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  preset: paper\n  latent_channels: 16\nrho: 2\nbatch_size: 4\n")
+    cfg = load_config(path, ["model.patch_size=64", "lr=3e-4", "use_gpu=true", "init_from=null"])
+    assert cfg.model == ModelConfig(
+        preset="paper", width=128, n_blocks=15, latent_channels=16, patch_size=64
+    )
+    assert (cfg.rho, cfg.batch_size, cfg.lr, cfg.use_gpu) == (2.0, 4, 3e-4, True)
+    assert isinstance(cfg.rho, float)
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    # switching the preset switches the sizes the file does not pin
+    assert load_config(path, ["model.preset=small"]).model.width == 64
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["bogus=1"], "unknown config keys"),
+        (["model.bogus=1"], "unknown config keys"),
+        (["batch_size=two"], "batch_size must be int"),
+        (["use_gpu=1"], "use_gpu must be bool"),
+        (["batch_size=true"], "batch_size must be int"),
+        (["pruning_ratio=1.0"], "pruning_ratio"),
+        (["model.patch_size=60"], "multiple of 8"),
+        (["model.preset=huge"], "unknown model preset"),
+        (["noequals"], "key=value"),
+        (["a.b.c=1"], "keys are"),
+        (["warmup_steps=0", "admm_steps=0", "finetune_steps=0"], "must be positive"),
+        (["warmup_steps=0", "admm_steps=0"], "hard prune needs"),
+    ],
+)
+def test_bad_config_is_refused_with_the_reason(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+
+
+def test_bad_config_files_are_refused(tmp_path):
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    (tmp_path / "broken.yaml").write_text("model: [\n")
+    for name in ("list.yaml", "broken.yaml", "missing.yaml"):
+        with pytest.raises(ConfigError):
+            load_config(tmp_path / name, [])
+
+
+@pytest.mark.parametrize("name", ["smoke", "small", "paper"])
+def test_shipped_configs_load(name):
+    cfg = load_config(CONFIGS / f"{name}.yaml", [])
+    assert cfg.total_steps() > 0
+    assert cfg.model.preset == {"smoke": "tiny"}.get(name, name)
+
+
+# -- schedule -----------------------------------------------------------------------------------
+
+
+def schedule_of(**kw) -> Schedule:
+    return Schedule(load_config(None, [f"{k}={v}" for k, v in kw.items()]))
+
+
+def test_schedule_phases_updates_and_prune():
+    s = schedule_of(warmup_steps=4, admm_steps=7, finetune_steps=5, admm_every=3, lr=1e-3,
+                    lr_final_scale=0.1)
+    assert [s.phase(i) for i in (0, 3, 4, 10, 11, 15)] == [
+        "warmup", "warmup", "admm", "admm", "finetune", "finetune"
+    ]
+    assert [i for i in range(16) if s.update_due(i)] == [3, 6, 9, 10]
+    assert [i for i in range(16) if s.accumulates(i)] == list(range(1, 11))
+    assert [i for i in range(16) if s.prune_at(i)] == [11]
+    assert [i for i in range(16) if s.penalized(i)] == list(range(4, 11))
+    assert s.lr_at(0) == s.lr_at(10) == 1e-3
+    assert s.lr_at(11) == pytest.approx(1e-3)
+    assert s.lr_at(15) == pytest.approx(1e-4 + 0.9e-3 * 0.5 * (1 + math.cos(math.pi * 4 / 5)))
+    assert s.lr_at(10**6) == pytest.approx(1e-4)
+
+
+def test_schedule_without_warm_up_and_without_pruning():
+    s = schedule_of(warmup_steps=0, admm_steps=4, finetune_steps=2, admm_every=2)
+    assert [i for i in range(6) if s.update_due(i)] == [1, 3]
+    assert s.phase(0) == "admm" and s.prune_at(4)
+    plain = schedule_of(pruning_ratio=0, warmup_steps=2, admm_steps=2, finetune_steps=2)
+    assert not any(plain.update_due(i) or plain.prune_at(i) or plain.penalized(i)
+                   for i in range(6))
+
+
+# -- train_step -------------------------------------------------------------------------------
+
+
+TINY = ["model.preset=tiny", "w_msssim=0", "batch_size=4"]
+
+
+class Wrapper(torch.nn.Module):
+    """Stands in for DistributedDataParallel: forwards and exposes `.module`."""
+
+    def __init__(self, module):
+        super().__init__()
+        self.module = module
+
+    def forward(self, x):
+        return self.module(x)
+
+
+def test_train_step_through_a_wrapper_runs_every_phase_and_accumulates():
+    torch.manual_seed(0)
+    cfg = load_config(None, [*TINY, "warmup_steps=1", "admm_steps=2", "finetune_steps=1",
+                             "admm_every=1"])
+    net = CAE(cfg.model)
+    model, admm = Wrapper(net), new_admm(cfg)
+    optimizer, schedule = make_optimizer(model, cfg), Schedule(cfg)
+    before = [p.detach().clone() for p in net.parameters()]
+    batch = torch.rand(4, 3, 48, 48)
+    metrics = []
+    for step in range(schedule.total):
+        if schedule.prune_at(step):
+            hard_prune(model, admm)
+        metrics.append(train_step(model, admm, optimizer, batch, step, cfg, schedule))
+        if step < 3:
+            assert admm.pending()[1] == 4  # this step's latents are pending
+        if schedule.update_due(step):
+            admm_update(admm)
+    assert [m["phase"] for m in metrics] == [0.0, 1.0, 1.0, 2.0]
+    assert all(isinstance(v, float) and math.isfinite(v) for m in metrics for v in m.values())
+    assert metrics[0]["loss"] == pytest.approx(1e4 * metrics[0]["mse"], rel=1e-5)  # warm-up
+    assert metrics[1]["penalty"] > 0 and metrics[3]["penalty"] == 0
+    assert torch.equal(net.mask, admm.mask()) and int(net.mask.sum()) == admm.k
+    assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True))
+
+
+def test_train_step_under_real_ddp(tmp_path):
+    dist = torch.distributed
+    if not dist.is_available():
+        pytest.skip("torch.distributed is not available")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0,
+                            world_size=1)
+    try:
+        torch.manual_seed(0)
+        cfg = load_config(None, [*TINY, "warmup_steps=1", "admm_steps=1", "finetune_steps=1"])
+        model = torch.nn.parallel.DistributedDataParallel(CAE(cfg.model))
+        admm, optimizer = new_admm(cfg), make_optimizer(model, cfg)
+        schedule = Schedule(cfg)
+        for step in range(schedule.total):
+            if schedule.prune_at(step):
+                hard_prune(model, admm)
+            metrics = train_step(model, admm, optimizer, torch.rand(4, 3, 48, 48), step, cfg)
+            if schedule.update_due(step):
+                latent_sum, count = admm.pending()
+                count = torch.tensor(count)
+                dist.all_reduce(latent_sum)
+                dist.all_reduce(count)
+                admm.update(latent_sum, count)
+        assert model.module.mask is not None and math.isfinite(metrics["loss"])
+    finally:
+        dist.destroy_process_group()
+
+
+# -- ADMM really sparsifies the mean latent --------------------------------------------------
+
+
+def striped_images(n: int, side: int, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+    images = []
+    for _ in range(n):
+        f, phase = torch.rand(3, generator=g) * 0.5 + 0.05, torch.rand(3, generator=g) * 6
+        images.append(torch.stack(
+            [0.5 + 0.4 * torch.sin(xx * f[c] + yy * f[(c + 1) % 3] + phase[c]) for c in range(3)]
+        ))
+    return torch.stack(images)
+
+
+def outside_share_after_training(rho: float) -> float:
+    torch.manual_seed(0)
+    cfg = load_config(None, [
+        "model.preset=tiny", "model.patch_size=32", "w_msssim=0", "w_ssim=0", "batch_size=8",
+        "lr=3e-3", "warmup_steps=10", "admm_steps=80", "finetune_steps=0", "admm_every=5",
+        "pruning_ratio=0.75", f"rho={rho}",
+    ])
+    data = striped_images(64, 32, seed=0)
+    model, admm = CAE(cfg.model), new_admm(cfg)
+    optimizer, schedule = make_optimizer(model, cfg), Schedule(cfg)
+    g = torch.Generator().manual_seed(1)
+    for step in range(schedule.total):
+        batch = data[torch.randint(0, 64, (8,), generator=g)]
+        train_step(model, admm, optimizer, batch, step, cfg, schedule)
+        if schedule.update_due(step):
+            admm_update(admm)
+    with torch.no_grad():
+        _, latent = model.eval()(data)
+    return latent_energy_outside_top_k(latent.mean(dim=0), admm.k)
+
+
+def test_admm_drives_the_mean_latent_energy_into_k_slots():
+    without = outside_share_after_training(rho=0.0)
+    with_admm = outside_share_after_training(rho=3000.0)
+    assert with_admm < 0.5 * without, (with_admm, without)
+
+
+# -- the local trainer ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def image_dir(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for i, (h, w) in enumerate([(64, 80), (56, 48), (100, 60)]):
+        yy, xx = np.mgrid[0:h, 0:w]
+        img = np.stack([np.sin(xx / (3 + i) + c) * 0.5 + 0.5 for c in range(3)], -1) * 200
+        img += rng.normal(0, 10, img.shape)
+        Image.fromarray(np.clip(img, 0, 255).astype(np.uint8)).save(folder / f"{i}.png")
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(folder / "too_small.png")
+    (folder / "corrupt.png").write_bytes(b"\x89PNG garbage")
+    return folder
+
+
+def smoke_config(image_dir: Path, *overrides: str) -> TrainConfig:
+    return load_config(CONFIGS / "smoke.yaml", [f"images={image_dir}", *overrides])
+
+
+def test_local_training_writes_checkpoint_export_log_and_summary(image_dir, tmp_path):
+    lines: list[str] = []
+    summary = train(smoke_config(image_dir), tmp_path, log=lines.append)
+    assert any("3 training images loaded (2 skipped)" in line for line in lines)
+    assert any(line.startswith("hard prune: kept") for line in lines)
+    assert set(summary["prune"]) >= {"eval_mse_before", "eval_mse_after", "train_mse_after"}
+    assert json.loads((tmp_path / "summary.json").read_text()) == summary
+    with (tmp_path / "log.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert [int(r["step"]) for r in rows] == [4, 8, 12, 16]
+    model = load_model(tmp_path / "model.pt")
+    assert int(model.mask.sum()) == summary["kept_slots"]
+    assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 16
+
+
+def test_resume_after_a_crash_gives_the_same_model_as_an_uninterrupted_run(image_dir, tmp_path):
+    train(smoke_config(image_dir), tmp_path / "straight", log=lambda _: None)
+    crashing = smoke_config(image_dir, "fail_at_step=10", "checkpoint_every=4")
+    with pytest.raises(InjectedFailure):
+        train(crashing, tmp_path / "crashed", log=lambda _: None)
+    assert load_checkpoint(tmp_path / "crashed" / "checkpoint.pt")["step"] == 8
+    train(crashing, tmp_path / "crashed", log=lambda _: None)  # resumes, passes step 10
+    straight = load_model(tmp_path / "straight" / "model.pt")
+    resumed = load_model(tmp_path / "crashed" / "model.pt")
+    assert resumed.fingerprint() == straight.fingerprint()
+    with (tmp_path / "crashed" / "log.csv").open() as fh:
+        assert [int(r["step"]) for r in csv.DictReader(fh)] == [4, 8, 12, 16]
+
+
+def test_cli_trains_and_reports_bad_input(image_dir, tmp_path, capsys):
+    out = tmp_path / "cli"
+    code = cli_main(["train", "--config", str(CONFIGS / "smoke.yaml"), "--images",
+                     str(image_dir), "--out", str(out), "finetune_steps=1"])
+    assert code == 0 and (out / "model.pt").exists()
+    assert cli_main(["train", "--config", str(CONFIGS / "smoke.yaml"), "--images",
+                     str(image_dir), "--out", str(out), "rho=-1"]) == 2
+    assert "rho must not be negative" in capsys.readouterr().out
+    assert cli_main(["train", "--config", str(CONFIGS / "smoke.yaml"), "--images",
+                     str(tmp_path / "nothing"), "--out", str(out)]) == 2
+
+
+def test_no_usable_images_is_a_clear_error(tmp_path):
+    (tmp_path / "a.png").write_bytes(b"junk")
+    with pytest.raises(TrainDataError, match="none of the 1 files"):
+        train(smoke_config(tmp_path), tmp_path / "out", log=lambda _: None)
