@@ -30,8 +30,6 @@ import math
 
 import torch
 
-PENALTY_SLOTS = ("all", "pruned")
-
 
 class ADMMError(ValueError):
     """Invalid ADMM settings or an update/mask request that cannot be served."""
@@ -46,7 +44,6 @@ class ADMM:
         pruning_ratio: float,
         rho: float,
         device: torch.device | str = "cpu",
-        penalty_slots: str = "all",
     ):
         self.latent_shape = tuple(int(s) for s in latent_shape)
         if not self.latent_shape or min(self.latent_shape) < 1:
@@ -55,9 +52,6 @@ class ADMM:
             raise ADMMError(f"pruning_ratio must be in [0, 1), got {pruning_ratio}")
         if rho < 0:
             raise ADMMError(f"rho must not be negative, got {rho}")
-        if penalty_slots not in PENALTY_SLOTS:
-            raise ADMMError(f"penalty_slots must be one of {PENALTY_SLOTS}, got {penalty_slots!r}")
-        self.penalty_slots = penalty_slots
         self.pruning_ratio = float(pruning_ratio)
         self.rho = float(rho)
         self.numel = math.prod(self.latent_shape)
@@ -93,8 +87,6 @@ class ADMM:
         if self.updates == 0 or self.rho == 0:
             return latent.sum() * 0.0
         residual = latent - (self.Z - self.U).to(latent.dtype)
-        if self.penalty_slots == "pruned":
-            residual = residual * ~self.support
         return 0.5 * self.rho * residual.square().mean()
 
     def accumulate(self, latent: torch.Tensor) -> None:

@@ -140,7 +140,7 @@ def _run_actors(
             "model": model, "overwrite": overwrite, "threads": max(1, int(num_cpus)),
         },
         batch_size=1,
-        concurrency=concurrency,
+        concurrency=min(concurrency, len(todo)),
         num_cpus=num_cpus,
         num_gpus=num_gpus,
     )

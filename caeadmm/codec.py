@@ -2,10 +2,10 @@
 
 compress: pad the image to a multiple of the tile size P by repeating its edge pixels
 (replicate padding: defined for every size down to 1x1, and a flat border costs few bits),
-encode the tiles in batches of `batch_tiles` (bounded memory for any image size), keep only
-the mask's slots of every tile, and code all kept symbols in one `coding` stream.
+encode the tiles `batch_tiles` at a time (bounded memory for any image size), keep only the
+mask's slots of every tile, and code all kept symbols in one `coding` stream.
 decompress reverses it: decode the stream, scatter each tile's symbols into a zero latent,
-decode the tiles in batches and crop the padding.
+decode the tiles `batch_tiles` at a time and crop the padding.
 
 Symbol order in the stream: tiles in raster order (left to right, then top to bottom);
 within a tile, the kept slots in C order of the (C, P/8, P/8) mask (channel, row, column).
@@ -15,10 +15,13 @@ round(255 x) (half to even). Grayscale input (H, W) is replicated to RGB for the
 recorded as mode L; decompress then returns (H, W), the rounded mean of the three decoded
 channels. Everything else is (H, W, 3) RGB.
 
-The same input, model and machine give identical bytes: the network runs in eval mode with
-deterministic rounding, on contiguous NCHW tensors, and each tile's result does not depend on
-the batch it shares (see _per_tile). Other hardware (a GPU, another CPU) may round a few
-symbols differently; any decoder still reads any stream, the pixels then differ slightly.
+Determinism: the same input, model and machine give identical bytes (eval mode, deterministic
+rounding, contiguous NCHW tensors, any thread count). The convolution library's float
+results for a tile can differ in the last bits with the size of the batch it runs in, enough
+to flip a rounded symbol now and then; so on the CPU tiles run one at a time (batch_tiles=1,
+as fast as batching there), and each tile's symbols and pixels depend on that tile alone. On
+a GPU tiles run in batches of 32 for speed: still deterministic for a given image. Other
+hardware may round a few symbols differently; any decoder still reads any stream.
 """
 
 from __future__ import annotations
@@ -26,7 +29,7 @@ from __future__ import annotations
 import io
 import os
 import secrets
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -38,24 +41,29 @@ from caeadmm import bitstream
 from caeadmm.bitstream import DEFAULT_MAX_PIXELS, BitstreamError, Header, ModelMismatchError
 from caeadmm.images import load_rgb
 from caeadmm.model import CAE
+from coding.format import unpack_header
 
-DEFAULT_BATCH_TILES = 16
+GPU_BATCH_TILES = 32
 GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 
 
-def compress(image: np.ndarray, model: CAE, *, batch_tiles: int = DEFAULT_BATCH_TILES) -> bytes:
-    """Encode a uint8 image, (H, W, 3) RGB or (H, W) grayscale, into a .cae stream."""
+def compress(image: np.ndarray, model: CAE, *, batch_tiles: int | None = None) -> bytes:
+    """Encode a uint8 image, (H, W, 3) RGB or (H, W) grayscale, into a .cae stream.
+
+    batch_tiles: tiles per network call; None: 1 on the CPU, GPU_BATCH_TILES on a GPU.
+    """
     rgb, mode = _as_rgb(image)
     height, width = rgb.shape[:2]
     tile = model.config.patch_size
     padded = _pad(rgb, tile)
     kept = _kept_slots(model)
     device = _device(model)
+    batch_tiles = batch_tiles or _default_batch(device)
     symbols = []
     with torch.inference_mode():
         for batch in _tile_batches(padded, tile, batch_tiles):
             x = torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous().to(device)
-            latent = _per_tile(model.encode, x.float() / 255)
+            latent = model.encode(x.float() / 255)
             symbols.append(latent.cpu()[:, kept].numpy())
     payload = coding.encode(np.concatenate(symbols).ravel())
     header = Header(
@@ -72,7 +80,7 @@ def decompress(
     model: CAE,
     *,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
-    batch_tiles: int = DEFAULT_BATCH_TILES,
+    batch_tiles: int | None = None,
 ) -> np.ndarray:
     """Decode a .cae stream into uint8 pixels: (H, W, 3) RGB, or (H, W) for mode L streams.
 
@@ -83,25 +91,29 @@ def decompress(
     kept = _kept_slots(model)
     _check_model(header, model, kept)
     try:
+        # The payload's own symbol count (its first bytes) is checked before anything is
+        # decoded: a crafted count must not size an allocation.
+        count = unpack_header(payload)[0].count
+        if count != header.n_symbols:
+            raise BitstreamError(
+                f"payload holds {count} symbols, the header implies {header.n_symbols}"
+            )
         symbols = coding.decode(payload)
     except coding.CorruptStreamError as exc:
         raise BitstreamError(f"corrupt payload: {exc}") from exc
-    if symbols.size != header.n_symbols:
-        raise BitstreamError(
-            f"payload holds {symbols.size} symbols, the header implies {header.n_symbols}"
-        )
     rows, cols = header.tiles
     tile = header.tile_size
     symbols = symbols.reshape(rows * cols, header.kept_per_tile)
     out = np.empty((rows * tile, cols * tile, 3), dtype=np.uint8)
     device = _device(model)
+    batch_tiles = batch_tiles or _default_batch(device)
     latent_shape = model.config.latent_shape()
     with torch.inference_mode():
         for start in range(0, rows * cols, batch_tiles):
             chunk = torch.from_numpy(symbols[start : start + batch_tiles])
             latent = torch.zeros((len(chunk), *latent_shape), dtype=torch.int32)
             latent[:, kept] = chunk
-            pixels = to_uint8(_per_tile(model.decode, latent.to(device)))
+            pixels = to_uint8(model.decode(latent.to(device)))
             for i, tile_pixels in enumerate(pixels):
                 r, c = divmod(start + i, cols)
                 out[r * tile : (r + 1) * tile, c * tile : (c + 1) * tile] = tile_pixels
@@ -213,19 +225,6 @@ def _tile_batches(padded: np.ndarray, tile: int, batch_tiles: int) -> Iterator[n
         ])
 
 
-def _per_tile(step: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-    """`step(x)`, with a batch of one tile run as a pair.
-
-    The CPU convolution library picks another kernel for a batch of one, whose results differ
-    in the last float bits, enough to flip a rounded symbol now and then. Run as a pair, each
-    tile's result is the same whatever batch it shares (tests/test_codec.py checks this), so
-    the bytes do not depend on the image size or `batch_tiles`.
-    """
-    if len(x) > 1:
-        return step(x)
-    return step(torch.cat([x, x]))[:1]
-
-
 def _kept_slots(model: CAE) -> torch.Tensor:
     """Boolean (C, P/8, P/8) on the CPU: the mask, or every slot for an unpruned model."""
     mask = getattr(model, "mask", None)
@@ -236,6 +235,10 @@ def _kept_slots(model: CAE) -> torch.Tensor:
 
 def _device(model: CAE) -> torch.device:
     return next(model.parameters()).device
+
+
+def _default_batch(device: torch.device) -> int:
+    return 1 if device.type == "cpu" else GPU_BATCH_TILES
 
 
 def _check_model(header: Header, model: CAE, kept: torch.Tensor) -> None:

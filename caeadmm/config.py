@@ -102,8 +102,6 @@ class TrainConfig:
     # ADMM: rho multiplies the PER-SLOT mean squared residual (see admm.py).
     rho: float = 1.0
     pruning_ratio: float = 0.9
-    # "all" (DESIGN.md) or "pruned": penalise only the slots outside Z's support.
-    penalty_slots: str = "all"
     # Distortion weights (the paper's), and the PSNR reference of the (psnr_ref - PSNR) term.
     w_msssim: float = 1000.0
     w_ssim: float = 1000.0

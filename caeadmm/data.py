@@ -285,6 +285,45 @@ def _write_json(fs: pafs.FileSystem, path: str, data: dict[str, Any]) -> None:
     fs.move(tmp, path)
 
 
+def _cut_and_write(
+    items: list[dict[str, Any]],
+    filesystems: list[pafs.FileSystem],
+    spec: PatchSpec,
+    sink: _ShardSink,
+    *,
+    rows_per_shard: int,
+    files_per_task: int,
+    max_pixels: int | None,
+    progress: bool,
+) -> None:
+    """The Ray Data pipeline: files -> decoded, cut rows -> shards of rows_per_shard."""
+    # Order is preserved so that the same arguments give the same shards, row for row.
+    with _data_options(preserve_order=True, progress=progress):
+        ds = ray.data.from_items(items, override_num_blocks=math.ceil(len(items) / files_per_task))
+        ds = ds.map_batches(
+            _cut_files,
+            fn_kwargs={"spec": spec, "filesystems": filesystems, "max_pixels": max_pixels},
+            batch_size=files_per_task,
+            batch_format="numpy",
+            num_cpus=1,
+        )
+        ds = ds.repartition(target_num_rows_per_block=rows_per_shard, strict=True)
+        ds.write_datasink(sink, ray_remote_args={"num_cpus": 0.5})
+
+
+def _commit(
+    fs: pafs.FileSystem, out_dir: str, staging: str, returns: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """Move the staged shards into place as part-NNNNN.parquet, in row order."""
+    shards = []
+    for index, shard in enumerate(s for r in returns for s in r["shards"]):
+        name = f"part-{index:05d}.parquet"
+        fs.move(f"{staging}/{shard['path']}", f"{out_dir}/{name}")
+        shards.append({"path": name, "rows": shard["rows"]})
+    fs.delete_dir(staging)
+    return shards
+
+
 def prepare_patches(
     inputs: Sequence[str],
     output: str,
@@ -304,8 +343,8 @@ def prepare_patches(
     `rows_per_shard` patches, usually exactly that many; `compression` is its Parquet codec
     ("none" reads fastest; "zstd" is about 2.5x smaller on photos). Rows come in source
     order, and the same arguments give byte-identical shards. Bad files are recorded in the
-    manifest's "rejected" with the reason, never fatal. Runs on the Ray this process is
-    connected to (see `init_ray`).
+    manifest's "rejected" with the reason, never fatal. Connects to Ray with `init_ray()`
+    unless this process already is.
     """
     spec = spec or PatchSpec()
     if rows_per_shard < 1 or files_per_task < 1:
@@ -317,30 +356,22 @@ def prepare_patches(
         raise ShardError(f"no image files found in {list(inputs)}")
     out_fs, out_dir = _filesystem(output)
     _check_output(out_fs, out_dir, output, overwrite)
-    staging = f"{out_dir}/_staging-{uuid.uuid4().hex[:12]}"
-    out_fs.create_dir(staging)
+    init_ray()
 
     started = time.time()
+    staging = f"{out_dir}/_staging-{uuid.uuid4().hex[:12]}"
+    out_fs.create_dir(staging)
     sink = _ShardSink(out_fs, staging, compression)
-    # Order is preserved so that the same inputs and seed give the same shards, row for row.
-    with _data_options(preserve_order=True, progress=progress):
-        ds = ray.data.from_items(items, override_num_blocks=math.ceil(len(items) / files_per_task))
-        ds = ds.map_batches(
-            _cut_files,
-            fn_kwargs={"spec": spec, "filesystems": filesystems, "max_pixels": max_pixels},
-            batch_size=files_per_task,
-            batch_format="numpy",
-            num_cpus=1,
+    try:
+        _cut_and_write(
+            items, filesystems, spec, sink,
+            rows_per_shard=rows_per_shard, files_per_task=files_per_task,
+            max_pixels=max_pixels, progress=progress,
         )
-        ds = ds.repartition(target_num_rows_per_block=rows_per_shard, strict=True)
-        ds.write_datasink(sink, ray_remote_args={"num_cpus": 0.5})
-
-    shards = []
-    for index, shard in enumerate(s for r in sink.returns for s in r["shards"]):
-        name = f"part-{index:05d}.parquet"
-        out_fs.move(f"{staging}/{shard['path']}", f"{out_dir}/{name}")
-        shards.append({"path": name, "rows": shard["rows"]})
-    out_fs.delete_dir(staging)
+    except BaseException:
+        out_fs.delete_dir(staging)  # nothing half-written stays behind
+        raise
+    shards = _commit(out_fs, out_dir, staging, sink.returns)
 
     counts: Counter[str] = Counter()
     for r in sink.returns:
@@ -365,7 +396,7 @@ def prepare_patches(
         "sources": dict(sorted(counts.items())),
         "rejected": rejected,
     }
-    _write_json(out_fs, f"{out_dir}/{MANIFEST_NAME}", manifest)
+    _write_json(out_fs, f"{out_dir}/{MANIFEST_NAME}", manifest)  # last: marks the set complete
     return manifest
 
 

@@ -37,6 +37,7 @@ import contextlib
 import csv
 import dataclasses
 import hashlib
+import logging
 import math
 import os
 import shutil
@@ -56,7 +57,6 @@ from ray.data import DataContext
 from ray.train import (
     Checkpoint,
     CheckpointConfig,
-    DataConfig,
     FailureConfig,
     LoggingConfig,
     Result,
@@ -153,9 +153,12 @@ def fit(
     cfg = dataclasses.replace(cfg, storage_path=storage_path(cfg.storage_path))
     with _quiet_data(), _ProgressRelay(log) as relay:
         train_ds, val_ds = read_patches(cfg.shards, seed=cfg.seed)
+        val = validation_batch(val_ds, cfg.eval_patches)
         trainer = TorchTrainer(
             train_func,
-            train_loop_config={"cfg": cfg.to_dict(), "debug": debug, "progress": relay.queue},
+            train_loop_config={
+                "cfg": cfg.to_dict(), "debug": debug, "val": val, "progress": relay.queue,
+            },
             scaling_config=ScalingConfig(
                 num_workers=cfg.num_workers,
                 use_gpu=cfg.use_gpu,
@@ -168,11 +171,17 @@ def fit(
                 checkpoint_config=CheckpointConfig(num_to_keep=keep_checkpoints),
                 logging_config=LoggingConfig(log_level="WARNING"),
             ),
-            datasets={"train": train_ds, "val": val_ds},
-            # Every worker trains on its own part of "train"; only rank 0 reads "val".
-            dataset_config=DataConfig(datasets_to_split=["train"]),
+            datasets={"train": train_ds},
         )
         return trainer.fit()
+
+
+def validation_batch(val_ds: ray.data.Dataset, n: int) -> torch.Tensor | None:
+    """The first `n` validation patches as float32 NCHW: the fixed batch rank 0 measures at
+    every log step (None when there are none or n is 0)."""
+    if n == 0:
+        return None
+    return next(iter(iter_patch_batches(val_ds, n, device="cpu")), None)
 
 
 def storage_path(path: str) -> str:
@@ -189,14 +198,23 @@ def run_dir(cfg: TrainConfig) -> Path | None:
 
 @contextlib.contextmanager
 def _quiet_data() -> Iterator[None]:
-    """No Ray Data progress bars or start-up banners while the datasets are set up and run."""
+    """No Ray Data progress bars, banners or INFO lines on the driver's terminal while the
+    datasets are set up and run (its log file keeps everything)."""
     ctx = DataContext.get_current()
     saved = ctx.enable_progress_bars, ctx.print_on_execution_start
     ctx.enable_progress_bars, ctx.print_on_execution_start = False, False
+    consoles = [
+        (h, h.level) for h in logging.getLogger("ray.data").handlers
+        if type(h) is not logging.FileHandler and isinstance(h, logging.StreamHandler)
+    ]
+    for handler, _ in consoles:
+        handler.setLevel(logging.WARNING)
     try:
         yield
     finally:
         ctx.enable_progress_bars, ctx.print_on_execution_start = saved
+        for handler, level in consoles:
+            handler.setLevel(level)
 
 
 class _ProgressRelay:
@@ -242,8 +260,8 @@ class _ProgressRelay:
 def train_func(config: dict[str, Any]) -> dict[str, Any]:
     """The training loop every Ray Train worker runs; returns rank 0's summary.
 
-    config: {"cfg": TrainConfig.to_dict(), "debug": bool, "progress": a ray.util.queue.Queue
-    for progress lines, or None}.
+    config: {"cfg": TrainConfig.to_dict(), "debug": bool, "val": the validation batch (or
+    None), "progress": a ray.util.queue.Queue for progress lines (or None)}.
     """
     cfg = TrainConfig.from_dict(config["cfg"])
     debug = bool(config.get("debug", False))
@@ -278,7 +296,7 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
     if debug_dir is not None and start > 0:
         _save_record(debug_dir / f"resume_step{start:07d}_rank{rank}.pt", admm, net, step=start)
     log_path = _log_path(cfg, rank, start)
-    val = _validation_batch(cfg) if rank == 0 else None
+    val = config.get("val") if rank == 0 else None
     batches = _endless_batches(ray.train.get_dataset_shard("train"), cfg)
 
     window: list[dict[str, float]] = []
@@ -375,14 +393,6 @@ def _endless_batches(shard: Any, cfg: TrainConfig) -> Iterator[torch.Tensor]:
                 f"a worker's share of the training patches is smaller than batch_size="
                 f"{cfg.batch_size}: cut more patches or use fewer workers"
             )
-
-
-def _validation_batch(cfg: TrainConfig) -> torch.Tensor | None:
-    """The first `eval_patches` validation patches (CPU), the same at every log step."""
-    if cfg.eval_patches == 0:
-        return None
-    batches = iter_patch_batches(ray.train.get_dataset_shard("val"), cfg.eval_patches, device="cpu")
-    return next(iter(batches), None)
 
 
 def consensus_update(

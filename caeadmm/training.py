@@ -94,10 +94,7 @@ class Schedule:
 
 
 def new_admm(cfg: TrainConfig, device: torch.device | str = "cpu") -> ADMM:
-    return ADMM(
-        cfg.model.latent_shape(), cfg.pruning_ratio, cfg.rho, device=device,
-        penalty_slots=cfg.penalty_slots,
-    )
+    return ADMM(cfg.model.latent_shape(), cfg.pruning_ratio, cfg.rho, device=device)
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:

@@ -14,6 +14,7 @@ import numpy as np
 from coding import kernels, plan
 from coding.errors import CorruptStreamError
 from coding.format import (
+    ERR_TRAILING,
     ERROR_MESSAGES,
     MAX_CODE_LENGTH,
     OK,
@@ -82,16 +83,16 @@ def encode(symbols: object, backend: ModuleType = kernels) -> bytes:
     c = _prepare(symbols, backend)
     if c.header.count == 0:
         return c.header_bytes
-    words = np.zeros((c.bits + 63) // 64, np.uint64)
+    words = np.zeros((c.bits + 31) // 32, np.uint32)
     h = c.header
     runs, values, trailing = c.tokens
-    header = np.frombuffer(c.header_bytes, np.uint8)
+    header_bytes = np.frombuffer(c.header_bytes, np.uint8)
     bits = backend.write_stream(
-        words, header, c.lengths, runs, values, trailing, h.log2_run, h.direct, h.classes
+        words, header_bytes, c.lengths, runs, values, trailing, h.log2_run, h.direct, h.classes
     )
     if bits != c.bits:
         raise RuntimeError(f"coder wrote {bits} bits where it planned {c.bits}")
-    return words.astype(">u8", copy=False).view(np.uint8)[: (bits + 7) // 8].tobytes()
+    return words.astype(">u4", copy=False).view(np.uint8)[: (bits + 7) // 8].tobytes()
 
 
 def _check(error: int) -> None:
@@ -105,7 +106,7 @@ def decode(data: object, backend: ModuleType = kernels) -> np.ndarray:
     header, offset = unpack_header(raw)
     if header.count == 0:
         if offset != len(raw):
-            _check(kernels.ERR_TRAILING)
+            _check(ERR_TRAILING)
         return np.zeros(0, np.int32)
     total_bits = 8 * len(raw)
     # Every table entry takes at least one bit and every token at least one bit while covering

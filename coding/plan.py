@@ -63,6 +63,8 @@ def choose(runs: np.ndarray, values: np.ndarray, trailing: int, backend: ModuleT
     magnitudes = min(max_magnitude, HISTOGRAM_MAGNITUDES)
     columns = 2 * magnitudes + (LARGE_MAGNITUDE_BINS if max_magnitude > magnitudes else 0)
     hist, long_runs = backend.run_value_histogram(runs, values, log2_rows, magnitudes, columns)
+    rows, cols = np.nonzero(hist)
+    cells = np.column_stack([rows, cols, hist[rows, cols]])  # the non-zero cells
 
     evaluated: dict[tuple[int, int], tuple[float, np.ndarray | None, int]] = {}
 
@@ -74,7 +76,7 @@ def choose(runs: np.ndarray, values: np.ndarray, trailing: int, backend: ModuleT
                 evaluated[log2_run, direct] = (float("inf"), None, 0)
             else:
                 counts, extra_bits = backend.approx_token_counts(
-                    hist, long_runs, trailing, magnitudes, log2_run, direct, classes
+                    cells, log2_rows, long_runs, trailing, magnitudes, log2_run, direct, classes
                 )
                 lengths = backend.code_lengths(counts, MAX_CODE_LENGTH)
                 bits = backend.table_bits(lengths, width) + np.dot(counts, lengths) + extra_bits

@@ -107,17 +107,18 @@ def _tally(pairs, zero_runs, log2_run, direct, classes, clamp):
     return counts, extra_bits
 
 
-def approx_token_counts(hist, long_runs, trailing, magnitudes, log2_run, direct, classes):
-    rows, columns = hist.shape
+def approx_token_counts(
+    cells, log2_rows, long_runs, trailing, magnitudes, log2_run, direct, classes
+):
     pairs = []
-    for row, col in zip(*np.nonzero(hist), strict=True):
+    for row, col, count in cells.tolist():
         if col < 2 * magnitudes:
             m = col // 2 + 1
         else:
             b = (col - 2 * magnitudes) // 2
             m = (1 << b) + (1 << b >> 1)
-        pairs.append((int(row), -int(m) if col & 1 else int(m), int(hist[row, col])))
-    zero_runs = long_runs * (rows >> log2_run) + (trailing >> log2_run)
+        pairs.append((row, -m if col & 1 else m, count))
+    zero_runs = (long_runs << (log2_rows - log2_run)) + (trailing >> log2_run)
     return _tally(pairs, zero_runs, log2_run, direct, classes, clamp=True)
 
 
@@ -229,9 +230,9 @@ def write_stream(words, header, lengths, runs, values, trailing, log2_run, direc
         put(*codes[zero_run])
 
     text = "".join(bits)
-    padded = text + "0" * (-len(text) % 64)
-    for i in range(0, len(padded), 64):
-        words[i // 64] = int(padded[i : i + 64], 2)
+    padded = text + "0" * (-len(text) % 32)
+    for i in range(0, len(padded), 32):
+        words[i // 32] = int(padded[i : i + 32], 2)
     return len(text)
 
 

@@ -81,6 +81,7 @@ def make_corpus(root: Path) -> tuple[Path, Path]:
     Image.new("1", (10000, 9000)).save(corpus / "bomb.png")  # 90 Mpixels, 11 kB
     (corpus / "notes.txt").write_text("not an image extension: never listed")
     path_list = root / "list.txt"
+    # tiny.png is named twice (folder and list) and must be read once
     path_list.write_text(f"# extra inputs\n{corpus / 'tiny.png'}\ncorpus/missing.jpg\n\n")
     return corpus, path_list
 
@@ -135,7 +136,7 @@ def test_manifest_counts_and_rejects(shards, corpus):
     assert json.loads((out / "_manifest.json").read_text()) == manifest
 
 
-def test_shards_are_complete_and_hold_exact_crops(shards):
+def test_shards_are_complete_and_hold_exact_crops(shards, corpus):
     out, manifest = shards
     on_disk = sorted(p.name for p in out.iterdir())
     assert on_disk == sorted([s["path"] for s in manifest["shards"]] + ["_manifest.json"])
@@ -145,7 +146,7 @@ def test_shards_are_complete_and_hold_exact_crops(shards):
         assert pq.read_metadata(out / shard["path"]).num_rows == shard["rows"]
     rows = read_rows(out)
     decoded = {source: load_rgb(source) for source in manifest["sources"]}
-    assert decoded[next(s for s in decoded if s.endswith("rotated.jpg"))].shape == (40, 24, 3)
+    _check_decoding_rules(corpus[0], decoded)
     for row in rows:
         image = decoded[row["source"]]
         pad_h, pad_w = max(0, P - image.shape[0]), max(0, P - image.shape[1])
@@ -154,6 +155,17 @@ def test_shards_are_complete_and_hold_exact_crops(shards):
         assert row["patch"] == image[y : y + P, x : x + P].tobytes()
         assert (row["height"], row["width"]) == (P, P)
     assert Counter(r["source"] for r in rows) == Counter(manifest["sources"])
+
+
+def _check_decoding_rules(corpus: Path, decoded: dict[str, np.ndarray]) -> None:
+    """The sources were decoded by load_rgb's rules: EXIF rotation, 16 bits / 257, alpha
+    over white."""
+    assert decoded[str(corpus / "rotated.jpg")].shape == (40, 24, 3)
+    gray16 = np.asarray(Image.open(corpus / "gray16.png"), dtype=np.float64)
+    assert np.array_equal(decoded[str(corpus / "gray16.png")][..., 1], np.rint(gray16 / 257))
+    palette = Image.open(corpus / "palette.png")
+    transparent = np.asarray(palette) == palette.info["transparency"]
+    assert transparent.any() and (decoded[str(corpus / "palette.png")][transparent] == 255).all()
 
 
 def test_same_seed_gives_identical_shards(shards, corpus, tmp_path):
@@ -309,6 +321,7 @@ def test_a_worker_holding_all_but_half_a_cpu_is_still_fed(shards):
 
     @ray.remote(num_cpus=3.5)
     def training_worker(shard) -> int:
-        return sum(len(batch) for _ in range(2) for batch in data.iter_patch_batches(shard, 4))
+        epochs = (data.iter_patch_batches(shard, 4, shuffle_buffer=8) for _ in range(2))
+        return sum(len(batch) for epoch in epochs for batch in epoch)
 
     assert ray.get(training_worker.remote(shard), timeout=120) == 2 * n_train

@@ -8,6 +8,7 @@ and temp dir), driven by subprocess drivers, so it never touches this process's 
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import signal
@@ -58,6 +59,13 @@ def shards(tmp_path_factory, ray_local) -> Path:
     prepare_patches([str(_images(root / "images"))], str(out), spec, rows_per_shard=16,
                     progress=False)  # fmt: skip
     return out
+
+
+@pytest.fixture(autouse=True)
+def _fast_polling(monkeypatch):
+    """Ray Train's controller polls its workers every 2 s; 0.5 s notices an end or a failure
+    sooner (Ray passes this variable on to the controller and workers)."""
+    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
 
 
 def _cfg(shards: Path, storage: Path, *overrides: str):
@@ -225,16 +233,19 @@ class LocalCluster:
         pytest.fail(f"the test cluster did not come up; see {self.logs}")
 
     def stop(self) -> None:
-        """SIGTERM each `ray start --block`, which then stops the Ray processes it started."""
+        """SIGTERM each `ray start --block` (it stops the Ray processes it started), then
+        SIGKILL what is left of its process group: the cluster keeps nothing worth saving."""
         for proc in reversed(self.procs):
             if proc.poll() is None:
                 os.killpg(proc.pid, signal.SIGTERM)
         for proc in reversed(self.procs):
             try:
-                proc.wait(timeout=30)
+                proc.wait(timeout=5)
             except subprocess.TimeoutExpired:
+                pass
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            proc.wait()
 
 
 @pytest.fixture(scope="module")
@@ -255,10 +266,10 @@ def _run(args: list[str], env: dict, timeout: float = 400) -> subprocess.Complet
 
 @pytest.mark.slow
 def test_consensus_on_two_nodes_matches_one_process(cluster, shards, tmp_path):
-    # 2 workers of 1.5 CPUs on nodes of 2 CPUs: one worker per node. 24 steps, 5 updates.
+    # 2 workers of 1.5 CPUs on nodes of 2 CPUs: one worker per node. 16 steps, 3 updates.
     overrides = [
         f"shards={shards}", f"storage_path={tmp_path}", "run_name=consensus",
-        "num_workers=2", "cpus_per_worker=1.5", "admm_steps=16",
+        "num_workers=2", "cpus_per_worker=1.5",
     ]
     env = {**cluster.env, "RAY_ADDRESS": f"127.0.0.1:{cluster.gcs_port}"}
     _run([sys.executable, "jobs/train.py", "--config", str(SMOKE), "--debug", *overrides], env)
@@ -266,7 +277,7 @@ def test_consensus_on_two_nodes_matches_one_process(cluster, shards, tmp_path):
     cfg = load_config(SMOKE, overrides)
     debug = tmp_path / "consensus" / "debug"
     n_updates = sum(Schedule(cfg).update_due(s) for s in range(cfg.total_steps()))
-    assert n_updates == 5
+    assert n_updates == 3
     replay = ADMM(cfg.model.latent_shape(), cfg.pruning_ratio, cfg.rho)
     rank0_only = ADMM(cfg.model.latent_shape(), cfg.pruning_ratio, cfg.rho)
     for n in range(1, n_updates + 1):

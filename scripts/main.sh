@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# The README's main job, on the embedded default: set up .venv, start a local Ray head,
+# cut Parquet shards from the bundled sample photos, submit a short jobs/train.py run with
+# `ray job submit`, compress and decompress the samples with the shipped default model,
+# run the RD evaluation against JPEG on them, and print where every output is.
+# Outputs go to out/main/ (override with OUT=...). Idempotent: a rerun starts clean.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+source "$ROOT/scripts/venv.sh"
+cd "$ROOT"
+OUT="$(realpath -m "${OUT:-out/main}")"
+SAMPLES="$ROOT/caeadmm/samples"
+export RAY_ADDRESS="http://127.0.0.1:8265"
+step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
+
+rm -rf "$OUT"
+mkdir -p "$OUT"
+
+step "1/6 local Ray head (cluster/start-local.sh)"
+cluster/start-local.sh
+trap 'cluster/stop-local.sh' EXIT
+
+step "2/6 Parquet patch shards from the bundled samples (jobs/prepare_data.py)"
+python jobs/prepare_data.py "$SAMPLES" --out "$OUT/shards" --patch-size 128 --crops 16 \
+    --address 127.0.0.1:6379 --no-progress
+
+step "3/6 short training run: ray job submit -- python jobs/train.py"
+ray job submit --address "$RAY_ADDRESS" --working-dir . \
+    --runtime-env-json '{"excludes": [".venv", "out", "runs", ".git"]}' -- \
+    python jobs/train.py --config configs/main.yaml shards="$OUT/shards" \
+    storage_path="$OUT/train"
+
+step "4/6 compress + decompress the samples with the shipped default model"
+caeadmm compress "$SAMPLES" -o "$OUT/compressed"
+caeadmm decompress "$OUT/compressed" -o "$OUT/decompressed"
+caeadmm info "$OUT/compressed"/*.cae
+
+step "5/6 rate-distortion evaluation against JPEG"
+caeadmm eval "$SAMPLES" --codecs cae:default,jpeg --out "$OUT/eval" --address 127.0.0.1:6379
+
+step "6/6 outputs"
+cat <<EOM
+  shards            $OUT/shards  (manifest: _manifest.json)
+  training run      $OUT/train/main-demo  (checkpoints, log.csv)
+  compressed        $OUT/compressed/*.cae
+  decompressed      $OUT/decompressed/
+  RD evaluation     $OUT/eval  (summary, per-image results, JSON, plots)
+EOM
