@@ -15,10 +15,13 @@ paths on every node (shared storage), or the model a registered name.
 
 from __future__ import annotations
 
+import contextlib
 import io
+import logging
 import os
 import re
-from collections.abc import Callable, Iterable
+import sys
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,8 +29,11 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
+from ray.data import DataContext
+from tqdm import tqdm
 
 from caeadmm import bitstream, codec, zoo
+from caeadmm.data import init_ray
 from caeadmm.images import list_images
 
 MANIFEST_SCHEMA = pa.schema([
@@ -52,20 +58,24 @@ class Summary:
 def compress_corpus(
     inputs: Iterable[str | os.PathLike],
     output_dir: str | os.PathLike,
-    model: str,
+    model: str | None,
     *,
     manifest: str | os.PathLike | None = None,
     concurrency: int = 2,
     num_cpus: float = 1,
     num_gpus: float | None = None,
     force: bool = False,
+    progress: bool = False,
     on_row: Callable[[dict], None] | None = None,
 ) -> Summary:
     """Compress every image under `inputs` into `output_dir` (trees mirrored), NAME.cae.
 
-    model: registered name or checkpoint path. concurrency: actors; num_cpus / num_gpus:
-    per actor (num_gpus None: 1 when the cluster has GPUs, else 0). manifest: Parquet path
-    (default OUTPUT_DIR/manifest.parquet). on_row: called with each new manifest row.
+    - model: registered name or checkpoint path (None: the registry's default);
+    - concurrency: actors; num_cpus, num_gpus: per actor (num_gpus None: 1 when the cluster
+      has GPUs, else 0);
+    - manifest: Parquet path (default OUTPUT_DIR/manifest.parquet);
+    - progress: a progress bar on stderr; on_row: called with each new manifest row.
+    Connects to Ray (caeadmm.data.init_ray) if this process is not connected yet.
     """
     output_dir = Path(output_dir)
     manifest = Path(manifest) if manifest else output_dir / "manifest.parquet"
@@ -80,29 +90,25 @@ def compress_corpus(
             rows.append(done)
     skipped = len(rows) - sum(r["status"] == "failed" for r in rows)
     compressed = 0
+    bar = tqdm(total=len(todo), unit="file", file=sys.stderr, disable=not progress)
     try:
         for row in _run_actors(todo, model, concurrency, num_cpus, num_gpus, force):
             rows.append(row)
             compressed += row["status"] == "ok"
+            bar.update()
             if on_row is not None:
                 on_row(row)
     finally:
+        bar.close()
         _write_manifest(manifest, rows)
     failed = sum(r["status"] == "failed" for r in rows)
     return Summary(compressed=compressed, skipped=skipped, failed=failed, manifest=manifest)
 
 
-def ensure_ray() -> None:
-    """Connect to the cluster (RAY_ADDRESS, or one started on this machine) or start Ray
-    embedded in this process, quietly."""
-    if not ray.is_initialized():
-        ray.init(log_to_driver=False, logging_level="ERROR", configure_logging=True)
-
-
 class _Compressor:
     """Ray Data actor: holds one model, compresses a batch of (source, output) rows."""
 
-    def __init__(self, model: str, overwrite: bool, threads: int):
+    def __init__(self, model: str | None, overwrite: bool, threads: int):
         import torch
 
         torch.set_num_threads(threads)
@@ -125,12 +131,12 @@ class _Compressor:
 
 
 def _run_actors(
-    todo: list[dict], model: str, concurrency: int, num_cpus: float, num_gpus: float | None,
+    todo: list[dict], model: str | None, concurrency: int, num_cpus: float, num_gpus: float | None,
     overwrite: bool,
 ) -> Iterable[dict]:
     if not todo:
         return
-    ensure_ray()
+    init_ray()  # nothing to do when the caller (or jobs/compress.py) is connected already
     if num_gpus is None:
         num_gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
     ds = ray.data.from_items(todo, override_num_blocks=min(len(todo), 2000))
@@ -144,7 +150,23 @@ def _run_actors(
         num_cpus=num_cpus,
         num_gpus=num_gpus,
     )
-    yield from ds.iter_rows()
+    with _quiet_ray_data():
+        yield from ds.iter_rows()
+
+
+@contextlib.contextmanager
+def _quiet_ray_data() -> Iterator[None]:
+    """Ray Data's own progress bars and log lines off (the caller shows per-file progress)."""
+    ctx = DataContext.get_current()
+    data_logger = logging.getLogger("ray.data")
+    saved = ctx.enable_progress_bars, data_logger.level
+    ctx.enable_progress_bars = False
+    data_logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        ctx.enable_progress_bars = saved[0]
+        data_logger.setLevel(saved[1])
 
 
 def _plan(

@@ -158,7 +158,7 @@ def compress_file(
     src: str | os.PathLike, dst: str | os.PathLike, model: CAE, *, overwrite: bool = False
 ) -> tuple[int, float]:
     """Compress an image file into a .cae file; returns (bytes written, bits per pixel)."""
-    if not overwrite and Path(dst).exists():
+    if not overwrite and Path(dst).exists():  # before the work, not only at the write
         raise FileExistsError(f"{dst} exists (use --force to overwrite)")
     image = load_image(src)
     data = compress(image, model)

@@ -100,7 +100,7 @@ class TrainConfig:
     finetune_steps: int = 1000
     admm_every: int = 50
     # ADMM: rho multiplies the PER-SLOT mean squared residual (see admm.py).
-    rho: float = 1.0
+    rho: float = 100.0
     pruning_ratio: float = 0.9
     # Distortion weights (the paper's), and the PSNR reference of the (psnr_ref - PSNR) term.
     w_msssim: float = 1000.0

@@ -63,6 +63,14 @@ LIST_EXTENSIONS = (".txt", ".lst")  # an input file with one of these is a list 
 # a 2-core machine declared as 4 logical CPUs, a training worker keeps its CPUs and Ray Data
 # still finds room to read ahead (docs/data.md, "Resources").
 READ_TASK_CPUS = 0.25
+# Read tasks in flight at once, by default. Each turns about 5000 patches/s (P = 128) into
+# batches, so two keep ahead of a training process; more only fight over the cores (on
+# 2 cores, unbounded concurrency made an epoch 4x slower). Raise it for many GPU workers.
+READ_CONCURRENCY = 2
+
+# Rows per Parquet row group: the reader's unit of work (one read task per row group), so
+# patches stream to training in 12 MB pieces at P = 128 and epochs shuffle at this grain.
+ROW_GROUP_ROWS = 256
 
 # The rows that travel from the cutting tasks to the writer: patch rows, plus one row per
 # rejected file with only `source` and `reject` (the reason) set.
@@ -248,6 +256,7 @@ class _ShardSink(Datasink):
                 f"{self.staging}/{name}",
                 filesystem=self.fs,
                 compression=self.compression,
+                row_group_size=ROW_GROUP_ROWS,
             )
             shards.append({"path": name, "rows": patches.num_rows})
             per_source = pc.value_counts(patches["source"]).to_pylist()
@@ -381,6 +390,7 @@ def prepare_patches(
         "format": MANIFEST_FORMAT,
         **asdict(spec),
         "rows_per_shard": rows_per_shard,
+        "row_group_rows": ROW_GROUP_ROWS,
         "compression": compression,
         "inputs": [str(u) for u in inputs],
         "counts": {
@@ -453,17 +463,30 @@ def _to_images(
     }
 
 
-def _read_shards(
+def _read_row_groups(
     batch: dict[str, np.ndarray], *, filesystem: pafs.FileSystem, **to_images: Any
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Read-task body: stream the named shards in slices of 256 rows through `_to_images`."""
-    for path in batch["path"]:
+    """Read-task body: read the named (shard, row group)s and pass them through `_to_images`."""
+    for path, group in zip(batch["path"], batch["group"], strict=True):
         with filesystem.open_input_file(str(path)) as stream:
             shard = pq.ParquetFile(stream)
-            for rows in shard.iter_batches(256, columns=["patch", "source", "x", "y"]):
-                images = _to_images(pa.Table.from_batches([rows]), **to_images)
-                if len(images["image"]):
-                    yield images
+            rows = shard.read_row_group(int(group), columns=["patch", "source", "x", "y"])
+        images = _to_images(rows, **to_images)
+        if len(images["image"]):
+            yield images
+
+
+def _read_units(fs: pafs.FileSystem, root: str, manifest: dict[str, Any]) -> list[dict[str, Any]]:
+    """The reader's tasks: every (shard path, row group index)."""
+    units = []
+    for shard in manifest["shards"]:
+        path = f"{root}/{shard['path']}"
+        if "row_group_rows" in manifest:
+            groups = math.ceil(shard["rows"] / manifest["row_group_rows"])
+        else:  # shards cut before the manifest recorded it: ask the Parquet footer
+            groups = pq.read_metadata(path, filesystem=fs).num_row_groups
+        units.extend({"path": path, "group": group} for group in range(groups))
+    return units
 
 
 def read_patches(
@@ -473,16 +496,17 @@ def read_patches(
     seed: int = 0,
     flips: str = "hv",
     num_cpus: float = READ_TASK_CPUS,
-    concurrency: int | None = None,
+    concurrency: int | None = READ_CONCURRENCY,
 ) -> tuple[Dataset, Dataset]:
     """(train, val) Ray Datasets over a shard folder, split by source image.
 
     Rows: "image" uint8 (P, P, 3), "source" str, "x", "y" int32. The val sources are the
     `val_fraction` of source images with the smallest seeded hash (`split_sources`), so no
-    image is in both. One read task per shard, each asking for `num_cpus` CPUs, at most
-    `concurrency` at once (None: Ray Data decides). Training visits the shards in a new
-    random order each epoch and flips each patch left-right ("h" in flips) and upside down
-    ("v") with probability 1/2; val is neither shuffled nor flipped.
+    image is in both. One read task per Parquet row group (ROW_GROUP_ROWS rows), each asking
+    for `num_cpus` CPUs, at most `concurrency` at once (None: Ray Data decides). Training
+    visits the row groups in a new random order each epoch and flips each patch left-right
+    ("h" in flips) and upside down ("v") with probability 1/2; val is neither shuffled nor
+    flipped.
     """
     if set(flips) - set("hv"):
         raise ValueError(f"flips may contain only 'h' and 'v', got {flips!r}")
@@ -490,15 +514,15 @@ def read_patches(
     if not manifest["shards"]:
         raise ShardError(f"{shards_dir} holds no patches")
     fs, root = _filesystem(shards_dir)
-    paths = [{"path": f"{root}/{shard['path']}"} for shard in manifest["shards"]]
+    units = _read_units(fs, root, manifest)
     _, val = split_sources(manifest["sources"], val_fraction, seed)
 
     def side(want_val: bool) -> Dataset:
-        ds = ray.data.from_items(paths, override_num_blocks=len(paths))
+        ds = ray.data.from_items(units, override_num_blocks=len(units))
         if not want_val:
             ds = ds.randomize_block_order()
         return ds.map_batches(
-            _read_shards,
+            _read_row_groups,
             fn_kwargs={
                 "filesystem": fs,
                 "val_sources": pa.array(val, pa.string()),

@@ -67,15 +67,14 @@ def distortion(
     mse = (x_hat - x).square().mean()
     per_image_psnr = psnr(x_hat, x)
     loss = w_mse * mse
+    # Computed whenever the patch allows (for the logs); with gradient only where trained on.
     with torch.set_grad_enabled(torch.is_grad_enabled() and not mse_only):
-        ssim_value = ssim(x_hat, x, data_range=1.0, win_size=SSIM_WINDOW) if (
-            side >= SSIM_WINDOW
-        ) else None
-        msssim_value = (
-            ms_ssim(x_hat, x, data_range=1.0, win_size=ms_ssim_window(side))
-            if side > 32 or (w_msssim > 0 and not mse_only)
-            else None
-        )
+        ssim_value = None
+        if side >= SSIM_WINDOW:
+            ssim_value = ssim(x_hat, x, data_range=1.0, win_size=SSIM_WINDOW)
+        msssim_value = None
+        if side > 32 or (w_msssim > 0 and not mse_only):  # the latter raises LossConfigError
+            msssim_value = ms_ssim(x_hat, x, data_range=1.0, win_size=ms_ssim_window(side))
     if not mse_only:
         if w_msssim > 0:
             loss = loss + w_msssim * (1.0 - msssim_value)

@@ -176,6 +176,9 @@ def train(
         sampler=range(start, schedule.total),
         num_workers=cfg.loader_workers,
         pin_memory=device.type == "cuda",
+        # Its own generator: starting an iterator must not draw from the global torch RNG,
+        # or a resumed run would continue a different random stream than the original.
+        generator=torch.Generator().manual_seed(cfg.seed),
     )
     window: list[dict[str, float]] = []
     recent_mse: deque[float] = deque(maxlen=cfg.log_every)  # training MSE, last steps

@@ -22,8 +22,9 @@ the body every worker runs, in the style of Ray Train's own examples:
    the final one also holds the exported `model.pt`.
 
 Logs: every `log_every` steps the training metrics are averaged over the window and the
-workers, and rank 0 measures a fixed validation batch (PSNR, MS-SSIM, the zero fraction of
-its latent, the mask density and the real coded bpp from `coding.encoded_bits`), appends a
+workers, and rank 0 measures a fixed validation batch that the driver took from the val
+split (PSNR, MS-SSIM, the zero fraction of its latent, the mask density and the real coded
+bpp from `coding.encoded_bits`), appends a
 row to `<storage_path>/<run_name>/log.csv` and sends a progress line to the driver, which
 prints it. Ray's own output stays in Ray's log files (the driver connects with
 log_to_driver=False, see `jobs/train.py`).
@@ -151,7 +152,7 @@ def fit(
             f"up for model.patch_size={cfg.model.patch_size}"
         )
     cfg = dataclasses.replace(cfg, storage_path=storage_path(cfg.storage_path))
-    with _quiet_data(), _ProgressRelay(log) as relay:
+    with quiet_data(), _ProgressRelay(log) as relay:
         train_ds, val_ds = read_patches(cfg.shards, seed=cfg.seed)
         val = validation_batch(val_ds, cfg.eval_patches)
         trainer = TorchTrainer(
@@ -197,7 +198,7 @@ def run_dir(cfg: TrainConfig) -> Path | None:
 
 
 @contextlib.contextmanager
-def _quiet_data() -> Iterator[None]:
+def quiet_data() -> Iterator[None]:
     """No Ray Data progress bars, banners or INFO lines on the driver's terminal while the
     datasets are set up and run (its log file keeps everything)."""
     ctx = DataContext.get_current()
@@ -272,29 +273,11 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
         torch.set_num_threads(cfg.threads)
     device = get_device()
     schedule = Schedule(cfg)
-
-    torch.manual_seed(cfg.seed)  # the same initial weights everywhere (DDP broadcasts anyway)
-    net = CAE(cfg.model).to(device)
-    admm = new_admm(cfg, device)
-    start, ckpt = 0, _latest_checkpoint()
-    if ckpt is not None:
-        start = restore_training_state(ckpt, model=net, admm=admm, restore_rng=rank == 0)
-        log(f"resumed from the checkpoint at step {start} (run {cfg.run_name})")
-    elif cfg.init_from:
-        _init_weights(net, cfg)
-        log(f"initialised weights from {cfg.init_from}")
-    if ckpt is None or rank > 0:
-        # Each rank its own stochastic-rounding stream; rank 0 of a resumed run keeps its own.
-        torch.manual_seed(_seed(cfg.seed, rank, start))
-    model = prepare_model(net)
-    optimizer = make_optimizer(model, cfg)
-    if ckpt is not None and ckpt["optimizer"] is not None:
-        optimizer.load_state_dict(ckpt["optimizer"])
-    del ckpt
-
+    model, admm, optimizer, start = _training_state(cfg, rank, device, log)
     debug_dir = run_dir(cfg) / DEBUG_DIR if debug and run_dir(cfg) else None
     if debug_dir is not None and start > 0:
-        _save_record(debug_dir / f"resume_step{start:07d}_rank{rank}.pt", admm, net, step=start)
+        path = debug_dir / f"resume_step{start:07d}_rank{rank}.pt"
+        _save_record(path, admm, unwrap(model), step=start)
     log_path = _log_path(cfg, rank, start)
     val = config.get("val") if rank == 0 else None
     batches = _endless_batches(ray.train.get_dataset_shard("train"), cfg)
@@ -315,7 +298,7 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
         train_seconds += time.perf_counter() - t_step
         done = step + 1
         if done % cfg.log_every == 0 or done == schedule.total:
-            row = _window_means(window, world) | admm_stats
+            row = _window_means(window, world, device) | admm_stats
             row["patches_per_s"] = len(window) * cfg.batch_size * world / max(train_seconds, 1e-9)
             window, train_seconds = [], 0.0
             if rank == 0:
@@ -348,6 +331,31 @@ class _Logger:
         if self.queue is not None:
             with contextlib.suppress(ray.exceptions.RayError):
                 self.queue.put_nowait(line)
+
+
+def _training_state(
+    cfg: TrainConfig, rank: int, device: torch.device, log: _Logger
+) -> tuple[torch.nn.Module, ADMM, torch.optim.Optimizer, int]:
+    """(model prepared for DDP, ADMM, optimizer, first step): fresh, from `init_from`, or
+    restored from the run's latest checkpoint."""
+    torch.manual_seed(cfg.seed)  # the same initial weights everywhere (DDP broadcasts anyway)
+    net = CAE(cfg.model).to(device)
+    admm = new_admm(cfg, device)
+    start, ckpt = 0, _latest_checkpoint()
+    if ckpt is not None:
+        start = restore_training_state(ckpt, model=net, admm=admm, restore_rng=rank == 0)
+        log(f"resumed from the checkpoint at step {start} (run {cfg.run_name})")
+    elif cfg.init_from:
+        _init_weights(net, cfg)
+        log(f"initialised weights from {cfg.init_from}")
+    if ckpt is None or rank > 0:
+        # Each rank its own stochastic-rounding stream; rank 0 of a resumed run keeps its own.
+        torch.manual_seed(_seed(cfg.seed, rank, start))
+    model = prepare_model(net)
+    optimizer = make_optimizer(model, cfg)
+    if ckpt is not None and ckpt["optimizer"] is not None:
+        optimizer.load_state_dict(ckpt["optimizer"])
+    return model, admm, optimizer, start
 
 
 def _latest_checkpoint() -> dict | None:
@@ -482,12 +490,14 @@ def _prune(model: torch.nn.Module, admm: ADMM, val: torch.Tensor | None, log: _L
         log(f"hard prune: kept {admm.k} slots")
 
 
-def _window_means(window: list[dict[str, float]], world: int) -> dict[str, float]:
+def _window_means(
+    window: list[dict[str, float]], world: int, device: torch.device
+) -> dict[str, float]:
     """Mean of each training metric over the window's steps and over all workers."""
-    means = torch.tensor([[m[k] for k in TRAIN_COLUMNS] for m in window], dtype=torch.float64)
-    means = means.mean(dim=0)
-    if world > 1:
-        dist.all_reduce(means, op=dist.ReduceOp.SUM)  # on gloo, which every backend has
+    values = [[m[k] for k in TRAIN_COLUMNS] for m in window]
+    means = torch.tensor(values, dtype=torch.float64, device=device).mean(dim=0)
+    if world > 1:  # on the worker's device: NCCL reduces GPU tensors only
+        dist.all_reduce(means, op=dist.ReduceOp.SUM)
         means /= world
     row = dict(zip(TRAIN_COLUMNS, means.tolist(), strict=True))
     row["phase"] = window[-1]["phase"]

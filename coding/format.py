@@ -39,6 +39,7 @@ TABLE_ESCAPE = 8
 TABLE_ESCAPE_BITS = 4
 TABLE_CODE_MAX_LENGTH = 7
 TABLE_LENGTH_BITS = 3  # how each of the 9 table-symbol code lengths is stored
+TABLE_FIRST_PREDICTION = 2  # the prediction for the first code length of a table
 
 _SMALL_DTYPES = tuple(np.dtype(t) for t in (np.int8, np.int16, np.uint8, np.uint16))
 

@@ -31,12 +31,12 @@ from coding.format import (
     TABLE_CODE_MAX_LENGTH,
     TABLE_ESCAPE,
     TABLE_ESCAPE_BITS,
+    TABLE_FIRST_PREDICTION,
     TABLE_LENGTH_BITS,
     TABLE_SYMBOLS,
 )
 
 U64 = np.uint64
-TABLE_FIRST_PREDICTION = 2  # prediction for the first code length of a table
 PRIMARY_BITS = 11  # first level of the payload decode table: 2**11 entries, 16 KiB
 SECOND_LEVEL = 1 << 21  # decode-table entry flag, see _token_entries
 
@@ -53,7 +53,9 @@ def nonzero_tokens(symbols):
     counted first, so memory is sized by the non-zeros (8 bytes each), not the symbols.
     """
     n = symbols.shape[0]
-    count = np.count_nonzero(symbols)
+    count = 0
+    for i in range(n):  # (vectorises; faster than numba's np.count_nonzero)
+        count += symbols[i] != 0
     runs = np.empty(count + 1, np.int32)  # + 1: the slot written after the last non-zero
     values = np.empty(count + 1, np.int32)
     count = 0

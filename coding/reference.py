@@ -22,11 +22,10 @@ from coding.format import (
     TABLE_CODE_MAX_LENGTH,
     TABLE_ESCAPE,
     TABLE_ESCAPE_BITS,
+    TABLE_FIRST_PREDICTION,
     TABLE_LENGTH_BITS,
     TABLE_SYMBOLS,
 )
-
-TABLE_FIRST_PREDICTION = 2
 
 
 class _Corrupt(Exception):

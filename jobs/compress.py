@@ -1,11 +1,13 @@
-"""Compress an image corpus on a Ray cluster into .cae files, with a Parquet manifest.
+"""Compress an image corpus into .cae files on a Ray cluster, with a Parquet manifest.
 
-    ray job submit --working-dir . -- python jobs/compress.py DATA/ -o OUT/ --model PATH
-    python jobs/compress.py DATA/ -o OUT/ --model PATH     # Ray embedded in this process
+    python jobs/compress.py /data/photos -o runs/photos_cae --model PATH
+    ray job submit --working-dir . -- \
+        python jobs/compress.py /shared/photos -o /shared/cae --model NAME
 
-Reruns skip what is done; bad images are listed in the manifest (status "failed") and do
-not fail the job. Exit code 0 once the corpus has been processed, 2 for bad arguments.
-See caeadmm/batch_compress.py.
+Runs on the Ray cluster named by --address or $RAY_ADDRESS, else on an embedded local Ray.
+Reruns skip what is done; bad images are listed in the manifest (status "failed") and do not
+fail the job. Exit code 0 once every file has been tried, 2 for bad arguments or no model.
+See docs/cli.md ("Corpora on a Ray cluster") and caeadmm/batch_compress.py.
 """
 
 from __future__ import annotations
@@ -14,24 +16,40 @@ import argparse
 import sys
 
 from caeadmm.batch_compress import compress_corpus
+from caeadmm.data import init_ray
+from caeadmm.zoo import ModelLoadError, load
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("inputs", nargs="+", help="image files or directories (recursed)")
+    parser.add_argument("-o", "--output", required=True, help="output directory (tree mirrored)")
+    parser.add_argument("--model", help="registered model name or checkpoint path "
+                        "(default: the registry's default model)")
+    parser.add_argument("--manifest", help="manifest path (default OUTPUT/manifest.parquet)")
+    parser.add_argument("--concurrency", type=int, default=2, help="actors (default 2)")
+    parser.add_argument("--cpus-per-actor", type=float, default=1.0, help="default 1")
+    parser.add_argument("--gpus-per-actor", type=float,
+                        help="default: 1 when the cluster has GPUs, else 0")
+    parser.add_argument("--force", action="store_true", help="recompress existing outputs")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or local)")
+    parser.add_argument("--num-cpus", type=int, help="CPUs of an embedded local Ray")
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("inputs", nargs="+", help="image files or directories (recursed)")
-    parser.add_argument("-o", "--output", required=True, help="output directory")
-    parser.add_argument("--model", required=True, help="registered model name or checkpoint path")
-    parser.add_argument("--manifest", help="manifest path (default OUTPUT/manifest.parquet)")
-    parser.add_argument("--concurrency", type=int, default=2, help="actors (default 2)")
-    parser.add_argument("--cpus-per-actor", type=float, default=1.0)
-    parser.add_argument("--gpus-per-actor", type=float, default=None,
-                        help="default: 1 when the cluster has GPUs, else 0")
-    parser.add_argument("--force", action="store_true", help="recompress existing outputs")
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
+    try:
+        load(args.model)  # a missing or broken model fails here, not in every actor
+    except ModelLoadError as exc:
+        print(f"compress: {exc}", file=sys.stderr)
+        return 2
+    init_ray(address=args.address, num_cpus=args.num_cpus)
     summary = compress_corpus(
         args.inputs, args.output, args.model, manifest=args.manifest,
         concurrency=args.concurrency, num_cpus=args.cpus_per_actor,
-        num_gpus=args.gpus_per_actor, force=args.force,
+        num_gpus=args.gpus_per_actor, force=args.force, progress=not args.no_progress,
     )
     print(f"compressed {summary.compressed}, already done {summary.skipped}, "
           f"failed {summary.failed}; manifest: {summary.manifest}")

@@ -136,6 +136,12 @@ def test_corrupt_stream_is_a_one_line_error(checkpoint, corpus, tmp_path, capsys
     assert (tmp_path / "out" / "good.png").is_file()
     assert main(["info", str(bad)]) == 1
     assert capsys.readouterr().err.count("\n") == 1
+    assert main(["decompress", str(good), "-o", str(tmp_path / "small.png"),
+                 "--model", str(checkpoint), "--max-pixels", "100"]) == 1
+    assert "exceeds the limit of 100" in capsys.readouterr().err
+    assert main(["decompress", str(good), "-o", str(tmp_path / "x.nope"),
+                 "--model", str(checkpoint)]) == 1
+    assert "unknown image file extension" in capsys.readouterr().err
 
 
 def test_wrong_model_is_refused_with_the_fingerprint(checkpoint, corpus, tmp_path, capsys):

@@ -12,6 +12,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from PIL import Image
 
 from caeadmm import codec
 from caeadmm.bitstream import HEADER_BYTES, BitstreamError, ModelMismatchError, parse
@@ -254,3 +255,37 @@ def test_fuzz_decoder_gives_only_bitstream_errors(model, valid_stream):
     peak_before = max(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, rss_now)
     _fuzz(model, valid_stream)
     assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss < peak_before + 256 * 1024
+
+
+# -- files ----------------------------------------------------------------------------------
+
+
+def test_write_atomic_leaves_nothing_behind_on_failure(tmp_path):
+    target = tmp_path / "out.cae"
+    with pytest.raises(TypeError):
+        codec.write_atomic(target, 12345)  # not bytes: fails in the middle of the write
+    assert list(tmp_path.iterdir()) == []
+    codec.write_atomic(target, b"abc")
+    with pytest.raises(FileExistsError):
+        codec.write_atomic(target, b"new")
+    codec.write_atomic(target, b"new", overwrite=True)
+    assert target.read_bytes() == b"new"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.cae"]
+
+
+def test_save_image_picks_the_format_from_the_extension(tmp_path):
+    image = test_image(9, 11)
+    codec.save_image(tmp_path / "x.tif", image)
+    assert Image.open(tmp_path / "x.tif").format == "TIFF"
+    np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "x.tif")), image)
+    with pytest.raises(ValueError, match="unknown image file extension"):
+        codec.save_image(tmp_path / "x.nope", image)
+
+
+def test_load_image_keeps_grayscale_files_grayscale(tmp_path):
+    Image.fromarray(test_image(9, 11)[..., 0]).save(tmp_path / "g.png")
+    Image.fromarray(test_image(9, 11)[..., 0].astype(np.uint16) * 257).save(tmp_path / "g16.png")
+    Image.fromarray(test_image(9, 11)).save(tmp_path / "c.png")
+    assert codec.load_image(tmp_path / "g.png").shape == (9, 11)
+    assert codec.load_image(tmp_path / "g16.png").shape == (9, 11)
+    assert codec.load_image(tmp_path / "c.png").shape == (9, 11, 3)

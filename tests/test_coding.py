@@ -151,6 +151,12 @@ def test_encode_refuses_out_of_range(x):
         coding.encoded_bits(x)
 
 
+def test_encode_refuses_too_many_symbols():
+    too_many = np.broadcast_to(np.int8(0), MAX_SYMBOLS + 1)  # a view: no memory behind it
+    with pytest.raises(ValueError, match="at most"):
+        coding.encode(too_many)
+
+
 def test_encode_refuses_bad_shape_and_dtype():
     with pytest.raises(ValueError, match="1-D"):
         coding.encode(np.zeros((2, 2), np.int32))

@@ -253,8 +253,27 @@ def test_reading_yields_every_patch_once_per_epoch_with_two_read_workers(shards)
             for batch in ds.iter_batches(batch_size=4):
                 seen.update(_keys(batch))
         assert seen == expected
-    read_tasks = re.search(r"MapBatches\(_read_shards\): (\d+) tasks executed", train.stats())
-    assert int(read_tasks.group(1)) == len(manifest["shards"])  # one task per shard
+    read_tasks = re.search(r"MapBatches\(_read_row_groups\): (\d+) tasks", train.stats())
+    assert int(read_tasks.group(1)) == len(manifest["shards"])  # a row group per tiny shard
+
+
+def test_a_shard_of_several_row_groups_is_read_whole(ray_local, corpus, tmp_path):
+    spec = PatchSpec(patch_size=P, mode="grid", stride=1)  # 40x30 image: 25 x 15 = 375 tiles
+    manifest = data.prepare_patches(
+        [str(corpus[0] / "cmyk.jpg")], str(tmp_path), spec, rows_per_shard=1000, progress=False
+    )
+    assert [s["rows"] for s in manifest["shards"]] == [375]
+    assert pq.read_metadata(tmp_path / "part-00000.parquet").num_row_groups == 2
+    train, _ = data.read_patches(str(tmp_path), val_fraction=0.0)
+    seen = Counter(k for batch in train.iter_batches(batch_size=100) for k in _keys(batch))
+    assert seen == Counter((r["source"], r["x"], r["y"]) for r in read_rows(tmp_path))
+    read_tasks = re.search(r"MapBatches\(_read_row_groups\): (\d+) tasks", train.stats())
+    assert int(read_tasks.group(1)) == 2
+    # A manifest from before "row_group_rows" was recorded: the footers say the same.
+    del manifest["row_group_rows"]
+    (tmp_path / "_manifest.json").write_text(json.dumps(manifest))
+    train, _ = data.read_patches(str(tmp_path), val_fraction=0.0)
+    assert Counter(k for batch in train.iter_batches(batch_size=100) for k in _keys(batch)) == seen
 
 
 def test_two_training_workers_share_an_epoch_without_overlap(shards):

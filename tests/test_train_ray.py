@@ -106,6 +106,42 @@ def test_job_refuses_a_bad_override(capsys):
 
 
 # ---------------------------------------------------------------------------------------------
+# The consensus functions on a plain two-process gloo group (no Ray)
+
+
+def _consensus_rank(rank: int, port: int, out: Path) -> None:
+    """One rank: an update from different local latents, then a check after rank 1's U drifts."""
+    torch.distributed.init_process_group(
+        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2
+    )
+    admm = ADMM((2, 3, 3), pruning_ratio=0.5, rho=1.0)
+    latent = torch.arange(18.0).reshape(1, 2, 3, 3)
+    latent = latent if rank == 0 else latent.flip(-1) - 4
+    admm.accumulate(latent.repeat(rank + 1, 1, 1, 1))  # rank 0: 1 latent, rank 1: 2
+    train_ray.consensus_update(admm, world=2, rank=rank, step=0, debug=True)
+    result = {"Z": admm.Z.clone(), "U": admm.U.clone()}
+    if rank == 1:
+        admm.U[0, 0, 0] += 1e-6
+    try:
+        train_ray.check_consensus(admm, world=2)
+    except train_ray.ConsensusError as exc:
+        result["error"] = str(exc)
+    torch.save(result, out / f"rank{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def test_consensus_update_all_reduces_and_the_check_catches_drift(tmp_path):
+    torch.multiprocessing.spawn(_consensus_rank, args=(_free_port(), tmp_path), nprocs=2)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    latent = torch.arange(18.0).reshape(2, 3, 3)
+    union = ADMM((2, 3, 3), pruning_ratio=0.5, rho=1.0)
+    union.update(latent + 2 * (latent.flip(-1) - 4), 3)  # all three latents, in one process
+    for r in (r0, r1):
+        assert torch.equal(r["Z"], union.Z) and torch.equal(r["U"], union.U)
+        assert "after ADMM update 1 the ranks hold different Z/U" in r["error"]
+
+
+# ---------------------------------------------------------------------------------------------
 # Recovery and resubmission (in-process, on ray_local)
 
 

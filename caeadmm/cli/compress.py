@@ -51,12 +51,10 @@ def run(args: argparse.Namespace) -> int:
     from caeadmm.images import list_images
     from caeadmm.zoo import ModelLoadError
 
-    pairs, errors = plan(args.inputs, args.output, ".cae", list_images)
-    if pairs is None:
-        return usage_error("compress", errors[0][1])
     try:
+        pairs, errors = plan(args.inputs, args.output, ".cae", list_images)
         cached_model(args.model)  # fail early, once, if the model is unusable
-    except ModelLoadError as exc:
+    except (UsageError, ModelLoadError) as exc:
         return usage_error("compress", str(exc))
     task = functools.partial(compress_one, model=args.model, overwrite=args.force)
     return execute("compress", pairs, errors, task, args.workers)
@@ -80,23 +78,26 @@ def cached_model(spec: str | None):
 # -- shared with decompress -------------------------------------------------------------------
 
 
+class UsageError(Exception):
+    """The arguments cannot work as given (exit code 2)."""
+
+
 def plan(
     inputs: list[str],
     output: str | None,
     suffix: str,
     expand_dir: Callable[[list[str]], list[Path]],
-) -> tuple[list[tuple[Path, Path]] | None, list[tuple[Path, str]]]:
-    """Pair every input file with its output path.
+) -> tuple[list[tuple[Path, Path]], list[tuple[Path, str]]]:
+    """Pair every input file with its output path: returns (pairs, per-file errors).
 
-    Returns (pairs, per-file errors), or (None, [(path, usage message)]) when the arguments cannot
-    work. One input file with -o not naming a directory: -o is the output file. Otherwise -o
+    One input file with -o not naming a directory: -o is the output file. Otherwise -o
     (created if missing) holds the outputs, each directory input's tree mirrored below it;
     without -o every output goes beside its input. Outputs that would collide are errors.
     """
     single = len(inputs) == 1 and not Path(inputs[0]).is_dir()
     to_file = single and output is not None and not _names_dir(output)
     if output is not None and not to_file and Path(output).is_file():
-        return None, [(Path(output), f"{output} is a file, but the outputs need a directory")]
+        raise UsageError(f"{output} is a file, but the outputs need a directory")
     found: list[tuple[Path, Path]] = []
     errors: list[tuple[Path, str]] = []
     for arg in inputs:

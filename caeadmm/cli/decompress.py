@@ -11,7 +11,15 @@ import argparse
 import functools
 from pathlib import Path
 
-from caeadmm.cli.compress import add_common_options, cached_model, execute, plan, usage_error
+from caeadmm.bitstream import DEFAULT_MAX_PIXELS
+from caeadmm.cli.compress import (
+    UsageError,
+    add_common_options,
+    cached_model,
+    execute,
+    plan,
+    usage_error,
+)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,25 +36,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     add_common_options(p, model_help="registered model name or checkpoint path (default: the "
                        "registered model whose fingerprint the stream names)")
+    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
+                   help=f"refuse streams of larger images (default {DEFAULT_MAX_PIXELS})")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    pairs, errors = plan(args.inputs, args.output, ".png", _cae_files)
-    if pairs is None:
-        return usage_error("decompress", errors[0][1])
-    if args.model is not None:
-        from caeadmm.zoo import ModelLoadError
+    from caeadmm.zoo import ModelLoadError
 
-        try:
-            cached_model(args.model)
-        except ModelLoadError as exc:
-            return usage_error("decompress", str(exc))
-    task = functools.partial(decompress_one, model=args.model, overwrite=args.force)
+    try:
+        pairs, errors = plan(args.inputs, args.output, ".png", _cae_files)
+        if args.model is not None:
+            cached_model(args.model)  # fail early, once, if the model is unusable
+    except (UsageError, ModelLoadError) as exc:
+        return usage_error("decompress", str(exc))
+    task = functools.partial(decompress_one, model=args.model, overwrite=args.force,
+                             max_pixels=args.max_pixels)
     return execute("decompress", pairs, errors, task, args.workers)
 
 
-def decompress_one(src: Path, dst: Path, model: str | None, overwrite: bool) -> str:
+def decompress_one(
+    src: Path, dst: Path, model: str | None, overwrite: bool, max_pixels: int
+) -> str:
     from caeadmm import bitstream, zoo
     from caeadmm.codec import decompress, save_image
 
@@ -54,7 +65,7 @@ def decompress_one(src: Path, dst: Path, model: str | None, overwrite: bool) -> 
         raise FileExistsError(f"{dst} exists (use --force to overwrite)")
     data = src.read_bytes()
     if model is None:
-        header = bitstream.read_header(data)
+        header = bitstream.read_header(data, max_pixels)
         info = zoo.find_by_fingerprint(header.fingerprint)
         if info is None:
             raise zoo.ModelLoadError(
@@ -62,7 +73,7 @@ def decompress_one(src: Path, dst: Path, model: str | None, overwrite: bool) -> 
                 "is not registered; pass --model PATH to its checkpoint"
             )
         model = info.name
-    image = decompress(data, cached_model(model))
+    image = decompress(data, cached_model(model), max_pixels=max_pixels)
     save_image(dst, image, overwrite=overwrite)
     mode = "L" if image.ndim == 2 else "RGB"
     return f"{src} -> {dst}: {image.shape[1]}x{image.shape[0]} {mode}"

@@ -26,7 +26,7 @@ def run(args: argparse.Namespace) -> int:
     for i, name in enumerate(args.files):
         try:
             data = Path(name).read_bytes()
-            header, _ = parse(data)
+            header, _ = parse(data, max_pixels=None)  # reads no pixels: no limit needed
         except (ValueError, OSError) as exc:
             print(f"caeadmm info: {name}: {' '.join(str(exc).split())}", file=sys.stderr)
             status = EXIT_FAILED
