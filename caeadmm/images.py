@@ -98,9 +98,8 @@ def list_images(paths: list[str | os.PathLike]) -> list[Path]:
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            out.extend(
-                q for q in sorted(p.rglob("*")) if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS
-            )
+            found = sorted(p.rglob("*"))
+            out.extend(q for q in found if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS)
         else:
             out.append(p)
     return out
