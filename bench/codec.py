@@ -11,7 +11,9 @@ BatchNorm statistics are calibrated on noise images (never on Kodak) and its lat
 that symbols spread over about -10..10, with a random mask keeping 1 - pruning_ratio of the
 slots. Times start from decoded pixels in memory and end with bytes (and back): file I/O and
 PNG decoding are not included. Per image the median of --repeats runs; the table gives the
-median over the images (and the slowest image).
+median over the images (and the slowest image), in wall-clock seconds and in CPU seconds of
+this process (all threads: on a machine shared with other work, the CPU time is the steadier
+measure of the work done; wall time is at best CPU time / threads).
 """
 
 from __future__ import annotations
@@ -56,16 +58,22 @@ def random_model(pruning_ratio: float, seed: int = 0) -> CAE:
     return model.eval()
 
 
-def timed(fn, repeats: int) -> tuple[float, object]:
-    times, result = [], None
+def timed(fn, repeats: int) -> tuple[tuple[float, float], object]:
+    """((median wall s, median CPU s of this process, all threads), the last result)."""
+    walls, cpus, result = [], [], None
     for _ in range(repeats):
-        start = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         result = fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times), result
+        walls.append(time.perf_counter() - wall)
+        cpus.append(time.process_time() - cpu)
+    return (statistics.median(walls), statistics.median(cpus)), result
 
 
-def measure_image(image: np.ndarray, model: CAE, repeats: int) -> dict[str, float]:
+def minus(a: tuple[float, float], b: tuple[float, float]) -> tuple[float, float]:
+    return a[0] - b[0], a[1] - b[1]
+
+
+def measure_image(image: np.ndarray, model: CAE, repeats: int) -> dict[str, tuple]:
     pixels = image.shape[0] * image.shape[1]
     t_enc, data = timed(lambda: codec.compress(image, model), repeats)
     t_dec, _ = timed(lambda: codec.decompress(data, model), repeats)
@@ -76,8 +84,8 @@ def measure_image(image: np.ndarray, model: CAE, repeats: int) -> dict[str, floa
     t_enc8, _ = timed(lambda: codec.compress(image, model, batch_tiles=8), repeats)
     row = {
         "cae_bpp": 8 * len(data) / pixels,
-        "cae_enc": t_enc, "cae_enc_net": t_enc - t_ent_enc, "cae_enc_ent": t_ent_enc,
-        "cae_dec": t_dec, "cae_dec_net": t_dec - t_ent_dec, "cae_dec_ent": t_ent_dec,
+        "cae_enc": t_enc, "cae_enc_net": minus(t_enc, t_ent_enc), "cae_enc_ent": t_ent_enc,
+        "cae_dec": t_dec, "cae_dec_net": minus(t_dec, t_ent_dec), "cae_dec_ent": t_ent_dec,
         "cae_enc_b8": t_enc8,
     }
     pil = Image.fromarray(image)
@@ -87,8 +95,7 @@ def measure_image(image: np.ndarray, model: CAE, repeats: int) -> dict[str, floa
             pil.save(buffer, format=fmt, quality=75)
             return buffer.getvalue()
 
-        t, encoded = timed(save, repeats)
-        row[f"{name}_enc"] = t
+        row[f"{name}_enc"], encoded = timed(save, repeats)
         row[f"{name}_dec"], _ = timed(lambda encoded=encoded: np.asarray(Image.open(
             io.BytesIO(encoded)).convert("RGB")), repeats)
         row[f"{name}_bpp"] = 8 * len(encoded) / pixels
@@ -97,12 +104,12 @@ def measure_image(image: np.ndarray, model: CAE, repeats: int) -> dict[str, floa
 
 def table(rows: list[dict[str, float]]) -> str:
     def stat(key: str) -> str:
-        values = [r[key] for r in rows]
-        return f"{statistics.median(values):.3f} | {max(values):.3f}"
+        walls, cpus = [r[key][0] for r in rows], [r[key][1] for r in rows]
+        return f"{statistics.median(walls):.3f} | {max(walls):.3f} | {statistics.median(cpus):.3f}"
 
     lines = [
-        "| codec | step | median s | slowest s |",
-        "|---|---|---|---|",
+        "| codec | step | median wall s | slowest wall s | median CPU s |",
+        "|---|---|---|---|---|",
         f"| CAE (small) | encode total | {stat('cae_enc')} |",
         f"| | - network (tiling, encoder, gather) | {stat('cae_enc_net')} |",
         f"| | - entropy coding | {stat('cae_enc_ent')} |",
@@ -146,8 +153,8 @@ def main() -> None:
                         + rng.normal(0, 8, (6000, 8000, 3)), 0, 255).astype(np.uint8)
         del yy, xx
         rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        t_enc, data = timed(lambda: codec.compress(image, model), 1)
-        t_dec, _ = timed(lambda: codec.decompress(data, model), 1)
+        (t_enc, _), data = timed(lambda: codec.compress(image, model), 1)
+        (t_dec, _), _ = timed(lambda: codec.decompress(data, model), 1)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"8000 x 6000: encode {t_enc:.1f} s, decode {t_dec:.1f} s, "
               f"{8 * len(data) / 48e6:.3f} bpp; peak RSS {peak:.0f} MB "
@@ -160,8 +167,8 @@ def main() -> None:
     rows = []
     for path in paths:
         rows.append(measure_image(load_rgb(path), model, args.repeats))
-        print(f"  {path.name}: encode {rows[-1]['cae_enc']:.3f} s, "
-              f"decode {rows[-1]['cae_dec']:.3f} s", file=sys.stderr)
+        print(f"  {path.name}: encode {rows[-1]['cae_enc'][0]:.3f} s, "
+              f"decode {rows[-1]['cae_dec'][0]:.3f} s", file=sys.stderr)
     print(f"{len(rows)} images from {args.kodak}, median of {args.repeats} runs each\n")
     print(table(rows))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -2,6 +2,9 @@
 
     .venv/bin/python bench/coding.py            # 4M symbols at 50/80/90/95 % zeros
     .venv/bin/python bench/coding.py --small    # also: overhead on short streams
+    .venv/bin/python bench/coding.py --size 400000 --runs 3    # a quick look
+
+The full run takes several minutes on an idle machine, most of it in zstd -19 and lzma.
 
 Data: sparse Laplacian symbols, i.e. rounded Laplacian(0, b) values with extra zeros mixed in
 until the wanted share is zero. Two families: b = 4 (a wide "slab" of values, like kept latent

@@ -99,8 +99,8 @@ def _put_varint(out: bytearray, value: int) -> None:
 
 
 def _get_varint(data: bytes, offset: int, limit: int, what: str) -> tuple[int, int]:
-    value = shift = 0
-    while True:
+    value = 0
+    for shift in range(0, 35, 7):  # at most 5 bytes: 35 bits hold every allowed value
         if offset >= len(data):
             raise CorruptStreamError(f"stream ends inside the {what}")
         byte = data[offset]
@@ -110,7 +110,7 @@ def _get_varint(data: bytes, offset: int, limit: int, what: str) -> tuple[int, i
             raise CorruptStreamError(f"{what} {value} is over the limit {limit}")
         if byte < 0x80:
             return value, offset
-        shift += 7
+    raise CorruptStreamError(f"{what} longer than 5 bytes")
 
 
 def pack_header(header: Header) -> bytes:

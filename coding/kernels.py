@@ -309,7 +309,7 @@ def table_bits(lengths, width):
 
 @njit(cache=True)
 def _put(words, acc, nbits, w, value, width):
-    """Append `width` (1..32) bits, MSB first, to big-endian 32-bit words.
+    """Append `width` (1..32) bits to 32-bit words, filling each from its top bit down.
 
     `acc` holds the `nbits` (< 32) pending bits at its top. Branch-free: the word being filled
     is stored on every call, `w` moves on when it is full, and the caller stores the last

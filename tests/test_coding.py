@@ -209,6 +209,7 @@ def test_decode_refuses_malformed_headers():
         bytes([FORMAT_VERSION + 1]) + good[1:],
         bytes([FORMAT_VERSION, 0x80]),  # varint cut short
         bytes([FORMAT_VERSION]) + b"\xff" * 9,  # varint over the symbol cap
+        bytes([FORMAT_VERSION]) + b"\x80" * 9 + b"\x01",  # overlong varint
         good[:3],
         good + b"\x00",  # bytes after the payload
         bytes([FORMAT_VERSION, 0, 0]),  # empty stream with a trailing byte
@@ -273,7 +274,7 @@ def symbol_arrays(draw) -> np.ndarray:
     lo, hi = max(int(info.min), -(2**31)), min(int(info.max), 2**31 - 1)
     value = st.one_of(st.just(0), st.integers(max(lo, -3), min(hi, 3)), st.integers(lo, hi))
     repeat = st.one_of(st.just(1), st.integers(1, 8), st.integers(1, 2000))
-    pieces = draw(st.lists(st.tuples(value, repeat), max_size=40))
+    pieces = draw(st.lists(st.tuples(value, repeat), max_size=24))
     return np.repeat(
         np.array([v for v, _ in pieces], dtype=dtype), [r for _, r in pieces]
     ).astype(dtype)
