@@ -199,8 +199,9 @@ def run_dir(cfg: TrainConfig) -> Path | None:
 
 @contextlib.contextmanager
 def quiet_data() -> Iterator[None]:
-    """No Ray Data progress bars, banners or INFO lines on the driver's terminal while the
-    datasets are set up and run (its log file keeps everything)."""
+    """No Ray Data progress bars, banners, INFO lines or warnings (such as "Progress bars
+    disabled") on the driver's terminal while the datasets are set up and run; Ray Data's
+    log file keeps everything."""
     ctx = DataContext.get_current()
     saved = ctx.enable_progress_bars, ctx.print_on_execution_start
     ctx.enable_progress_bars, ctx.print_on_execution_start = False, False
@@ -209,7 +210,7 @@ def quiet_data() -> Iterator[None]:
         if type(h) is not logging.FileHandler and isinstance(h, logging.StreamHandler)
     ]
     for handler, _ in consoles:
-        handler.setLevel(logging.WARNING)
+        handler.setLevel(logging.ERROR)
     try:
         yield
     finally:

@@ -3,7 +3,7 @@ recovery from a worker failure, resubmitting a run, and `ray job submit`.
 
 The in-process runs use the session's `ray_local` (4 logical CPUs). The two-node cluster is a
 head and a second raylet started with `ray start --block` in subprocesses (their own ports
-and temp dir), driven by subprocess drivers, so it never touches this process's Ray.
+and temp dir), used through `ray job submit` only, so it never touches this process's Ray.
 """
 
 from __future__ import annotations
@@ -293,31 +293,51 @@ def cluster(tmp_path_factory):
     cluster.stop()
 
 
-def _run(args: list[str], env: dict, timeout: float = 400) -> subprocess.CompletedProcess:
-    proc = subprocess.run(args, env=env, cwd=REPO, capture_output=True, text=True,
-                          timeout=timeout)  # fmt: skip
-    assert proc.returncode == 0, f"{args} failed:\n{proc.stdout}\n{proc.stderr}"
-    return proc
+# One job on the cluster, checked by the two tests below: 2 workers of 1.5 CPUs on nodes of
+# 2 CPUs (so one worker per node), with the consensus records of --debug. 16 steps, 3 updates.
+SUBMITTED = ["num_workers=2", "cpus_per_worker=1.5", "run_name=submitted"]
+
+
+@pytest.fixture(scope="module")
+def submitted(cluster, shards, tmp_path_factory) -> tuple[subprocess.CompletedProcess, Path]:
+    """`ray job submit` of jobs/train.py, as a user runs it; (the finished CLI, the run)."""
+    storage = tmp_path_factory.mktemp("submitted")
+    proc = subprocess.run(
+        [str(RAY_CLI), "job", "submit", "--address", cluster.dashboard,
+         "--working-dir", str(REPO), "--", "python", "jobs/train.py", "--debug",
+         "--config", "configs/ray_smoke.yaml", f"shards={shards}", f"storage_path={storage}",
+         *SUBMITTED],
+        env=cluster.env, cwd=REPO, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    return proc, storage / "submitted"
 
 
 @pytest.mark.slow
-def test_consensus_on_two_nodes_matches_one_process(cluster, shards, tmp_path):
-    # 2 workers of 1.5 CPUs on nodes of 2 CPUs: one worker per node. 16 steps, 3 updates.
-    overrides = [
-        f"shards={shards}", f"storage_path={tmp_path}", "run_name=consensus",
-        "num_workers=2", "cpus_per_worker=1.5",
-    ]
-    env = {**cluster.env, "RAY_ADDRESS": f"127.0.0.1:{cluster.gcs_port}"}
-    _run([sys.executable, "jobs/train.py", "--config", str(SMOKE), "--debug", *overrides], env)
+def test_ray_job_submit_trains_to_a_checkpoint(submitted):
+    proc, run = submitted
+    assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
+    assert "succeeded" in proc.stdout
+    assert "[train] step 16/16 [finetune]" in proc.stdout  # rank 0's progress reaches the log
+    assert "RayTrainWorker" not in proc.stdout  # but none of Ray's worker chatter
+    checkpoint = run / "checkpoint_0000016"
+    assert f"latest checkpoint: {checkpoint}/checkpoint.pt" in proc.stdout
+    model = load_model(checkpoint / train_ray.MODEL_FILE)
+    assert model.mask is not None and int(model.mask.sum()) == ADMM(
+        model.config.latent_shape(), 0.5, 1.0
+    ).k
 
-    cfg = load_config(SMOKE, overrides)
-    debug = tmp_path / "consensus" / "debug"
+
+@pytest.mark.slow
+def test_consensus_on_two_nodes_matches_one_process(submitted):
+    proc, run = submitted
+    assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
+    cfg = load_config(SMOKE, SUBMITTED)
     n_updates = sum(Schedule(cfg).update_due(s) for s in range(cfg.total_steps()))
     assert n_updates == 3
     replay = ADMM(cfg.model.latent_shape(), cfg.pruning_ratio, cfg.rho)
     rank0_only = ADMM(cfg.model.latent_shape(), cfg.pruning_ratio, cfg.rho)
     for n in range(1, n_updates + 1):
-        r0, r1 = (torch.load(debug / f"update{n:04d}_rank{r}.pt") for r in (0, 1))
+        r0, r1 = (torch.load(run / "debug" / f"update{n:04d}_rank{r}.pt") for r in (0, 1))
         assert r0["node_id"] != r1["node_id"]
         assert r0["updates"] == r1["updates"] == n and r0["world"] == 2
         # Every rank holds the same Z and U...
@@ -329,25 +349,5 @@ def test_consensus_on_two_nodes_matches_one_process(cluster, shards, tmp_path):
         assert r0["local_count"] > 0 and not torch.equal(r0["local_sum"], r1["local_sum"])
         rank0_only.update(r0["local_sum"], r0["local_count"])
     assert not torch.equal(rank0_only.U, replay.U)
-    final = _checkpoint(tmp_path / "consensus", cfg.total_steps())
+    final = _checkpoint(run, cfg.total_steps())
     assert torch.equal(final["admm"]["Z"], replay.Z) and torch.equal(final["admm"]["U"], replay.U)
-
-
-@pytest.mark.slow
-def test_ray_job_submit_trains_to_a_checkpoint(cluster, shards, tmp_path):
-    proc = _run(
-        [str(RAY_CLI), "job", "submit", "--address", cluster.dashboard,
-         "--working-dir", str(REPO), "--", "python", "jobs/train.py", "--config",
-         "configs/ray_smoke.yaml", f"shards={shards}", f"storage_path={tmp_path}",
-         "run_name=submitted", "num_workers=1"],
-        cluster.env,
-    )  # fmt: skip
-    assert "succeeded" in proc.stdout
-    assert "[train] step 16/16 [finetune]" in proc.stdout  # rank 0's progress reaches the log
-    assert "RayTrainWorker" not in proc.stdout  # but none of Ray's worker chatter
-    checkpoint = tmp_path / "submitted" / "checkpoint_0000016"
-    assert f"latest checkpoint: {checkpoint}/checkpoint.pt" in proc.stdout
-    model = load_model(checkpoint / train_ray.MODEL_FILE)
-    assert model.mask is not None and int(model.mask.sum()) == ADMM(
-        model.config.latent_shape(), 0.5, 1.0
-    ).k
