@@ -154,7 +154,7 @@ def fit(
     cfg = dataclasses.replace(cfg, storage_path=storage_path(cfg.storage_path))
     with quiet_data(), _ProgressRelay(log) as relay:
         train_ds, val_ds = read_patches(cfg.shards, seed=cfg.seed)
-        val = validation_batch(val_ds, cfg.eval_patches)
+        val = _validation_batch(val_ds, cfg.eval_patches)
         trainer = TorchTrainer(
             train_func,
             train_loop_config={
@@ -177,7 +177,7 @@ def fit(
         return trainer.fit()
 
 
-def validation_batch(val_ds: ray.data.Dataset, n: int) -> torch.Tensor | None:
+def _validation_batch(val_ds: ray.data.Dataset, n: int) -> torch.Tensor | None:
     """The first `n` validation patches as float32 NCHW: the fixed batch rank 0 measures at
     every log step (None when there are none or n is 0)."""
     if n == 0:
@@ -190,7 +190,7 @@ def storage_path(path: str) -> str:
     return path if "://" in path else os.path.abspath(os.path.expanduser(path))
 
 
-def run_dir(cfg: TrainConfig) -> Path | None:
+def _run_dir(cfg: TrainConfig) -> Path | None:
     """The run's directory on local storage; None for remote (URI) storage."""
     if "://" in cfg.storage_path:
         return None
@@ -275,7 +275,7 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
     device = get_device()
     schedule = Schedule(cfg)
     model, admm, optimizer, start = _training_state(cfg, rank, device, log)
-    debug_dir = run_dir(cfg) / DEBUG_DIR if debug and run_dir(cfg) else None
+    debug_dir = _run_dir(cfg) / DEBUG_DIR if debug and _run_dir(cfg) else None
     if debug_dir is not None and start > 0:
         path = debug_dir / f"resume_step{start:07d}_rank{rank}.pt"
         _save_record(path, admm, unwrap(model), step=start)
@@ -579,7 +579,7 @@ def _log_path(cfg: TrainConfig, rank: int, start: int) -> Path | None:
     inside the checkpoints."""
     if rank != 0:
         return None
-    folder = run_dir(cfg) or Path(tempfile.gettempdir()) / "caeadmm" / cfg.run_name
+    folder = _run_dir(cfg) or Path(tempfile.gettempdir()) / "caeadmm" / cfg.run_name
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOG_FILE
     if start == 0:

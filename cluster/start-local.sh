@@ -8,6 +8,10 @@
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/venv.sh"
+# Ray 2.60 turns token authentication on for a head whenever ~/.ray/auth_token exists;
+# make sure one does, and have every client in this shell send it (cluster/README.md).
+ray get-auth-token --generate >/dev/null
+export RAY_AUTH_MODE=token
 CORES="$(nproc)"
 NUM_CPUS="${RAY_NUM_CPUS:-$(( CORES * 2 > 4 ? CORES * 2 : 4 ))}"
 if ray status --address 127.0.0.1:6379 >/dev/null 2>&1; then
@@ -18,4 +22,4 @@ else
         --num-cpus "$NUM_CPUS" --disable-usage-stats >/dev/null
     echo "[cluster] Ray head started on 127.0.0.1:6379 with $NUM_CPUS logical CPUs"
 fi
-echo "[cluster] submit jobs with: RAY_ADDRESS=http://127.0.0.1:8265 ray job submit --working-dir . -- python jobs/train.py ..."
+echo "[cluster] submit jobs with: RAY_AUTH_MODE=token RAY_ADDRESS=http://127.0.0.1:8265 ray job submit --working-dir . -- python jobs/train.py ..."

@@ -11,6 +11,7 @@ cd "$ROOT"
 OUT="$(realpath -m "${OUT:-out/main}")"
 SAMPLES="$ROOT/caeadmm/samples"
 export RAY_ADDRESS="http://127.0.0.1:8265"
+export RAY_AUTH_MODE=token   # the local head uses token authentication (cluster/README.md)
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 rm -rf "$OUT"
@@ -25,10 +26,20 @@ python jobs/prepare_data.py "$SAMPLES" --out "$OUT/shards" --patch-size 128 --cr
     --address 127.0.0.1:6379 --no-progress
 
 step "3/6 short training run: ray job submit -- python jobs/train.py"
-ray job submit --address "$RAY_ADDRESS" --working-dir . \
-    --runtime-env-json '{"excludes": [".venv", "out", "runs", ".git"]}' -- \
-    python jobs/train.py --config configs/main.yaml shards="$OUT/shards" \
-    storage_path="$OUT/train"
+# The job server answers before its agent is ready on a fresh head: retry the submission.
+for attempt in $(seq 1 30); do
+    if SUBMITTED="$(ray job submit --address "$RAY_ADDRESS" --no-wait --working-dir . \
+        --runtime-env-json '{"excludes": ["out", "runs"]}' -- \
+        python jobs/train.py --config configs/main.yaml shards="$OUT/shards" \
+        storage_path="$OUT/train" 2>"$OUT/submit.log")"; then break; fi
+    sleep 2
+done
+JOB="$(grep -o 'raysubmit_[A-Za-z0-9]*' <<<"$SUBMITTED" | head -1)"
+[ -n "$JOB" ] || { echo "job submission failed, see $OUT/submit.log"; exit 1; }
+echo "submitted $JOB; following its log"
+ray job logs --address "$RAY_ADDRESS" --follow "$JOB" 2>/dev/null
+ray job status --address "$RAY_ADDRESS" "$JOB" 2>&1 | grep -q SUCCEEDED \
+    || { echo "training job $JOB did not succeed"; exit 1; }
 
 step "4/6 compress + decompress the samples with the shipped default model"
 caeadmm compress "$SAMPLES" -o "$OUT/compressed"

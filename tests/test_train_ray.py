@@ -1,15 +1,17 @@
 """caeadmm.train_ray and jobs/train.py on real Ray: the ADMM consensus across two nodes,
 recovery from a worker failure, resubmitting a run, and `ray job submit`.
 
-The in-process runs use the session's `ray_local` (4 logical CPUs). The two-node cluster is a
-head and a second raylet started with `ray start --block` in subprocesses (their own ports
-and temp dir), used through `ray job submit` only, so it never touches this process's Ray.
+Training runs on a two-node test cluster (a head with the job server and a second raylet,
+started with `ray start --block` in subprocesses, with their own ports and temp dir), driven
+by jobs/train.py in subprocesses, either directly (RAY_ADDRESS) or by `ray job submit`; it
+never touches this process's Ray (nor uses the session's `ray_local`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import os
 import signal
 import socket
@@ -22,15 +24,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
-ray = pytest.importorskip("ray")
+pytest.importorskip("ray")
 torch = pytest.importorskip("torch")
 train_ray = pytest.importorskip("caeadmm.train_ray")
 
 from caeadmm.admm import ADMM  # noqa: E402
 from caeadmm.checkpoint import load_checkpoint, load_model  # noqa: E402
 from caeadmm.config import load_config  # noqa: E402
-from caeadmm.data import prepare_patches  # noqa: E402
-from caeadmm.patches import PatchSpec  # noqa: E402
+from caeadmm.data import MANIFEST_FORMAT, MANIFEST_NAME  # noqa: E402
 from caeadmm.training import Schedule  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -51,25 +52,19 @@ def _images(folder: Path, n: int = 6) -> Path:
 
 
 @pytest.fixture(scope="module")
-def shards(tmp_path_factory, ray_local) -> Path:
-    """Shards of 32 px patches: 6 images x 9 grid positions (stride 16) = 54 patches."""
+def shards(cluster, tmp_path_factory) -> Path:
+    """Shards of 32 px patches, cut by jobs/prepare_data.py on the test cluster: 6 images x 9
+    grid positions (stride 16) = 54 patches."""
     root = tmp_path_factory.mktemp("train_ray")
     out = root / "shards"
-    spec = PatchSpec(patch_size=32, mode="grid", stride=16)
-    prepare_patches([str(_images(root / "images"))], str(out), spec, rows_per_shard=16,
-                    progress=False)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "jobs/prepare_data.py", str(_images(root / "images")), "--out",
+         str(out), "--patch-size", "32", "--grid", "--stride", "16", "--rows-per-shard", "16",
+         "--no-progress"],
+        env=cluster.driver_env, cwd=REPO, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
     return out
-
-
-@pytest.fixture(autouse=True)
-def _fast_polling(monkeypatch):
-    """Ray Train's controller polls its workers every 2 s; 0.5 s notices an end or a failure
-    sooner (Ray passes this variable on to the controller and workers)."""
-    monkeypatch.setenv("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
-
-
-def _cfg(shards: Path, storage: Path, *overrides: str):
-    return load_config(SMOKE, [f"shards={shards}", f"storage_path={storage}", *overrides])
 
 
 def _checkpoint(run: Path, step: int) -> dict:
@@ -91,8 +86,13 @@ def test_fit_needs_shards(tmp_path):
         train_ray.fit(cfg)
 
 
-def test_fit_refuses_shards_of_another_patch_size(shards, tmp_path):
-    cfg = _cfg(shards, tmp_path, "model.patch_size=48")
+def test_fit_refuses_shards_of_another_patch_size(tmp_path):
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    manifest = {"format": MANIFEST_FORMAT, "patch_size": 32, "shards": [], "sources": {}}
+    (shards / MANIFEST_NAME).write_text(json.dumps(manifest))
+    cfg = load_config(SMOKE, [f"shards={shards}", f"storage_path={tmp_path}",
+                              "model.patch_size=48"])  # fmt: skip
     with pytest.raises(train_ray.TrainRayError, match="32 px patches"):
         train_ray.fit(cfg)
 
@@ -142,68 +142,7 @@ def test_consensus_update_all_reduces_and_the_check_catches_drift(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------
-# Recovery and resubmission (in-process, on ray_local)
-
-
-@pytest.mark.slow
-def test_worker_failure_resumes_with_admm_state_mask_and_step(shards, tmp_path):
-    # Prune before step 12; checkpoints every 4 steps; worker 1 dies at step 17, so the run
-    # must come back from step 16 with Z, U AND the mask, and finish at 20.
-    cfg = _cfg(shards, tmp_path, "finetune_steps=8", "fail_at_step=17", "run_name=ft")
-    lines: list[str] = []
-    result = train_ray.fit(cfg, debug=True, max_failures=1, keep_checkpoints=None,
-                           log=lines.append)  # fmt: skip
-    run = tmp_path / "ft"
-
-    assert result.metrics["step"] == 20 and result.metrics["start_step"] == 16
-    assert "resumed from the checkpoint at step 16 (run ft)" in lines
-    saved = _checkpoint(run, 16)
-    assert saved["model"]["mask"] is not None  # the checkpoint is past the prune
-    for rank in (0, 1):
-        restored = torch.load(run / "debug" / f"resume_step0000016_rank{rank}.pt")
-        assert restored["step"] == 16
-        assert torch.equal(restored["Z"], saved["admm"]["Z"])
-        assert torch.equal(restored["U"], saved["admm"]["U"])
-        assert torch.equal(restored["mask"], saved["model"]["mask"])
-        assert restored["updates"] == saved["admm"]["updates"] == 3
-
-    final = _checkpoint(run, 20)
-    expected_updates = sum(Schedule(cfg).update_due(s) for s in range(cfg.total_steps()))
-    assert final["step"] == 20 and final["admm"]["updates"] == expected_updates
-    assert torch.equal(final["model"]["mask"], final["admm"]["support"])
-    # Rows the failed attempt logged after step 16 were dropped, then written again once.
-    assert _log_steps(run) == [4, 8, 12, 16, 20]
-    model = load_model(run / "checkpoint_0000020" / train_ray.MODEL_FILE)
-    assert torch.equal(model.mask, final["admm"]["support"])
-
-
-@pytest.mark.slow
-def test_resubmitting_a_run_resumes_it(shards, tmp_path):
-    # No retries: the injected failure at step 6 ends the first submission after the
-    # checkpoint at step 4. The same command again resumes there (and gets past step 6,
-    # since a resumed run does not fail again); once more, it finds the run finished.
-    cfg = _cfg(shards, tmp_path, "fail_at_step=6", "run_name=again")
-    run = tmp_path / "again"
-    with pytest.raises(ray.train.TrainingFailedError, match="injected failure at step 6"):
-        train_ray.fit(cfg, max_failures=0, log=None)
-    assert (run / "checkpoint_0000004").is_dir()
-    assert not (run / "checkpoint_0000008").exists()
-
-    second = train_ray.fit(cfg, max_failures=0, log=None)
-    assert second.metrics["start_step"] == 4 and second.metrics["step"] == 16
-    assert second.checkpoint.path.endswith("checkpoint_0000016")
-    assert _log_steps(run) == [4, 8, 12, 16]
-
-    lines: list[str] = []
-    third = train_ray.fit(cfg, max_failures=0, log=lines.append)
-    assert third.return_value["start_step"] == 16
-    assert third.checkpoint.path.endswith("checkpoint_0000016")
-    assert any("had already finished at step 16" in line for line in lines)
-    assert not any(line.startswith("step ") for line in lines)  # no training step ran
-
-
-# ---------------------------------------------------------------------------------------------
-# A two-node cluster in subprocesses: consensus, and `ray job submit`
+# A two-node test cluster in subprocesses
 
 
 def _free_port() -> int:
@@ -217,15 +156,22 @@ class LocalCluster:
 
     def __init__(self, root: Path):
         self.gcs_port, self.dashboard_port = _free_port(), _free_port()
-        # The lines below keep this cluster apart from any other Ray on the machine: its own
-        # temp dir, ports, and no token from ~/.ray (the cluster only listens on 127.0.0.1).
+        # This cluster stays apart from any other Ray on the machine: its own temp dir and
+        # ports, no token from ~/.ray (it only listens on 127.0.0.1), and RAY_ADDRESS in its
+        # processes' environment, so that Ray code in them that looks for "the" cluster (Ray
+        # Train's placement-group cleaner asks the state API) never finds the one that the
+        # last `ray start` on this machine recorded in /tmp/ray/ray_current_cluster.
         self.env = {
             **os.environ,
             "PATH": f"{RAY_CLI.parent}{os.pathsep}{os.environ.get('PATH', '')}",
             "PYTHONPATH": str(REPO),
             "RAY_AUTH_MODE": "disabled",
             "RAY_USAGE_STATS_ENABLED": "0",
+            # Ray Train's controller polls its workers every 2 s; 0.5 s notices an end or a
+            # failure sooner (Ray passes this on from the driver).
+            "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
         }
+        self.driver_env = {**self.env, "RAY_ADDRESS": f"127.0.0.1:{self.gcs_port}"}
         common = ["--block", "--node-ip-address", "127.0.0.1", "--num-cpus", "2",
                   "--min-worker-port", "0", "--max-worker-port", "0",
                   "--object-store-memory", str(200 * 1024 * 1024)]  # fmt: skip
@@ -249,7 +195,7 @@ class LocalCluster:
     def _start(self, args: list[str]) -> None:
         with self.logs.open("a") as log:
             self.procs.append(subprocess.Popen(
-                [str(RAY_CLI), "start", *args], env=self.env, stdout=log,
+                [str(RAY_CLI), "start", *args], env=self.driver_env, stdout=log,
                 stderr=subprocess.STDOUT, start_new_session=True,
             ))  # fmt: skip
 
@@ -291,6 +237,76 @@ def cluster(tmp_path_factory):
     cluster = LocalCluster(tmp_path_factory.mktemp("raycluster"))
     yield cluster
     cluster.stop()
+
+
+# ---------------------------------------------------------------------------------------------
+# Recovery and resubmission: jobs/train.py as a driver on the test cluster ($RAY_ADDRESS)
+
+
+def _train(cluster: LocalCluster, shards: Path, storage: Path, *args: str, rc: int = 0):
+    """Run jobs/train.py with configs/ray_smoke.yaml on the cluster; check its exit status."""
+    proc = subprocess.run(
+        [sys.executable, "jobs/train.py", "--config", str(SMOKE), f"shards={shards}",
+         f"storage_path={storage}", *args],
+        env=cluster.driver_env, cwd=REPO, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert proc.returncode == rc, f"exit status {proc.returncode}:\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+@pytest.mark.slow
+def test_worker_failure_resumes_with_admm_state_mask_and_step(cluster, shards, tmp_path):
+    # Prune before step 12; checkpoints every 4 steps; worker 1 dies at step 17, so the run
+    # must come back from step 16 with Z, U AND the mask, and finish at 20.
+    args = ["finetune_steps=8", "fail_at_step=17", "run_name=ft"]
+    proc = _train(cluster, shards, tmp_path, "--debug", "--max-failures", "1",
+                  "--keep-checkpoints", "0", *args)  # fmt: skip
+    run = tmp_path / "ft"
+
+    assert "[train] resumed from the checkpoint at step 16 (run ft)" in proc.stdout
+    saved = _checkpoint(run, 16)
+    assert saved["model"]["mask"] is not None  # the checkpoint is past the prune
+    for rank in (0, 1):
+        restored = torch.load(run / "debug" / f"resume_step0000016_rank{rank}.pt")
+        assert restored["step"] == 16
+        assert torch.equal(restored["Z"], saved["admm"]["Z"])
+        assert torch.equal(restored["U"], saved["admm"]["U"])
+        assert torch.equal(restored["mask"], saved["model"]["mask"])
+        assert restored["updates"] == saved["admm"]["updates"] == 3
+
+    final = _checkpoint(run, 20)
+    cfg = load_config(SMOKE, args)
+    expected_updates = sum(Schedule(cfg).update_due(s) for s in range(cfg.total_steps()))
+    assert final["step"] == 20 and final["extra"]["metrics"]["start_step"] == 16
+    assert final["admm"]["updates"] == expected_updates
+    assert torch.equal(final["model"]["mask"], final["admm"]["support"])
+    # Rows the failed attempt logged after step 16 were dropped, then written again once.
+    assert _log_steps(run) == [4, 8, 12, 16, 20]
+    model = load_model(run / "checkpoint_0000020" / train_ray.MODEL_FILE)
+    assert torch.equal(model.mask, final["admm"]["support"])
+
+
+@pytest.mark.slow
+def test_resubmitting_a_run_resumes_it(cluster, shards, tmp_path):
+    # No retries: the injected failure at step 6 ends the first submission after the
+    # checkpoint at step 4. The same command again resumes there (and gets past step 6,
+    # since a resumed run does not fail again); once more, it finds the run finished.
+    args = ["--max-failures", "0", "fail_at_step=6", "run_name=again"]
+    run = tmp_path / "again"
+    first = _train(cluster, shards, tmp_path, *args, rc=1)
+    assert "injected failure at step 6" in first.stderr
+    assert (run / "checkpoint_0000004").is_dir()
+    assert not (run / "checkpoint_0000008").exists()
+
+    second = _train(cluster, shards, tmp_path, *args)
+    assert "[train] resumed from the checkpoint at step 4 (run again)" in second.stdout
+    assert _checkpoint(run, 16)["extra"]["metrics"]["start_step"] == 4
+    assert _log_steps(run) == [4, 8, 12, 16]
+
+    third = _train(cluster, shards, tmp_path, *args)
+    assert "had already finished at step 16" in third.stdout
+    assert "[train] step " not in third.stdout  # no training step ran
+    assert f"latest checkpoint: {run}/checkpoint_0000016/checkpoint.pt" in third.stdout
 
 
 # One job on the cluster, checked by the two tests below: 2 workers of 1.5 CPUs on nodes of
