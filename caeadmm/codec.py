@@ -19,7 +19,7 @@ Determinism: the same input, model and machine give identical bytes (eval mode, 
 rounding, contiguous NCHW tensors, any thread count). The convolution library's float
 results for a tile can differ in the last bits with the size of the batch it runs in, enough
 to flip a rounded symbol now and then; so on the CPU tiles run one at a time (batch_tiles=1,
-within a few percent of batching there: bench/codec.py), and each tile's symbols and pixels
+within about 10 % of batching there: bench/codec.py), and each tile's symbols and pixels
 depend on that tile alone. On a GPU tiles run in batches of 32 for speed: still deterministic
 for a given image. Other hardware may round a few symbols differently; any decoder still
 reads any stream.

@@ -62,7 +62,7 @@ def local_cpus() -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # overrides may come before or after options
     try:
         cfg = load_config(args.config, args.overrides)
     except ConfigError as exc:

@@ -37,9 +37,10 @@ done
 JOB="$(grep -o 'raysubmit_[A-Za-z0-9]*' <<<"$SUBMITTED" | head -1)"
 [ -n "$JOB" ] || { echo "job submission failed, see $OUT/submit.log"; exit 1; }
 echo "submitted $JOB; following its log"
-ray job logs --address "$RAY_ADDRESS" --follow "$JOB" 2>/dev/null
-ray job status --address "$RAY_ADDRESS" "$JOB" 2>&1 | grep -q SUCCEEDED \
-    || { echo "training job $JOB did not succeed"; exit 1; }
+ray job logs --address "$RAY_ADDRESS" --follow "$JOB" 2>&1 | tee "$OUT/train.log" \
+    | grep -v -E '^\S+ \S+\s+(INFO|SUCC) cli.py|^\s*$'
+grep -q "Job '$JOB' succeeded" "$OUT/train.log" \
+    || { echo "training job $JOB did not succeed (log: $OUT/train.log)"; exit 1; }
 
 step "4/6 compress + decompress the samples with the shipped default model"
 caeadmm compress "$SAMPLES" -o "$OUT/compressed"
