@@ -48,7 +48,8 @@ caeadmm decompress "$OUT/compressed" -o "$OUT/decompressed"
 caeadmm info "$OUT/compressed"/*.cae
 
 step "5/6 rate-distortion evaluation against JPEG"
-caeadmm eval "$SAMPLES" --codecs cae:default,jpeg --out "$OUT/eval" --address 127.0.0.1:6379
+DEFAULT_MODEL="$(python -c "from caeadmm import zoo; print(next(m.name for m in zoo.list_models() if m.default))")"
+caeadmm eval "$SAMPLES" --codecs "cae:$DEFAULT_MODEL,jpeg" --out "$OUT/eval" --address 127.0.0.1:6379
 
 step "6/6 outputs"
 cat <<EOM
