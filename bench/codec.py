@@ -115,7 +115,7 @@ def synthetic_image(height: int, width: int) -> np.ndarray:
     return image
 
 
-def table(rows: list[dict[str, float]]) -> str:
+def table(rows: list[dict[str, tuple]], random_weights: bool) -> str:
     def stat(key: str) -> str:
         walls, cpus = [r[key][0] for r in rows], [r[key][1] for r in rows]
         return f"{statistics.median(walls):.3f} | {max(walls):.3f} | {statistics.median(cpus):.3f}"
@@ -137,7 +137,8 @@ def table(rows: list[dict[str, float]]) -> str:
     ]
     bpp = {k: statistics.mean(r[f"{k}_bpp"] for r in rows) for k in ("cae", "jpeg", "webp")}
     lines.append("")
-    lines.append("mean bpp (not a quality comparison; the CAE weights are random): "
+    note = "the CAE weights are random" if random_weights else "different qualities"
+    lines.append(f"mean bpp (not a rate comparison: {note}): "
                  + ", ".join(f"{k} {v:.3f}" for k, v in bpp.items()))
     return "\n".join(lines)
 
@@ -179,7 +180,7 @@ def main() -> None:
         print(f"  {path.name}: encode {rows[-1]['cae_enc'][0]:.3f} s, "
               f"decode {rows[-1]['cae_dec'][0]:.3f} s", file=sys.stderr)
     print(f"{len(rows)} images from {args.kodak}, median of {args.repeats} runs each\n")
-    print(table(rows))
+    print(table(rows, random_weights=not args.model))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print(f"\npeak RSS of the whole benchmark process: {peak:.0f} MB")
 

@@ -78,9 +78,14 @@ def load(name_or_path: str | os.PathLike | None = None) -> CAE:
     models = {m.name: m for m in list_models()}
     if name_or_path is None:
         default = next((m for m in models.values() if m.default), None)
-        if default is None:
+        if default is None and not models:
             raise ModelLoadError(
                 "no model ships with this installation yet: pass --model PATH to a checkpoint"
+            )
+        if default is None:
+            raise ModelLoadError(
+                f"no default model is registered: pass --model with one of {', '.join(models)} "
+                "or a checkpoint path"
             )
         return _load_registered(default)
     if str(name_or_path) in models:
