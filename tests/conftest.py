@@ -22,6 +22,7 @@ def ray_local():
     if ray.is_initialized():
         ray.shutdown()
     ray.init(
+        address="local",  # never attach to a cluster something else started
         num_cpus=4,
         include_dashboard=False,
         log_to_driver=False,
