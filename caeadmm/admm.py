@@ -1,27 +1,43 @@
-"""ADMM on the latent code: drives all but k slots of the mean training latent to zero.
+"""ADMM on the latent code: every image's latent keeps only k slots, the same k for all.
 
-Problem: min distortion(c) subject to c_bar (the mean latent over the training data) having
-at most k non-zero slots. Scaled-form ADMM with a target Z (k-sparse) and a dual U, both of
-one patch's latent shape (C, P/8, P/8) and shared by all images:
+Problem: min distortion subject to all training latents c_i sharing one support of k slots
+(DESIGN.md: "at most k slots of the mean training latent may be non-zero", made a
+constraint on each image's code, which is what the hard prune enforces). Scaled-form ADMM
+with a target Z and a dual U of one patch's latent shape (C, P/8, P/8), shared by all images:
 
 - every step the loss gains `penalty(latent)`;
-- every `admm_every` steps the caller takes the latent sum and count gathered by
-  `accumulate` (`pending()`), all-reduces them over the workers if there are several, and
-  calls `update(sum, count)`: c_bar = sum / count; Z = the k largest-magnitude entries of
-  c_bar + U (the rest zeroed); U += c_bar - Z. Every worker then holds the same Z and U.
+- every `admm_every` steps the caller takes the sums gathered by `accumulate` (`pending()`:
+  the sum of the latents and of their squares, and the count), all-reduces them over the
+  workers if there are several, and calls `update(sums, count)`. With c_bar the mean latent
+  and S the support, the projection of every c_i + U onto "support S, shared" is
+  (c_i + U) on S and 0 elsewhere, and the best S holds the k slots of largest energy
+  E[(c + U)^2]. So: S = top k of E[(c + U)^2]; Z = (c_bar + U) on S, 0 elsewhere (the mean
+  of the projected latents); U += c_bar - Z. Every worker then holds the same Z, U and S.
+- The penalty rho/2 * mean_i ||c_i - Z_i + U||^2 is then zero on S (there Z_i = c_i + U)
+  and rho/2 * mean_i ||c_i + U||^2 off S: it pulls every image's pruned slots to zero and
+  leaves the kept slots free, so the hard prune at the end of the phase costs little.
 
-Penalty normalisation. DESIGN.md's penalty is rho/2 * mean_i ||c_i - Z + U||^2, a sum over
-all C*h*w slots (8,192 for C = 32 at 128 px), which with rho = 0.1 swamped the distortion.
-Here `penalty` is rho/2 times the PER-SLOT mean of the squared residual over the batch:
-rho/2 * mean_i ||c_i - Z + U||^2 / (C*h*w). It is the same function with rho_spec =
-rho / (C*h*w), but rho now means the same thing for any C and patch size: with rho = 1 a
-residual of one quantisation step in every slot costs 0.5, against a distortion of order
-100 (the paper's weights). docs/training.md has the measurements behind the default.
+Two departures from DESIGN.md's literal rule (Z = top k of |c_bar + U| by magnitude, penalty
+on all slots), both measured in docs/training.md ("ADMM on a real network"): ranking by the
+mean c_bar picks slots by their offset, not by the information they carry (BatchNorm centres
+the latent, so c_bar is near 0 everywhere), and a penalty on the kept slots pulls every
+image's code towards the mean, i.e. shrinks the information that is meant to survive.
 
-Deliberately unlike the authors' code (DESIGN.md): the projection keeps the top k by
-MAGNITUDE (a stable sort, ties broken by the lower flat index, exactly k slots kept); c_bar
-divides by the number of latents really summed; the penalty is the squared norm averaged
-over the batch; Z, U and the pending sums are in state_dict for exact resume.
+Structure of the support (`structure`): "channel" (the default) keeps whole channels, the
+k_c = (1 - ratio) * C of largest energy (k = k_c * h * w slots); "slot" keeps any k slots.
+A convolutional encoder computes every position of a channel with the same weights, so it
+cannot make some positions of a channel sparse and leave others: with "slot", 97-100 % of
+the kept set changed at every update on real images. The mask stays a boolean over the
+C x h x w slots either way, so the codec and the bitstream do not change.
+
+Penalty normalisation: rho multiplies the PER-SLOT mean of the squared residual over the
+batch, rho/2 * mean_i ||.||^2 / (C*h*w), so rho means the same for any C and patch size
+(DESIGN.md's sum over 8,192 slots with rho = 0.1 swamped the distortion).
+
+Deliberately unlike the authors' code (DESIGN.md): slots are ranked by energy, never by
+signed value, with ties broken by the lower index (exactly k slots kept, identically on
+every worker); means divide by the number of latents really summed; the penalty is a
+squared norm averaged over the batch; Z, U, S and the pending sums are in state_dict.
 """
 
 from __future__ import annotations
@@ -30,13 +46,15 @@ import math
 
 import torch
 
+STRUCTURES = ("channel", "slot")
+
 
 class ADMMError(ValueError):
     """Invalid ADMM settings or an update/mask request that cannot be served."""
 
 
 class ADMM:
-    """ADMM state for one model: Z, U, the support of Z, and the pending latent sums."""
+    """ADMM state for one model: Z, U, the support, and the pending latent sums."""
 
     def __init__(
         self,
@@ -44,6 +62,7 @@ class ADMM:
         pruning_ratio: float,
         rho: float,
         device: torch.device | str = "cpu",
+        structure: str = "channel",
     ):
         self.latent_shape = tuple(int(s) for s in latent_shape)
         if not self.latent_shape or min(self.latent_shape) < 1:
@@ -52,20 +71,29 @@ class ADMM:
             raise ADMMError(f"pruning_ratio must be in [0, 1), got {pruning_ratio}")
         if rho < 0:
             raise ADMMError(f"rho must not be negative, got {rho}")
+        if structure not in STRUCTURES:
+            raise ADMMError(f"structure must be one of {STRUCTURES}, got {structure!r}")
         self.pruning_ratio = float(pruning_ratio)
         self.rho = float(rho)
+        self.structure = structure
         self.numel = math.prod(self.latent_shape)
-        # k = (1 - ratio) * numel rounded half up (not Python's half-to-even round()).
-        self.k = math.floor((1.0 - self.pruning_ratio) * self.numel + 0.5)
+        # The support is made of whole groups: single slots, or channels of numel / C slots.
+        self.group_size = 1 if structure == "slot" else self.numel // self.latent_shape[0]
+        groups = self.numel // self.group_size
+        # Groups kept: (1 - ratio) * groups rounded half up (not Python's half-to-even round()).
+        self.k_groups = math.floor((1.0 - self.pruning_ratio) * groups + 0.5)
+        self.k = self.k_groups * self.group_size
         if self.k < 1:
             raise ADMMError(
-                f"pruning_ratio {pruning_ratio} keeps no slot of a latent of {self.numel} slots"
+                f"pruning_ratio {pruning_ratio} keeps no {structure} of a latent of shape "
+                f"{self.latent_shape} ({groups} {structure}s)"
             )
         self.Z = torch.zeros(self.latent_shape, device=device)
         self.U = torch.zeros(self.latent_shape, device=device)
         self.support = torch.zeros(self.latent_shape, dtype=torch.bool, device=device)
         self.updates = 0  # projections done so far; the penalty is off until the first
-        self._sum = torch.zeros(self.latent_shape, dtype=torch.float64, device=device)
+        # Pending sums since the last update: [sum of latents, sum of squared latents].
+        self._sums = torch.zeros((2, *self.latent_shape), dtype=torch.float64, device=device)
         self._count = 0
 
     @property
@@ -74,56 +102,77 @@ class ADMM:
 
     def to(self, device: torch.device | str) -> ADMM:
         """Move all tensors to `device` (in place); returns self."""
-        for name in ("Z", "U", "support", "_sum"):
+        for name in ("Z", "U", "support", "_sums"):
             setattr(self, name, getattr(self, name).to(device))
         return self
 
     def penalty(self, latent: torch.Tensor) -> torch.Tensor:
-        """rho/2 * per-slot mean over the batch of (c_i - Z + U)^2 (module docstring).
+        """rho/2 * per-slot mean over the batch of (c_i - Z_i + U)^2, which is (c_i + U)^2
+        on the pruned slots and 0 on the kept ones (module docstring).
 
         Zero (with a gradient path) before the first projection, when Z and U mean nothing.
         """
         self._check_latent(latent)
         if self.updates == 0 or self.rho == 0:
             return latent.sum() * 0.0
-        residual = latent - (self.Z - self.U).to(latent.dtype)
+        pruned = (~self.support).to(latent.dtype)
+        residual = (latent + self.U.to(latent.dtype)) * pruned
         return 0.5 * self.rho * residual.square().mean()
 
     def accumulate(self, latent: torch.Tensor) -> None:
-        """Add a batch of latents (B, *latent_shape) to the pending sum (detached)."""
+        """Add a batch of latents (B, *latent_shape) to the pending sums (detached)."""
         self._check_latent(latent)
-        self._sum += latent.detach().to(torch.float64).sum(dim=0)
+        latent = latent.detach().to(torch.float64)
+        self._sums[0] += latent.sum(dim=0)
+        self._sums[1] += latent.square().sum(dim=0)
         self._count += int(latent.shape[0])
 
     def pending(self) -> tuple[torch.Tensor, int]:
-        """(sum of the latents accumulated since the last update (float64), their count).
+        """(sums since the last update, float64 of shape (2, *latent_shape): the sum of the
+        latents and of their squares; the number of latents summed).
 
         A distributed caller all-reduces both (SUM) and passes the totals to `update`.
         """
-        return self._sum.clone(), self._count
+        return self._sums.clone(), self._count
 
-    def update(self, latent_sum: torch.Tensor, count: int | torch.Tensor) -> None:
-        """One Z and U step from the (global) latent sum and count; resets the accumulators."""
+    def update(self, sums: torch.Tensor, count: int | torch.Tensor) -> None:
+        """One support, Z and U step from the (global) sums and count; resets the sums."""
         count = int(count.item() if isinstance(count, torch.Tensor) else count)
         if count <= 0:
             raise ADMMError("update needs at least one accumulated latent (count was 0)")
-        if tuple(latent_sum.shape) != self.latent_shape:
+        if tuple(sums.shape) != (2, *self.latent_shape):
             raise ADMMError(
-                f"latent_sum has shape {tuple(latent_sum.shape)}, expected {self.latent_shape}"
+                f"sums have shape {tuple(sums.shape)}, expected {(2, *self.latent_shape)}"
             )
-        c_bar = (latent_sum.to(device=self.device, dtype=torch.float64) / count).float()
-        self.Z, self.support = project_top_k(c_bar + self.U, self.k)
+        mean, second = sums.to(device=self.device, dtype=torch.float64) / count
+        u = self.U.double()
+        energy = second + 2 * u * mean + u.square()  # E[(c + U)^2] per slot
+        self.support = self.select(energy)
+        c_bar = mean.float()
+        self.Z = torch.where(self.support, c_bar + self.U, torch.zeros_like(c_bar))
         self.U = self.U + c_bar - self.Z
         self.updates += 1
-        self._sum.zero_()
+        self._sums.zero_()
         self._count = 0
 
-    def mask(self) -> torch.Tensor:
-        """The slots kept by the last projection: exactly k True (the support of Z).
+    def select(self, energy: torch.Tensor) -> torch.Tensor:
+        """The support of exactly k slots: the k_groups groups of largest total energy."""
+        magnitude = energy.clamp_min(0).sqrt()
+        if self.structure == "slot":
+            return project_top_k(magnitude, self.k)[1]
+        return project_top_k_channels(magnitude, self.k_groups)[1]
 
-        Equal to Z != 0 except where a kept value is exactly 0, so the pruned model always
-        keeps exactly k slots.
-        """
+    def energy_outside(self, second_moment: torch.Tensor) -> float:
+        """Share of the latent energy E[c^2] outside the best support of k slots: what a
+        hard prune now would drop (0: the latents already meet the constraint)."""
+        energy = second_moment.to(self.device).double()
+        total = float(energy.sum())
+        if total <= 0:
+            return 0.0
+        return 1.0 - float(energy[self.select(energy)].sum()) / total
+
+    def mask(self) -> torch.Tensor:
+        """The slots kept by the last projection: exactly k True (the support)."""
         if self.updates == 0:
             raise ADMMError("no ADMM projection has run yet, so there is no mask")
         return self.support.clone()
@@ -135,6 +184,7 @@ class ADMM:
     def state_dict(self) -> dict:
         return {
             "latent_shape": list(self.latent_shape),
+            "structure": self.structure,
             "pruning_ratio": self.pruning_ratio,
             "rho": self.rho,
             "k": self.k,
@@ -142,23 +192,30 @@ class ADMM:
             "Z": self.Z.clone(),
             "U": self.U.clone(),
             "support": self.support.clone(),
-            "sum": self._sum.clone(),
+            "sums": self._sums.clone(),
             "count": self._count,
         }
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore a `state_dict()`; the shape and k must match this instance's."""
-        if tuple(state["latent_shape"]) != self.latent_shape or state["k"] != self.k:
+        """Restore a `state_dict()`; the shape, structure and k must match this instance's."""
+        structure = state.get("structure")
+        if (
+            tuple(state["latent_shape"]) != self.latent_shape
+            or state["k"] != self.k
+            or structure != self.structure
+            or "sums" not in state
+        ):
             raise ADMMError(
                 f"ADMM state for shape {tuple(state['latent_shape'])} with k={state['k']} "
-                f"does not fit shape {self.latent_shape} with k={self.k}"
+                f"({structure}) does not fit shape {self.latent_shape} with k={self.k} "
+                f"({self.structure})"
             )
         self.rho = float(state["rho"])
         self.updates = int(state["updates"])
         self.Z = state["Z"].to(self.device, torch.float32).clone()
         self.U = state["U"].to(self.device, torch.float32).clone()
         self.support = state["support"].to(self.device, torch.bool).clone()
-        self._sum = state["sum"].to(self.device, torch.float64).clone()
+        self._sums = state["sums"].to(self.device, torch.float64).clone()
         self._count = int(state["count"])
 
     def _check_latent(self, latent: torch.Tensor) -> None:
@@ -184,3 +241,17 @@ def project_top_k(values: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Ten
     return torch.where(kept, flat, torch.zeros_like(flat)).reshape(values.shape), kept.reshape(
         values.shape
     )
+
+
+def project_top_k_channels(values: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Keep the k channels (first dimension) of largest energy (sum of squares) whole, zero
+    the rest: (projected, kept mask). Ties go to the lower channel index, as in project_top_k.
+    """
+    if not 0 <= k <= values.shape[0]:
+        raise ADMMError(f"k must be in [0, {values.shape[0]}] channels, got {k}")
+    energy = values.reshape(values.shape[0], -1).double().square().sum(dim=1)
+    order = torch.sort(energy, descending=True, stable=True).indices
+    kept_channels = torch.zeros(values.shape[0], dtype=torch.bool, device=values.device)
+    kept_channels[order[:k]] = True
+    kept = kept_channels.reshape(-1, *([1] * (values.dim() - 1))).expand(values.shape).clone()
+    return torch.where(kept, values, torch.zeros_like(values)), kept

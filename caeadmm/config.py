@@ -102,6 +102,9 @@ class TrainConfig:
     # ADMM: rho multiplies the PER-SLOT mean squared residual (see admm.py).
     rho: float = 100.0
     pruning_ratio: float = 0.9
+    # What the projection keeps: whole "channel"s (default) or any "slot"s (DESIGN.md's
+    # literal rule, which does not settle on a real network; see admm.py).
+    prune_structure: str = "channel"
     # Distortion weights (the paper's), and the PSNR reference of the (psnr_ref - PSNR) term.
     w_msssim: float = 1000.0
     w_ssim: float = 1000.0
@@ -146,6 +149,10 @@ class TrainConfig:
             raise ConfigError(f"lr must be positive, got {self.lr}")
         if not 0.0 <= self.pruning_ratio < 1.0:
             raise ConfigError(f"pruning_ratio must be in [0, 1), got {self.pruning_ratio}")
+        if self.prune_structure not in ("channel", "slot"):
+            raise ConfigError(
+                f"prune_structure must be 'channel' or 'slot', got {self.prune_structure!r}"
+            )
         if self.total_steps() <= 0:
             raise ConfigError("warmup_steps + admm_steps + finetune_steps must be positive")
         if self.pruning_ratio > 0 and self.finetune_steps > 0 and (

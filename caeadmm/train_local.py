@@ -45,7 +45,6 @@ from caeadmm.training import (
     Schedule,
     evaluate,
     hard_prune,
-    latent_energy_outside_top_k,
     make_optimizer,
     maybe_inject_failure,
     new_admm,
@@ -245,14 +244,13 @@ def _prune(model, admm, eval_patches, recent_mse, log) -> dict:
 
 
 def _admm_update(admm) -> dict[str, float]:
-    latent_sum, count = admm.pending()
-    c_bar = latent_sum / count
+    sums, count = admm.pending()
     stats = {
-        "admm_residual": admm.residual(c_bar),
-        "energy_outside_top_k": latent_energy_outside_top_k(c_bar, admm.k),
+        "admm_residual": admm.residual(sums[0] / count),
+        "energy_outside_top_k": admm.energy_outside(sums[1] / count),
     }
     before = admm.support.clone() if admm.updates else None
-    admm.update(latent_sum, count)
+    admm.update(sums, count)
     # Share of the kept slots that changed: near 0 once the ADMM support has settled.
     changed = (admm.support & ~before).sum() / admm.k if before is not None else math.nan
     stats["support_churn"] = float(changed)

@@ -84,7 +84,6 @@ from caeadmm.training import (
     Schedule,
     evaluate,
     hard_prune,
-    latent_energy_outside_top_k,
     make_optimizer,
     maybe_inject_failure,
     new_admm,
@@ -419,23 +418,22 @@ def consensus_update(
     `debug`, an all-gather of checksums of Z and U then checks that every rank agrees, and
     `debug_dir` (if given) receives this rank's inputs and results.
     """
-    local_sum, local_count = admm.pending()
-    latent_sum = local_sum.clone()
-    count = torch.tensor([local_count], dtype=torch.float64, device=latent_sum.device)
+    local_sums, local_count = admm.pending()
+    sums = local_sums.clone()
+    count = torch.tensor([local_count], dtype=torch.float64, device=sums.device)
     if world > 1:
-        dist.all_reduce(latent_sum, op=dist.ReduceOp.SUM)
+        dist.all_reduce(sums, op=dist.ReduceOp.SUM)
         dist.all_reduce(count, op=dist.ReduceOp.SUM)
     total = int(count.item())
-    c_bar = latent_sum / max(total, 1)
     stats = {
-        "admm_residual": admm.residual(c_bar),
-        "energy_outside_top_k": latent_energy_outside_top_k(c_bar, admm.k),
+        "admm_residual": admm.residual(sums[0] / max(total, 1)),
+        "energy_outside_top_k": admm.energy_outside(sums[1] / max(total, 1)),
     }
-    admm.update(latent_sum, total)
+    admm.update(sums, total)
     if debug:
         check_consensus(admm, world)
     if debug_dir is not None:
-        record = {"local_sum": local_sum.cpu(), "local_count": local_count, "world": world}
+        record = {"local_sums": local_sums.cpu(), "local_count": local_count, "world": world}
         record["node_id"] = ray.get_runtime_context().get_node_id()
         path = debug_dir / f"update{admm.updates:04d}_rank{rank}.pt"
         _save_record(path, admm, None, step, record)

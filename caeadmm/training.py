@@ -9,9 +9,9 @@ A training loop, single-process or distributed, is:
             hard_prune(model, admm)
         metrics = train_step(model, admm, optimizer, batch, step, cfg)
         if schedule.update_due(step):                    # every admm_every steps
-            latent_sum, count = admm.pending()
-            # distributed: all-reduce latent_sum and count (SUM) over the workers here
-            admm.update(latent_sum, count)
+            sums, count = admm.pending()   # sum of latents and of their squares
+            # distributed: all-reduce sums and count (SUM) over the workers here
+            admm.update(sums, count)
 
 `model` may be wrapped (DistributedDataParallel): train_step only calls it, and `unwrap`
 reaches the CAE where its own methods are needed.
@@ -94,7 +94,10 @@ class Schedule:
 
 
 def new_admm(cfg: TrainConfig, device: torch.device | str = "cpu") -> ADMM:
-    return ADMM(cfg.model.latent_shape(), cfg.pruning_ratio, cfg.rho, device=device)
+    return ADMM(
+        cfg.model.latent_shape(), cfg.pruning_ratio, cfg.rho, device=device,
+        structure=cfg.prune_structure,
+    )
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -162,8 +165,8 @@ def maybe_inject_failure(cfg: TrainConfig, step: int, resumed: bool) -> None:
 
 def admm_update(admm: ADMM) -> None:
     """The single-process ADMM update (a distributed loop all-reduces `pending()` first)."""
-    latent_sum, count = admm.pending()
-    admm.update(latent_sum, count)
+    sums, count = admm.pending()
+    admm.update(sums, count)
 
 
 def hard_prune(model: nn.Module, admm: ADMM) -> torch.Tensor:
@@ -192,12 +195,3 @@ def evaluate(model: nn.Module, patches: torch.Tensor, batch_size: int = 16) -> d
         psnrs.append(-10 * torch.log10(se.clamp_min(1e-10)))
     net.train(was_training)
     return {"mse": total_se / len(patches), "psnr": float(torch.cat(psnrs).mean())}
-
-
-def latent_energy_outside_top_k(c_bar: torch.Tensor, k: int) -> float:
-    """Share of sum(c_bar^2) outside the k largest-magnitude slots: 0 means k-sparse."""
-    energy = c_bar.double().reshape(-1).square()
-    total = float(energy.sum())
-    if total == 0:
-        return 0.0
-    return 1.0 - float(torch.topk(energy, k).values.sum()) / total

@@ -135,7 +135,9 @@ def test_consensus_update_all_reduces_and_the_check_catches_drift(tmp_path):
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     latent = torch.arange(18.0).reshape(2, 3, 3)
     union = ADMM((2, 3, 3), pruning_ratio=0.5, rho=1.0)
-    union.update(latent + 2 * (latent.flip(-1) - 4), 3)  # all three latents, in one process
+    # All three latents, in one process: the sum and the sum of squares of all of them.
+    latents = torch.stack([latent, latent.flip(-1) - 4, latent.flip(-1) - 4])
+    union.update(torch.stack([latents.sum(0), latents.square().sum(0)]).double(), 3)
     for r in (r0, r1):
         assert torch.equal(r["Z"], union.Z) and torch.equal(r["U"], union.U)
         assert "after ADMM update 1 the ranks hold different Z/U" in r["error"]
@@ -359,11 +361,11 @@ def test_consensus_on_two_nodes_matches_one_process(submitted):
         # Every rank holds the same Z and U...
         assert torch.equal(r0["Z"], r1["Z"]) and torch.equal(r0["U"], r1["U"])
         # ...the ones one process computes from the union of both ranks' latents...
-        replay.update(r0["local_sum"] + r1["local_sum"], r0["local_count"] + r1["local_count"])
+        replay.update(r0["local_sums"] + r1["local_sums"], r0["local_count"] + r1["local_count"])
         assert torch.equal(replay.Z, r0["Z"]) and torch.equal(replay.U, r0["U"])
         # ...which differ from what one rank's latents alone would give.
-        assert r0["local_count"] > 0 and not torch.equal(r0["local_sum"], r1["local_sum"])
-        rank0_only.update(r0["local_sum"], r0["local_count"])
+        assert r0["local_count"] > 0 and not torch.equal(r0["local_sums"], r1["local_sums"])
+        rank0_only.update(r0["local_sums"], r0["local_count"])
     assert not torch.equal(rank0_only.U, replay.U)
     final = _checkpoint(run, cfg.total_steps())
     assert torch.equal(final["admm"]["Z"], replay.Z) and torch.equal(final["admm"]["U"], replay.U)
