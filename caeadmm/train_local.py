@@ -141,6 +141,7 @@ def train(
     np.random.seed(cfg.seed)
     random.seed(cfg.seed)
     device = torch.device("cuda" if cfg.use_gpu and torch.cuda.is_available() else "cpu")
+    torch.backends.cudnn.benchmark = device.type == "cuda"  # fixed shapes: autotune convs
 
     images = load_images(cfg.images, cfg.model.patch_size, log)
     eval_patches = random_patches(images, cfg.eval_patches, cfg.model.patch_size, [cfg.seed, 1])

@@ -1,0 +1,185 @@
+"""Train several runs at once on one GPU within a wall-clock budget, through the
+single-process trainer (`caeadmm train`, no Ray): for a lent GPU machine that has torch but
+not Ray, where device time is counted in minutes.
+
+    python scripts/gpu_train.py --images DIR --out DIR --budget 480 \\
+        small-k6=configs/gpu_small.yaml:pruning_ratio=0.8125 \\
+        paper-k12=configs/gpu_paper.yaml:pruning_ratio=0.625
+
+Each run is NAME=CONFIG[:key=value[:key=value...]]. Steps:
+1. probe: all runs train a few steps together (warm-up, then ADMM), and each one's
+   patches/s under the shared load is read from its log.csv;
+2. the real runs start together, each with rate * time left * `--safety` steps, split over
+   warm-up / ADMM / fine-tune in the proportions of its config's step counts;
+3. each run's model.pt, log.csv, summary.json and console log are packed into
+   OUT/NAME.tar (weights stored as float16 when the file would exceed --max-file-mb; the
+   codec needs float32, see `unpack_model`).
+A run still going at the deadline is stopped; its latest checkpoint is packed instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import os
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def parse_run(spec: str) -> tuple[str, str, list[str]]:
+    name, _, rest = spec.partition("=")
+    config, *overrides = rest.split(":")
+    if not name or not config:
+        raise SystemExit(f"bad run spec {spec!r}: expected NAME=CONFIG[:key=value...]")
+    return name, config, overrides
+
+
+def launch(name: str, config: str, overrides: list[str], images: str, out: Path) -> subprocess.Popen:
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "caeadmm", "train", "--config", config, "--images", images,
+           "--out", str(out), "--no-resume", *overrides]
+    log = (out / "console.log").open("w")
+    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+
+
+def last_rate(run_dir: Path) -> float:
+    with (run_dir / "log.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    return float(rows[-1]["patches_per_s"])
+
+
+def phase_steps(cfg, total: int) -> list[str]:
+    """warmup/admm/finetune step overrides summing to `total`, in the config's proportions."""
+    parts = [cfg.warmup_steps, cfg.admm_steps, cfg.finetune_steps]
+    scale = total / sum(parts)
+    warmup, admm = round(parts[0] * scale), round(parts[1] * scale)
+    finetune = total - warmup - admm
+    every = max(1, min(cfg.admm_every, admm // 10 or 1))
+    return [f"log_every={max(10, total // 100)}", f"warmup_steps={warmup}", f"admm_steps={admm}", f"finetune_steps={finetune}",
+            f"admm_every={every}", f"checkpoint_every={max(100, total // 10)}"]
+
+
+def wait_all(procs: dict[str, subprocess.Popen], deadline: float) -> dict[str, int | None]:
+    while time.time() < deadline and any(p.poll() is None for p in procs.values()):
+        time.sleep(2)
+    codes = {}
+    for name, p in procs.items():
+        if p.poll() is None:
+            print(f"{name}: still running at the deadline, stopping it", flush=True)
+            p.terminate()
+            try:
+                p.wait(20)
+            except subprocess.TimeoutExpired:
+                p.kill()
+            codes[name] = None
+        else:
+            codes[name] = p.returncode
+    return codes
+
+
+def pack(name: str, run_dir: Path, dest: Path, max_bytes: int) -> Path:
+    """OUT/NAME.tar with the model (float16 weights if too big), logs and summary."""
+    import torch
+
+    sys.path.insert(0, str(REPO))
+    from caeadmm.checkpoint import export_model
+
+    model = run_dir / "model.pt"
+    if not model.exists() and (run_dir / "checkpoint.pt").exists():
+        export_model(run_dir / "checkpoint.pt", model)  # a run stopped at the deadline
+    tar_path = dest / f"{name}.tar"
+    with tarfile.open(tar_path, "w") as tar:
+        for extra in ("log.csv", "summary.json", "console.log"):
+            if (run_dir / extra).exists():
+                tar.add(run_dir / extra, arcname=f"{name}/{extra}")
+        if model.exists():
+            if model.stat().st_size > max_bytes:
+                payload = torch.load(model, map_location="cpu", weights_only=True)
+                payload["model"] = {
+                    k: v.half() if v.is_floating_point() else v for k, v in payload["model"].items()
+                }
+                buf = io.BytesIO()
+                torch.save(payload, buf)
+                info = tarfile.TarInfo(f"{name}/model_fp16.pt")
+                info.size = buf.tell()
+                buf.seek(0)
+                tar.addfile(info, buf)
+            else:
+                tar.add(model, arcname=f"{name}/model.pt")
+    return tar_path
+
+
+def unpack_model(fp16_path: str | os.PathLike, out_path: str | os.PathLike) -> None:
+    """Turn a packed model_fp16.pt back into a float32 model file the codec loads."""
+    import torch
+
+    payload = torch.load(fp16_path, map_location="cpu", weights_only=True)
+    payload["model"] = {
+        k: v.float() if v.is_floating_point() else v for k, v in payload["model"].items()
+    }
+    torch.save(payload, out_path)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", help="NAME=CONFIG[:key=value...]")
+    parser.add_argument("--images", required=True)
+    parser.add_argument("--out", required=True, help="where the packed runs go")
+    parser.add_argument("--work", default="/tmp/gpu_runs", help="run directories")
+    parser.add_argument("--budget", type=float, default=480, help="seconds for everything")
+    parser.add_argument("--probe-steps", type=int, default=60)
+    parser.add_argument("--safety", type=float, default=0.85)
+    parser.add_argument("--max-file-mb", type=float, default=15)
+    args = parser.parse_args()
+    start = time.time()
+    deadline = start + args.budget
+    runs = [parse_run(s) for s in args.runs]
+    work, dest = Path(args.work), Path(args.out)
+    dest.mkdir(parents=True, exist_ok=True)
+
+    warm = args.probe_steps // 3
+    probe = [f"warmup_steps={warm}", f"admm_steps={args.probe_steps - warm}", "finetune_steps=0",
+             f"admm_every={warm}", f"log_every={warm}", "checkpoint_every=0"]
+    procs = {n: launch(n, c, [*o, *probe], args.images, work / "probe" / n) for n, c, o in runs}
+    codes = wait_all(procs, start + args.budget / 3)
+    rates = {}
+    for name, code in codes.items():
+        if code != 0:
+            print((work / "probe" / name / "console.log").read_text()[-3000:])
+            raise SystemExit(f"probe of {name} failed ({code})")
+        rates[name] = last_rate(work / "probe" / name)
+    left = deadline - time.time() - 45  # start-up, final evaluation, export and packing
+    print(f"probe took {time.time() - start:.0f} s; {left:.0f} s left for training", flush=True)
+
+    procs, plan = {}, {}
+    for name, config, overrides in runs:
+        cfg = load_cfg(config, overrides)
+        total = max(30, int(rates[name] * left * args.safety / cfg.batch_size))
+        plan[name] = phase_steps(cfg, total)
+        print(f"{name}: {rates[name]:.0f} patches/s shared -> {total} steps {plan[name]}",
+              flush=True)
+        procs[name] = launch(name, config, [*overrides, *plan[name]], args.images, work / name)
+    codes = wait_all(procs, deadline - 20)
+    for name, code in codes.items():
+        tail = (work / name / "console.log").read_text().splitlines()[-3:]
+        print(f"{name}: exit {code}; " + " | ".join(tail), flush=True)
+        print(f"  packed {pack(name, work / name, dest, int(args.max_file_mb * 2**20))}")
+    print(f"all done in {time.time() - start:.0f} s", flush=True)
+    return 0
+
+
+def load_cfg(config: str, overrides: list[str]):
+    sys.path.insert(0, str(REPO))
+    from caeadmm.config import load_config
+
+    return load_config(config, overrides)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
