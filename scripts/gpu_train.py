@@ -40,7 +40,9 @@ def parse_run(spec: str) -> tuple[str, str, list[str]]:
     return name, config, overrides
 
 
-def launch(name: str, config: str, overrides: list[str], images: str, out: Path) -> subprocess.Popen:
+def launch(
+    name: str, config: str, overrides: list[str], images: str, out: Path
+) -> subprocess.Popen:
     out.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "caeadmm", "train", "--config", config, "--images", images,
            "--out", str(out), "--no-resume", *overrides]
@@ -61,8 +63,11 @@ def phase_steps(cfg, total: int) -> list[str]:
     warmup, admm = round(parts[0] * scale), round(parts[1] * scale)
     finetune = total - warmup - admm
     every = max(1, min(cfg.admm_every, admm // 10 or 1))
-    return [f"log_every={max(10, total // 100)}", f"warmup_steps={warmup}", f"admm_steps={admm}", f"finetune_steps={finetune}",
-            f"admm_every={every}", f"checkpoint_every={max(100, total // 10)}"]
+    return [
+        f"log_every={max(10, total // 100)}", f"warmup_steps={warmup}", f"admm_steps={admm}",
+        f"finetune_steps={finetune}", f"admm_every={every}",
+        f"checkpoint_every={max(100, total // 10)}",
+    ]
 
 
 def wait_all(procs: dict[str, subprocess.Popen], deadline: float) -> dict[str, int | None]:

@@ -53,7 +53,8 @@ def test_k_is_rounded_half_up(shape, ratio, k):
 
 
 @pytest.mark.parametrize(
-    "shape, ratio, k_channels", [((32, 16, 16), 0.9, 3), ((32, 16, 16), 0.375, 20), ((8, 2, 2), 0.5, 4)]
+    "shape, ratio, k_channels",
+    [((32, 16, 16), 0.9, 3), ((32, 16, 16), 0.375, 20), ((8, 2, 2), 0.5, 4)],
 )
 def test_channel_structure_keeps_whole_channels(shape, ratio, k_channels):
     admm = ADMM(shape, ratio, rho=1.0)
