@@ -38,6 +38,7 @@ import numpy as np
 # `coding` package it measures: look in the repository root instead.
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 import coding  # noqa: E402
+from coding.synthetic import sparse_laplacian  # noqa: E402
 
 try:
     import constriction
@@ -49,13 +50,6 @@ ZEROS = (0.50, 0.80, 0.90, 0.95)
 SIZE = 4_000_000
 
 
-def sparse_laplacian(n: int, zeros: float, scale: float, seed: int = 0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    x = np.round(rng.laplace(0.0, scale, n)).astype(np.int32)
-    natural = np.mean(x == 0)
-    if natural < zeros:
-        x[rng.random(n) < (zeros - natural) / (1 - natural)] = 0
-    return x
 
 
 def order0_bits_per_symbol(x: np.ndarray) -> float:

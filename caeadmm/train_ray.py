@@ -150,6 +150,11 @@ def fit(
             f"the shards in {cfg.shards} hold {patch_size} px patches but the model is set "
             f"up for model.patch_size={cfg.model.patch_size}"
         )
+    if cfg.init_from:
+        # Workers run in another directory: a relative path would not be found there.
+        if not Path(cfg.init_from).is_file():
+            raise TrainRayError(f"init_from: no file at {cfg.init_from}")
+        cfg = dataclasses.replace(cfg, init_from=str(Path(cfg.init_from).resolve()))
     cfg = dataclasses.replace(cfg, storage_path=storage_path(cfg.storage_path))
     with quiet_data(), _ProgressRelay(log) as relay:
         train_ds, val_ds = read_patches(cfg.shards, seed=cfg.seed)

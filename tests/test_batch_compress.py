@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+from helpers import test_image, tiny_model
 from PIL import Image
-from test_codec import test_image, tiny_model
 
 from caeadmm import codec
 from caeadmm.batch_compress import compress_corpus

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import test_image, tiny_model
 from PIL import Image
-from test_codec import test_image, tiny_model
 
 from caeadmm import codec
 from caeadmm.checkpoint import save_checkpoint

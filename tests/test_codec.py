@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import test_image, tiny_model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -19,36 +20,7 @@ from PIL import Image
 import coding
 from caeadmm import codec
 from caeadmm.bitstream import HEADER_BYTES, BitstreamError, ModelMismatchError, parse
-from caeadmm.config import ModelConfig
 from caeadmm.model import CAE
-
-
-def tiny_model(seed: int = 0, keep: float = 0.5, patch_size: int = 32) -> CAE:
-    """A random tiny model whose latents are spread like a trained one's (BatchNorm
-    statistics calibrated on noise, a few symbols of each sign), with a random mask."""
-    torch.manual_seed(seed)
-    model = CAE(ModelConfig(preset="tiny", width=16, n_blocks=1, latent_channels=8,
-                            patch_size=patch_size))
-    for module in model.modules():
-        if isinstance(module, torch.nn.BatchNorm2d):
-            module.momentum = None  # cumulative average: statistics of all batches seen
-    with torch.no_grad():
-        for _ in range(3):
-            model(torch.rand(16, 3, patch_size, patch_size))
-    model.encoder[-1][-1].weight.data.fill_(4.0)
-    model.set_mask(torch.rand(model.config.latent_shape()) < keep)
-    return model.eval()
-
-
-def test_image(height: int, width: int, seed: int = 0) -> np.ndarray:
-    """Smooth gradients plus noise: content with both structure and detail."""
-    yy, xx = np.mgrid[0:height, 0:width]
-    base = np.stack([xx * 255 / max(width, 1), yy * 255 / max(height, 1), (xx + yy) % 97], -1)
-    noise = np.random.default_rng(seed).normal(0, 12, base.shape)
-    return np.clip(base + noise, 0, 255).astype(np.uint8)
-
-
-test_image.__test__ = False  # a helper, not a test
 
 
 def reconstruction(image: np.ndarray, model: CAE) -> np.ndarray:

@@ -22,18 +22,11 @@ from coding.format import (
     pack_header,
     unpack_header,
 )
+from coding.synthetic import sparse_laplacian
 
 INT16 = np.iinfo(np.int16)
 
 
-def sparse_laplacian(n: int, zeros: float, scale: float = 4.0, seed: int = 0) -> np.ndarray:
-    """Rounded Laplacian values with extra zeros mixed in until `zeros` of them are zero."""
-    rng = np.random.default_rng(seed)
-    x = np.round(rng.laplace(0.0, scale, n)).astype(np.int32)
-    natural = np.mean(x == 0)
-    if natural < zeros:
-        x[rng.random(n) < (zeros - natural) / (1 - natural)] = 0
-    return x
 
 
 def order0_bits(x: np.ndarray) -> float:

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# How the shipped models were trained (docs/results.md). Two stages:
+#
+# 1. On a GPU machine without Ray (an H100 lent for 15 minutes), the single-process trainer
+#    through scripts/gpu_train.py, with the training images in gpu_data/ (BSDS500 and
+#    Sun-Hays 80 as published, 25 Urban100 images as JPEG q92 to fit the 64 MiB transfer):
+#      python3 scripts/gpu_train.py --images gpu_data --out OUT --budget 540 \
+#        small-k3=configs/gpu_small.yaml:pruning_ratio=0.90625 \
+#        small-k6=configs/gpu_small.yaml:pruning_ratio=0.8125 \
+#        small-k12=configs/gpu_small.yaml:pruning_ratio=0.625 \
+#        small-k20=configs/gpu_small.yaml:pruning_ratio=0.375 \
+#        small-k12-rho0=configs/gpu_small.yaml:pruning_ratio=0.625:rho=0 \
+#        paper-k12=configs/gpu_paper.yaml:pruning_ratio=0.625
+#    and the packed runs unpacked into runs/gpu/NAME/.
+# 2. Here (this script): Ray Train on the Parquet shards of the training corpus, from those
+#    weights: a further ADMM prune (3 -> 2 channels) for the lowest rate, and a short masked
+#    fine-tune of every model. Then scripts/ship_model.py for each.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=.venv/bin/python
+SHARDS=${SHARDS:-runs/shards_p128}
+[ -d "$SHARDS" ] || $PY jobs/prepare_data.py /work/shared/data/train --out "$SHARDS" \
+    --patch-size 128 --crops 16
+
+# Lowest rate: prune the 3-channel model to 2 channels with ADMM, then fine-tune.
+$PY jobs/train.py --config configs/continue.yaml shards="$SHARDS" \
+    init_from=runs/gpu/small-k3/model.pt run_name=small-k2-ray pruning_ratio=0.9375 \
+    rho=100 admm_steps=150 admm_every=25 finetune_steps=150 lr=2.0e-4
+for k in 3 6 12 20; do
+    $PY jobs/train.py --config configs/continue.yaml shards="$SHARDS" \
+        init_from=runs/gpu/small-k$k/model.pt run_name=small-k$k-ray
+done
