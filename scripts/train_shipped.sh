@@ -11,7 +11,11 @@
 #        small-k20=configs/gpu_small.yaml:pruning_ratio=0.375 \
 #        small-k12-rho0=configs/gpu_small.yaml:pruning_ratio=0.625:rho=0 \
 #        paper-k12=configs/gpu_paper.yaml:pruning_ratio=0.625
-#    and the packed runs unpacked into runs/gpu/NAME/.
+#    and the packed runs unpacked into runs/gpu/NAME/. The paper preset got only its warm-up
+#    there (it shared the GPU with five runs); a second call continued it alone:
+#      python3 scripts/gpu_train.py --images gpu_data --out OUT --budget 200 --probe-steps 40 \
+#        paper-k12=configs/gpu_paper.yaml:pruning_ratio=0.625:warmup_steps=0:init_from=INIT
+#    with INIT its float32 weights (gpu_train.unpack_model of the packed model_fp16.pt).
 # 2. Here (this script): Ray Train on the Parquet shards of the training corpus, from those
 #    weights: a further ADMM prune (3 -> 2 channels) for the lowest rate, and a short masked
 #    fine-tune of every model. Then scripts/ship_model.py for each.
