@@ -22,7 +22,7 @@ The CAE codec (`cae`) is the same kind of entry: its settings are model names fo
 `caeadmm.zoo.load`, one model per operating point; `caeadmm.codec` and `caeadmm.zoo` are
 imported only when a CAE point is measured.
 
-`parse_codecs("cae:small-r50+small-r75,jpeg,webp:10+50")` turns the command line's codec list
+`parse_codecs("cae:small-k3+small-k6,jpeg,webp:10+50")` turns the command line's codec list
 into {codec name: [settings]}; a codec without settings gets its default sweep.
 """
 

@@ -20,7 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--codecs", default=DEFAULT_CODECS,
         help="comma list of NAME or NAME:S1+S2+...; NAME in jpeg, webp, jpeg2000, avif, cae; "
-        "cae needs models, e.g. cae:small-r50+small-r75 (default: %(default)s)",
+        "cae needs models, e.g. cae:small-k3+small-k6 (default: %(default)s)",
     )
     parser.add_argument("--out", required=True, type=Path, help="output folder")
     parser.add_argument(
