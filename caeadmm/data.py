@@ -562,8 +562,8 @@ def iter_patch_batches(
     """One epoch of float32 (N, 3, P, P) batches in [0, 1] from `read_patches`' datasets or
     from a Ray Train dataset shard (`ray.train.get_dataset_shard("train")`).
 
-    shuffle_buffer: rows mixed in a local buffer before batching (training: a few batches'
-    worth); device "auto" is the Ray Train worker's device, else the CPU.
+    shuffle_buffer: rows mixed in a local buffer before batching (training: several row
+    groups, as a row group holds each image's crops in a row); device "auto" is the Ray Train worker's device, else the CPU.
     """
     return data.iter_torch_batches(
         batch_size=batch_size,
