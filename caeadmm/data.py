@@ -563,7 +563,8 @@ def iter_patch_batches(
     from a Ray Train dataset shard (`ray.train.get_dataset_shard("train")`).
 
     shuffle_buffer: rows mixed in a local buffer before batching (training: several row
-    groups, as a row group holds each image's crops in a row); device "auto" is the Ray Train worker's device, else the CPU.
+    groups, as a row group holds each image's crops in a row); device "auto" is the Ray
+    Train worker's device, else the CPU.
     """
     return data.iter_torch_batches(
         batch_size=batch_size,
