@@ -77,11 +77,13 @@ def test_bad_config_files_are_refused(tmp_path):
             load_config(tmp_path / name, [])
 
 
-@pytest.mark.parametrize("name", ["smoke", "small", "paper"])
-def test_shipped_configs_load(name):
-    cfg = load_config(CONFIGS / f"{name}.yaml", [])
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_configs_load(path):
+    cfg = load_config(path, [])
     assert cfg.total_steps() > 0
-    assert cfg.model.preset == {"smoke": "tiny"}.get(name, name)
+    assert cfg.model.preset in ("tiny", "small", "paper")
+    if path.stem in ("small", "paper", "gpu_small", "gpu_paper"):
+        assert cfg.model.preset == path.stem.removeprefix("gpu_")
 
 
 # -- schedule -----------------------------------------------------------------------------------
