@@ -18,7 +18,7 @@ with a target Z and a dual U of one patch's latent shape (C, P/8, P/8), shared b
   leaves the kept slots free, so the hard prune at the end of the phase costs little.
 
 Two departures from DESIGN.md's literal rule (Z = top k of |c_bar + U| by magnitude, penalty
-on all slots), both measured in docs/training.md ("ADMM on a real network"): ranking by the
+on all slots), both measured in docs/training.md ("ADMM and rho"): ranking by the
 mean c_bar picks slots by their offset, not by the information they carry (BatchNorm centres
 the latent, so c_bar is near 0 everywhere), and a penalty on the kept slots pulls every
 image's code towards the mean, i.e. shrinks the information that is meant to survive.

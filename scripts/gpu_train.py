@@ -29,7 +29,13 @@ import tarfile
 import time
 from pathlib import Path
 
+import torch
+
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+from caeadmm.checkpoint import export_model  # noqa: E402
+from caeadmm.config import TrainConfig, load_config  # noqa: E402
 
 
 def parse_run(spec: str) -> tuple[str, str, list[str]]:
@@ -59,7 +65,7 @@ def shared_rate(run_dir: Path) -> float:
     return min(rates[1:] or rates)
 
 
-def phase_steps(cfg, total: int) -> list[str]:
+def phase_steps(cfg: TrainConfig, total: int) -> list[str]:
     """warmup/admm/finetune step overrides summing to `total`, in the config's proportions."""
     parts = [cfg.warmup_steps, cfg.admm_steps, cfg.finetune_steps]
     scale = total / sum(parts)
@@ -93,11 +99,6 @@ def wait_all(procs: dict[str, subprocess.Popen], deadline: float) -> dict[str, i
 
 def pack(name: str, run_dir: Path, dest: Path, max_bytes: int) -> Path:
     """OUT/NAME.tar with the model (float16 weights if too big), logs and summary."""
-    import torch
-
-    sys.path.insert(0, str(REPO))
-    from caeadmm.checkpoint import export_model
-
     model = run_dir / "model.pt"
     if not model.exists() and (run_dir / "checkpoint.pt").exists():
         export_model(run_dir / "checkpoint.pt", model)  # a run stopped at the deadline
@@ -108,12 +109,8 @@ def pack(name: str, run_dir: Path, dest: Path, max_bytes: int) -> Path:
                 tar.add(run_dir / extra, arcname=f"{name}/{extra}")
         if model.exists():
             if model.stat().st_size > max_bytes:
-                payload = torch.load(model, map_location="cpu", weights_only=True)
-                payload["model"] = {
-                    k: v.half() if v.is_floating_point() else v for k, v in payload["model"].items()
-                }
                 buf = io.BytesIO()
-                torch.save(payload, buf)
+                torch.save(_cast_weights(model, torch.float16), buf)
                 info = tarfile.TarInfo(f"{name}/model_fp16.pt")
                 info.size = buf.tell()
                 buf.seek(0)
@@ -125,13 +122,16 @@ def pack(name: str, run_dir: Path, dest: Path, max_bytes: int) -> Path:
 
 def unpack_model(fp16_path: str | os.PathLike, out_path: str | os.PathLike) -> None:
     """Turn a packed model_fp16.pt back into a float32 model file the codec loads."""
-    import torch
+    torch.save(_cast_weights(fp16_path, torch.float32), out_path)
 
-    payload = torch.load(fp16_path, map_location="cpu", weights_only=True)
+
+def _cast_weights(path: str | os.PathLike, dtype: torch.dtype) -> dict:
+    """A model file's payload with its floating-point weights cast to `dtype`."""
+    payload = torch.load(path, map_location="cpu", weights_only=True)
     payload["model"] = {
-        k: v.float() if v.is_floating_point() else v for k, v in payload["model"].items()
+        k: v.to(dtype) if v.is_floating_point() else v for k, v in payload["model"].items()
     }
-    torch.save(payload, out_path)
+    return payload
 
 
 def main() -> int:
@@ -165,14 +165,13 @@ def main() -> int:
     left = deadline - time.time() - 45  # start-up, final evaluation, export and packing
     print(f"probe took {time.time() - start:.0f} s; {left:.0f} s left for training", flush=True)
 
-    procs, plan = {}, {}
+    procs = {}
     for name, config, overrides in runs:
-        cfg = load_cfg(config, overrides)
+        cfg = load_config(config, overrides)
         total = max(30, int(rates[name] * left * args.safety / cfg.batch_size))
-        plan[name] = phase_steps(cfg, total)
-        print(f"{name}: {rates[name]:.0f} patches/s shared -> {total} steps {plan[name]}",
-              flush=True)
-        procs[name] = launch(name, config, [*overrides, *plan[name]], args.images, work / name)
+        plan = phase_steps(cfg, total)
+        print(f"{name}: {rates[name]:.0f} patches/s shared -> {total} steps {plan}", flush=True)
+        procs[name] = launch(name, config, [*overrides, *plan], args.images, work / name)
     codes = wait_all(procs, deadline - 20)
     for name, code in codes.items():
         tail = (work / name / "console.log").read_text().splitlines()[-3:]
@@ -180,13 +179,6 @@ def main() -> int:
         print(f"  packed {pack(name, work / name, dest, int(args.max_file_mb * 2**20))}")
     print(f"all done in {time.time() - start:.0f} s", flush=True)
     return 0
-
-
-def load_cfg(config: str, overrides: list[str]):
-    sys.path.insert(0, str(REPO))
-    from caeadmm.config import load_config
-
-    return load_config(config, overrides)
 
 
 if __name__ == "__main__":

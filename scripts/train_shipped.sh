@@ -17,8 +17,10 @@
 #        paper-k12=configs/gpu_paper.yaml:pruning_ratio=0.625:warmup_steps=0:init_from=INIT
 #    with INIT its float32 weights (gpu_train.unpack_model of the packed model_fp16.pt).
 # 2. Here (this script): Ray Train on the Parquet shards of the training corpus, from those
-#    weights: a further ADMM prune (3 -> 2 channels) for the lowest rate, and a short masked
-#    fine-tune of every model. Then scripts/ship_model.py for each.
+#    weights: a further ADMM prune (3 -> 2 channels) for the lowest rate, which ships as
+#    small-k2. The masked fine-tunes of k3..k20 below lowered validation PSNR (batch 8 and,
+#    then, a too small shuffle buffer; docs/results.md), so their H100 weights ship instead.
+# 3. scripts/ship_model.py for each model (the last lines).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=.venv/bin/python
@@ -34,3 +36,17 @@ for k in 3 6 12 20; do
     $PY jobs/train.py --config configs/continue.yaml shards="$SHARDS" \
         init_from=runs/gpu/small-k$k/model.pt run_name=small-k$k-ray
 done
+
+OP="small preset, C=32, %s of 32 latent channels kept (pruning ratio %s); %s"
+GPU="~2,300-3,000 steps of batch 32 on an H100 (scripts/gpu_train.py)"
+for kr in 3:0.90625 6:0.8125 12:0.625 20:0.375; do
+    k=${kr%%:*} r=${kr#*:}
+    default=""; [ "$k" = 6 ] && default=--default
+    # shellcheck disable=SC2059
+    $PY scripts/ship_model.py "small-k$k" "runs/gpu/small-k$k/model.pt" $default \
+        --operating-point "$(printf "$OP" "$k" "$r" "$GPU")"
+done
+# shellcheck disable=SC2059
+$PY scripts/ship_model.py small-k2 runs/small-k2-ray/checkpoint_0000300/model.pt \
+    --operating-point "$(printf "$OP" 2 0.9375 "small-k3's H100 weights pruned further by ADMM \
+on Ray Train (CPU, 150 ADMM + 150 fine-tune steps of batch 8)")"
