@@ -19,7 +19,7 @@ CompressAI made its published Kodak curves: they exist to check our measurements
 files (docs/results.md), not as baselines.
 
 The CAE codec (`cae`) is the same kind of entry: its settings are model names for
-`caeadmm.zoo.load`, one model per operating point; `caeadmm.codec` and `caeadmm.zoo` are
+`caeadmm.zoo.load`, one model per operating point; `caeadmm.image_codec` and `caeadmm.zoo` are
 imported only when a CAE point is measured.
 
 `parse_codecs("cae:small-k3+small-k6,jpeg,webp:10+50")` turns the command line's codec list
@@ -138,23 +138,23 @@ def _cae_model(name: str) -> Any:
     One round trip of a tiny image follows, so that one-time costs (Numba compiling the entropy
     coder, torch's lazy initialisation) do not land in the first measured encode.
     """
-    from caeadmm import codec, zoo
+    from caeadmm import image_codec, zoo
 
     model = zoo.load(name)
-    codec.decompress(codec.compress(np.zeros((8, 8, 3), np.uint8), model), model)
+    image_codec.decompress(image_codec.compress(np.zeros((8, 8, 3), np.uint8), model), model)
     return model
 
 
 def _cae_encode(rgb: np.ndarray, model_name: str) -> bytes:
-    from caeadmm import codec
+    from caeadmm import image_codec
 
-    return codec.compress(rgb, _cae_model(model_name))
+    return image_codec.compress(rgb, _cae_model(model_name))
 
 
 def _cae_decode(data: bytes, model_name: str) -> np.ndarray:
-    from caeadmm import codec
+    from caeadmm import image_codec
 
-    return np.asarray(codec.decompress(data, _cae_model(model_name)), dtype=np.uint8)
+    return np.asarray(image_codec.decompress(data, _cae_model(model_name)), dtype=np.uint8)
 
 
 def _cae_setting(text: str) -> str:

@@ -1,7 +1,7 @@
 """Compress a corpus on a Ray cluster (jobs/compress.py is the entry point).
 
 Ray Data spreads the file list over a pool of actors; each actor loads the model once (on
-a GPU when it was given one) and compresses its files with `codec.compress_file`, which
+a GPU when it was given one) and compresses its files with `image_codec.compress_file`, which
 writes every .cae atomically. The driver collects one manifest row per file (source,
 output, bytes, bpp, status, error) and writes the manifest Parquet atomically at the end,
 also when interrupted, so it lists what was done.
@@ -19,7 +19,6 @@ import contextlib
 import io
 import logging
 import os
-import re
 import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -32,8 +31,9 @@ import ray
 from ray.data import DataContext
 from tqdm import tqdm
 
-from caeadmm import bitstream, codec, zoo
+from caeadmm import bitstream, image_codec, zoo
 from caeadmm.data import init_ray
+from caeadmm.files import is_temp_file, write_atomic
 from caeadmm.images import list_images
 
 MANIFEST_SCHEMA = pa.schema([
@@ -44,7 +44,6 @@ MANIFEST_SCHEMA = pa.schema([
     ("status", pa.string()),  # "ok" or "failed"
     ("error", pa.string()),
 ])
-_TEMP_FILE = re.compile(r"^\..+\.[0-9a-f]{8}\.part$")  # codec.write_atomic's temporary files
 
 
 @dataclass(frozen=True)
@@ -124,7 +123,7 @@ class _Compressor:
 
     def _one(self, src: str, dst: str) -> dict:
         try:
-            nbytes, bpp = codec.compress_file(src, dst, self.model, overwrite=self.overwrite)
+            nbytes, bpp = image_codec.compress_file(src, dst, self.model, overwrite=self.overwrite)
         except Exception as exc:  # a bad file must never stop the corpus
             return _row(src, "", error=f"{type(exc).__name__}: {' '.join(str(exc).split())}")
         return _row(src, dst, nbytes, bpp)
@@ -210,7 +209,7 @@ def _remove_temp_files(directories: set[Path]) -> None:
     for directory in directories:
         if directory.is_dir():
             for entry in os.scandir(directory):
-                if _TEMP_FILE.match(entry.name) and entry.is_file():
+                if is_temp_file(entry.name) and entry.is_file():
                     os.unlink(entry.path)
 
 
@@ -218,7 +217,7 @@ def _write_manifest(path: Path, rows: list[dict]) -> None:
     table = pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA).sort_by("source")
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
-    codec.write_atomic(path, buffer.getvalue(), overwrite=True)
+    write_atomic(path, buffer.getvalue(), overwrite=True)
 
 
 def _row(source: str, output: str, nbytes: int | None = None, bpp: float | None = None,

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import random
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +26,7 @@ from torch import nn
 
 from caeadmm.admm import ADMM
 from caeadmm.config import ConfigError, ModelConfig, TrainConfig
+from caeadmm.files import write_atomic
 from caeadmm.model import CAE, unwrap
 
 CHECKPOINT_FORMAT = "caeadmm-checkpoint"
@@ -62,7 +62,7 @@ def save_checkpoint(
         "rng": _rng_state(),
         "extra": extra or {},
     }
-    return _atomic_save(payload, Path(path))
+    return write_atomic(path, lambda fh: torch.save(payload, fh), overwrite=True)
 
 
 def export_model(
@@ -76,7 +76,7 @@ def export_model(
         "model_config": ckpt["model_config"],
         "model": ckpt["model"],
     }
-    return _atomic_save(payload, Path(out_path))
+    return write_atomic(out_path, lambda fh: torch.save(payload, fh), overwrite=True)
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
@@ -176,18 +176,3 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     random.setstate((version, tuple(internal), gauss_next))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
-
-
-def _atomic_save(payload: dict, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path

@@ -19,6 +19,7 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps
 
 IMAGE_EXTENSIONS = (
@@ -103,3 +104,8 @@ def list_images(paths: list[str | os.PathLike]) -> list[Path]:
         else:
             out.append(p)
     return out
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """Network output (B, 3, H, W) in [0, 1] -> uint8 (B, H, W, 3), round(255 x) (half to even)."""
+    return (x * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()

@@ -77,6 +77,7 @@ from caeadmm.checkpoint import (
 )
 from caeadmm.config import TrainConfig
 from caeadmm.data import ROW_GROUP_ROWS, iter_patch_batches, load_manifest, read_patches
+from caeadmm.images import to_uint8
 from caeadmm.metrics import PSNR_CAP_DB, quality_metrics
 from caeadmm.model import CAE, unwrap
 from caeadmm.training import (
@@ -529,7 +530,7 @@ def _validate(net: CAE, val: torch.Tensor | None) -> dict[str, float]:
     decoded = net.decode(symbols.to(device)).cpu()
     kept = net.mask.cpu() if net.mask is not None else torch.ones(symbols.shape[1:], dtype=bool)
     bits = coding.encoded_bits(symbols[:, kept].numpy().ravel())
-    reference, output = _to_uint8(val), _to_uint8(decoded)
+    reference, output = to_uint8(val), to_uint8(decoded)
     quality = [quality_metrics(r, o) for r, o in zip(reference, output, strict=True)]
     n, _, h, w = val.shape
     return {
@@ -539,11 +540,6 @@ def _validate(net: CAE, val: torch.Tensor | None) -> dict[str, float]:
         "latent_zero_fraction": float((symbols == 0).float().mean()),
         "mask_density": density,
     }
-
-
-def _to_uint8(images: torch.Tensor) -> np.ndarray:
-    """(N, 3, H, W) floats in [0, 1] -> uint8 (N, H, W, 3), rounded as the codec rounds."""
-    return images.mul(255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
 def _report(

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from caeadmm import codec
+from caeadmm import image_codec
 from caeadmm.checkpoint import export_model, load_model
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,9 +54,9 @@ def main() -> None:
     registry_file.write_text(json.dumps(registry, indent=2) + "\n")
 
     image = np.asarray(Image.open(TEST_DATA / "reference.png").convert("RGB"))
-    stream = codec.compress(image, model)
+    stream = image_codec.compress(image, model)
     (TEST_DATA / f"{args.name}.cae").write_bytes(stream)
-    Image.fromarray(codec.decompress(stream, model)).save(TEST_DATA / f"{args.name}.png")
+    Image.fromarray(image_codec.decompress(stream, model)).save(TEST_DATA / f"{args.name}.png")
     bpp = 8 * len(stream) / (image.shape[0] * image.shape[1])
     print(f"shipped {args.name}: {out.stat().st_size} bytes, reference stream {bpp:.3f} bpp")
 

@@ -12,7 +12,7 @@ import torch
 from helpers import test_image, tiny_model
 from PIL import Image
 
-from caeadmm import codec
+from caeadmm import image_codec
 from caeadmm.checkpoint import save_checkpoint
 from caeadmm.cli import main
 from caeadmm.cli.compress import cached_model
@@ -68,10 +68,10 @@ def test_compress_decompress_info_one_file(checkpoint, corpus, tmp_path, capsys)
     src, cae, png = corpus / "a.png", tmp_path / "a.cae", tmp_path / "a-out.png"
     assert main(["compress", str(src), "-o", str(cae), "--model", str(checkpoint)]) == 0
     model = cached_model(str(checkpoint))
-    assert cae.read_bytes() == codec.compress(codec.load_image(src), model)
+    assert cae.read_bytes() == image_codec.compress(image_codec.load_image(src), model)
     assert main(["decompress", str(cae), "-o", str(png), "--model", str(checkpoint)]) == 0
     decoded = np.asarray(Image.open(png))
-    np.testing.assert_array_equal(decoded, codec.decompress(cae.read_bytes(), model))
+    np.testing.assert_array_equal(decoded, image_codec.decompress(cae.read_bytes(), model))
     capsys.readouterr()
     assert main(["info", str(cae)]) == 0
     out = capsys.readouterr().out

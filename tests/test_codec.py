@@ -18,8 +18,9 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import coding
-from caeadmm import codec
+from caeadmm import image_codec
 from caeadmm.bitstream import HEADER_BYTES, BitstreamError, ModelMismatchError, parse
+from caeadmm.files import write_atomic
 from caeadmm.model import CAE
 
 
@@ -56,10 +57,10 @@ def model() -> CAE:
 @pytest.mark.parametrize("size", [(1, 1), (1, 45), (45, 1), (127, 129), (768, 512)])
 def test_round_trip_equals_the_models_reconstruction(model, size):
     image = test_image(*size)
-    data = codec.compress(image, model)
+    data = image_codec.compress(image, model)
     header, _ = parse(data)
     assert (header.height, header.width, header.mode) == (*size, "RGB")
-    decoded = codec.decompress(data, model)
+    decoded = image_codec.decompress(data, model)
     assert decoded.shape == image.shape and decoded.dtype == np.uint8
     np.testing.assert_array_equal(decoded, reconstruction(image, model))
 
@@ -67,13 +68,13 @@ def test_round_trip_equals_the_models_reconstruction(model, size):
 def test_large_image_round_trip():
     model = tiny_model(patch_size=128)  # 12 x 16 tiles
     image = test_image(1500, 2000, seed=3)
-    decoded = codec.decompress(codec.compress(image, model), model)
+    decoded = image_codec.decompress(image_codec.compress(image, model), model)
     np.testing.assert_array_equal(decoded, reconstruction(image, model))
 
 
 def test_only_kept_slots_are_transmitted(model):
     image = test_image(64, 96)  # 2 x 3 tiles
-    header, _ = parse(codec.compress(image, model))
+    header, _ = parse(image_codec.compress(image, model))
     assert header.kept_per_tile == int(model.mask.sum()) < model.mask.numel()
     assert header.n_symbols == 6 * header.kept_per_tile
 
@@ -82,50 +83,50 @@ def test_unpruned_model_transmits_every_slot():
     model = tiny_model(seed=1)
     model.set_mask(None)
     image = test_image(40, 40)
-    header, _ = parse(codec.compress(image, model))
+    header, _ = parse(image_codec.compress(image, model))
     assert header.kept_per_tile == 8 * 4 * 4
-    np.testing.assert_array_equal(codec.decompress(codec.compress(image, model), model),
+    np.testing.assert_array_equal(image_codec.decompress(image_codec.compress(image, model), model),
                                   reconstruction(image, model))
 
 
 def test_same_input_gives_identical_bytes(model):
     image = test_image(100, 150, seed=7)
-    first = codec.compress(image, model)
-    assert codec.compress(image, model) == first
+    first = image_codec.compress(image, model)
+    assert image_codec.compress(image, model) == first
     torch.set_num_threads(2)
     try:
-        assert codec.compress(image, model) == first
+        assert image_codec.compress(image, model) == first
     finally:
         torch.set_num_threads(1)
-    batched = codec.compress(image, model, batch_tiles=4)  # 5 x 5 tiles: 6 batches of 4 and 1
-    assert codec.compress(image, model, batch_tiles=4) == batched
+    batched = image_codec.compress(image, model, batch_tiles=4)  # 5 x 5 tiles: 6 batches of 4 and 1
+    assert image_codec.compress(image, model, batch_tiles=4) == batched
 
 
 def test_tiles_are_coded_independently(model):
     """A tile's symbols depend on that tile alone: the left half of an image, cut on a tile
     boundary, decodes to the left half of the whole image's decoding."""
     image = test_image(64, 128, seed=4)  # 2 x 4 tiles of 32
-    whole = codec.decompress(codec.compress(image, model), model)
-    left = codec.decompress(codec.compress(image[:, :64].copy(), model), model)
+    whole = image_codec.decompress(image_codec.compress(image, model), model)
+    left = image_codec.decompress(image_codec.compress(image[:, :64].copy(), model), model)
     np.testing.assert_array_equal(left, whole[:, :64])
 
 
 def test_batched_decoding_differs_by_float_noise_at_most(model):
-    data = codec.compress(test_image(100, 150), model)
-    one_by_one = codec.decompress(data, model).astype(int)
-    batched = codec.decompress(data, model, batch_tiles=8).astype(int)
+    data = image_codec.compress(test_image(100, 150), model)
+    one_by_one = image_codec.decompress(data, model).astype(int)
+    batched = image_codec.decompress(data, model, batch_tiles=8).astype(int)
     assert np.abs(batched - one_by_one).max() <= 1
 
 
 def test_grayscale_is_coded_as_rgb_and_returned_as_grayscale(model):
     gray = test_image(50, 70)[..., 1]
-    data = codec.compress(gray, model)
+    data = image_codec.compress(gray, model)
     assert parse(data)[0].mode == "L"
-    decoded = codec.decompress(data, model)
+    decoded = image_codec.decompress(data, model)
     assert decoded.shape == (50, 70) and decoded.dtype == np.uint8
     rgb = reconstruction(np.repeat(gray[..., None], 3, axis=2), model).astype(np.float64)
     np.testing.assert_array_equal(decoded, np.round(rgb.mean(axis=2) + 1e-9).astype(np.uint8))
-    assert codec.compress(gray[..., None], model) == data  # (H, W, 1) is grayscale too
+    assert image_codec.compress(gray[..., None], model) == data  # (H, W, 1) is grayscale too
 
 
 @pytest.mark.parametrize(
@@ -134,38 +135,38 @@ def test_grayscale_is_coded_as_rgb_and_returned_as_grayscale(model):
 )
 def test_refuses_bad_arrays(model, bad):
     with pytest.raises(ValueError):
-        codec.compress(bad, model)
+        image_codec.compress(bad, model)
 
 
 def test_wrong_model_is_refused_with_both_fingerprints(model):
     other = tiny_model(seed=5)
-    data = codec.compress(test_image(20, 20), model)
+    data = image_codec.compress(test_image(20, 20), model)
     with pytest.raises(ModelMismatchError) as info:
-        codec.decompress(data, other)
+        image_codec.decompress(data, other)
     assert model.fingerprint()[:16].hex() in str(info.value)
     assert other.fingerprint()[:16].hex() in str(info.value)
 
 
 def test_pixel_limit_applies_before_decoding(model):
-    data = codec.compress(test_image(64, 64), model)
+    data = image_codec.compress(test_image(64, 64), model)
     with pytest.raises(BitstreamError, match="exceeds the limit"):
-        codec.decompress(data, model, max_pixels=64 * 63)
+        image_codec.decompress(data, model, max_pixels=64 * 63)
 
 
 def test_header_that_disagrees_with_the_model_is_refused(model):
-    data = bytearray(codec.compress(test_image(40, 40), model))
+    data = bytearray(image_codec.compress(test_image(40, 40), model))
     struct.pack_into("<I", data, 20, int(model.mask.sum()) - 1)  # kept slots per tile
     _fix_crc(data)
     with pytest.raises(BitstreamError, match="kept slots"):
-        codec.decompress(bytes(data), model)
+        image_codec.decompress(bytes(data), model)
 
 
 def test_wrong_symbol_count_is_refused(model):
-    data = bytearray(codec.compress(test_image(40, 40), model))  # 2 x 2 tiles
+    data = bytearray(image_codec.compress(test_image(40, 40), model))  # 2 x 2 tiles
     struct.pack_into("<I", data, 16, 20)  # height 40 -> 20: the header implies 1 x 2 tiles
     _fix_crc(data)
     with pytest.raises(BitstreamError, match="symbols"):
-        codec.decompress(bytes(data), model)
+        image_codec.decompress(bytes(data), model)
 
 
 # -- fuzzing the whole decoder --------------------------------------------------------------
@@ -178,13 +179,13 @@ def _fix_crc(data: bytearray) -> None:
 
 @pytest.fixture(scope="module")
 def valid_stream(model) -> bytes:
-    return codec.compress(test_image(40, 72, seed=2), model)
+    return image_codec.compress(test_image(40, 72, seed=2), model)
 
 
 def _decode_or_refuse(data: bytes, model: CAE) -> None:
     """The decoder's contract: a correct image or BitstreamError, nothing else."""
     try:
-        image = codec.decompress(data, model)
+        image = image_codec.decompress(data, model)
     except BitstreamError:
         return
     header, _ = parse(data)
@@ -238,32 +239,32 @@ def test_fuzz_decoder_gives_only_bitstream_errors(model, valid_stream):
 def test_write_atomic_leaves_nothing_behind_on_failure(tmp_path):
     target = tmp_path / "out.cae"
     with pytest.raises(TypeError):
-        codec.write_atomic(target, 12345)  # not bytes: fails in the middle of the write
+        write_atomic(target, 12345)  # not bytes: fails in the middle of the write
     assert list(tmp_path.iterdir()) == []
-    codec.write_atomic(target, b"abc")
+    write_atomic(target, b"abc")
     with pytest.raises(FileExistsError):
-        codec.write_atomic(target, b"new")
-    codec.write_atomic(target, b"new", overwrite=True)
+        write_atomic(target, b"new")
+    write_atomic(target, b"new", overwrite=True)
     assert target.read_bytes() == b"new"
     assert [p.name for p in tmp_path.iterdir()] == ["out.cae"]
 
 
 def test_save_image_picks_the_format_from_the_extension(tmp_path):
     image = test_image(9, 11)
-    codec.save_image(tmp_path / "x.tif", image)
+    image_codec.save_image(tmp_path / "x.tif", image)
     assert Image.open(tmp_path / "x.tif").format == "TIFF"
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "x.tif")), image)
     with pytest.raises(ValueError, match="unknown image file extension"):
-        codec.save_image(tmp_path / "x.nope", image)
+        image_codec.save_image(tmp_path / "x.nope", image)
 
 
 def test_load_image_keeps_grayscale_files_grayscale(tmp_path):
     Image.fromarray(test_image(9, 11)[..., 0]).save(tmp_path / "g.png")
     Image.fromarray(test_image(9, 11)[..., 0].astype(np.uint16) * 257).save(tmp_path / "g16.png")
     Image.fromarray(test_image(9, 11)).save(tmp_path / "c.png")
-    assert codec.load_image(tmp_path / "g.png").shape == (9, 11)
-    assert codec.load_image(tmp_path / "g16.png").shape == (9, 11)
-    assert codec.load_image(tmp_path / "c.png").shape == (9, 11, 3)
+    assert image_codec.load_image(tmp_path / "g.png").shape == (9, 11)
+    assert image_codec.load_image(tmp_path / "g16.png").shape == (9, 11)
+    assert image_codec.load_image(tmp_path / "c.png").shape == (9, 11, 3)
 
 
 # -- the shipped reference stream -------------------------------------------------------------
@@ -288,7 +289,7 @@ def test_reference_stream_still_decodes(shipped):
     name, model = shipped
     data = (DATA / f"{name}.cae").read_bytes()
     expected = np.asarray(Image.open(DATA / f"{name}.png").convert("RGB"))
-    decoded = codec.decompress(data, model)
+    decoded = image_codec.decompress(data, model)
     assert decoded.shape == expected.shape
     assert np.abs(decoded.astype(int) - expected).max() <= 1
     assert (decoded == expected).mean() > 0.999
@@ -298,7 +299,7 @@ def test_reference_image_encodes_to_the_same_stream(shipped):
     """Same header, and the same symbols up to a few float-rounding flips on another CPU."""
     name, model = shipped
     reference = (DATA / f"{name}.cae").read_bytes()
-    data = codec.compress(codec.load_image(DATA / "reference.png"), model)
+    data = image_codec.compress(image_codec.load_image(DATA / "reference.png"), model)
     (ours_header, ours), (theirs_header, theirs) = (parse(d) for d in (data, reference))
     assert replace(ours_header, payload_length=0) == replace(theirs_header, payload_length=0)
     ours, theirs = coding.decode(ours), coding.decode(theirs)

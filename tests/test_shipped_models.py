@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from caeadmm import codec, zoo
+from caeadmm import image_codec, zoo
 
 DATA = Path(__file__).parent / "data"
 MODELS = zoo.list_models()
@@ -27,7 +27,7 @@ def test_shipped_model_matches_registry_and_decodes_reference(info):
     assert hashlib.sha256(info.file.read_bytes()).hexdigest() == info.sha256
     model = zoo.load(info.name)
     assert model.fingerprint().hex() == info.fingerprint
-    decoded = codec.decompress((DATA / f"{info.name}.cae").read_bytes(), model)
+    decoded = image_codec.decompress((DATA / f"{info.name}.cae").read_bytes(), model)
     expected = np.asarray(Image.open(DATA / f"{info.name}.png").convert("RGB"))
     assert decoded.shape == expected.shape
     assert np.abs(decoded.astype(int) - expected.astype(int)).max() <= 1

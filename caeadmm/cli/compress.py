@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def compress_one(src: Path, dst: Path, model: str | None, overwrite: bool) -> str:
-    from caeadmm.codec import compress_file
+    from caeadmm.image_codec import compress_file
 
     nbytes, bpp = compress_file(src, dst, cached_model(model), overwrite=overwrite)
     return f"{src} -> {dst}: {nbytes} bytes, {bpp:.4f} bpp"

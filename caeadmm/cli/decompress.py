@@ -59,7 +59,7 @@ def decompress_one(
     src: Path, dst: Path, model: str | None, overwrite: bool, max_pixels: int
 ) -> str:
     from caeadmm import bitstream, zoo
-    from caeadmm.codec import decompress, save_image
+    from caeadmm.image_codec import decompress, save_image
 
     if not overwrite and dst.exists():
         raise FileExistsError(f"{dst} exists (use --force to overwrite)")

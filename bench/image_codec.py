@@ -2,8 +2,8 @@
 Pillow JPEG and WebP timed on the same images in the same run (DESIGN.md section 4 target:
 under 1 s each way on 2 CPU cores, small preset, peak memory under 2 GB).
 
-    .venv/bin/python bench/codec.py [--kodak DIR] [--threads 2] [--repeats 3] [--model PATH]
-    .venv/bin/python bench/codec.py --large        # one synthetic 8000 x 6000 image instead
+    .venv/bin/python bench/image_codec.py [--kodak DIR] [--threads 2] [--repeats 3] [--model PATH]
+    .venv/bin/python bench/image_codec.py --large        # one synthetic 8000 x 6000 image instead
 
 Without --model the small preset runs with random weights: the time of a network does not
 depend on its weights, but the entropy coder's does on the symbols, so the random model's
@@ -36,7 +36,7 @@ from PIL import Image
 sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import coding  # noqa: E402
-from caeadmm import codec  # noqa: E402
+from caeadmm import image_codec  # noqa: E402
 from caeadmm.bitstream import parse  # noqa: E402
 from caeadmm.config import ModelConfig  # noqa: E402
 from caeadmm.images import list_images, load_rgb  # noqa: E402
@@ -75,13 +75,13 @@ def minus(a: tuple[float, float], b: tuple[float, float]) -> tuple[float, float]
 
 def measure_image(image: np.ndarray, model: CAE, repeats: int) -> dict[str, tuple]:
     pixels = image.shape[0] * image.shape[1]
-    t_enc, data = timed(lambda: codec.compress(image, model), repeats)
-    t_dec, _ = timed(lambda: codec.decompress(data, model), repeats)
+    t_enc, data = timed(lambda: image_codec.compress(image, model), repeats)
+    t_dec, _ = timed(lambda: image_codec.decompress(data, model), repeats)
     _, payload = parse(data)
     symbols = coding.decode(payload)
     t_ent_enc, _ = timed(lambda: coding.encode(symbols), repeats)
     t_ent_dec, _ = timed(lambda: coding.decode(payload), repeats)
-    t_enc8, _ = timed(lambda: codec.compress(image, model, batch_tiles=8), repeats)
+    t_enc8, _ = timed(lambda: image_codec.compress(image, model, batch_tiles=8), repeats)
     row = {
         "cae_bpp": 8 * len(data) / pixels,
         "cae_enc": t_enc, "cae_enc_net": minus(t_enc, t_ent_enc), "cae_enc_ent": t_ent_enc,
@@ -163,8 +163,8 @@ def main() -> None:
     if args.large:
         image = synthetic_image(6000, 8000)
         rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        (t_enc, _), data = timed(lambda: codec.compress(image, model), 1)
-        (t_dec, _), _ = timed(lambda: codec.decompress(data, model), 1)
+        (t_enc, _), data = timed(lambda: image_codec.compress(image, model), 1)
+        (t_dec, _), _ = timed(lambda: image_codec.decompress(data, model), 1)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"8000 x 6000: encode {t_enc:.1f} s, decode {t_dec:.1f} s, "
               f"{8 * len(data) / 48e6:.3f} bpp; peak RSS {peak:.0f} MB "
@@ -173,7 +173,7 @@ def main() -> None:
     paths = list_images([args.kodak])[: args.limit]
     if not paths:
         sys.exit(f"no images in {args.kodak}")
-    codec.compress(load_rgb(paths[0])[:128, :128], model)  # warm-up: numba compilation
+    image_codec.compress(load_rgb(paths[0])[:128, :128], model)  # warm-up: numba compilation
     rows = []
     for path in paths:
         rows.append(measure_image(load_rgb(path), model, args.repeats))

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import io
 import os
-import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -40,7 +39,8 @@ from PIL import Image
 import coding
 from caeadmm import bitstream
 from caeadmm.bitstream import DEFAULT_MAX_PIXELS, BitstreamError, Header, ModelMismatchError
-from caeadmm.images import load_rgb
+from caeadmm.files import write_atomic
+from caeadmm.images import load_rgb, to_uint8
 from caeadmm.model import CAE
 from coding.format import unpack_header
 
@@ -124,11 +124,6 @@ def decompress(
     return np.ascontiguousarray(image)
 
 
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    """Network output (B, 3, H, W) in [0, 1] -> uint8 (B, H, W, 3), round(255 x)."""
-    return (x * 255).round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
-
-
 # -- files: the form the CLI and the batch job share ------------------------------------------
 
 
@@ -165,28 +160,6 @@ def compress_file(
     data = compress(image, model)
     write_atomic(dst, data, overwrite=overwrite)
     return len(data), 8 * len(data) / (image.shape[0] * image.shape[1])
-
-
-def write_atomic(path: str | os.PathLike, data: bytes, *, overwrite: bool = False) -> None:
-    """Write `data` to `path` so that readers see either no file or the whole file.
-
-    The bytes go to a hidden temporary file in the same directory (".NAME.RANDOM.part"),
-    are flushed to disk, then renamed over `path` in one step.
-    """
-    path = Path(path)
-    if not overwrite and path.exists():
-        raise FileExistsError(f"{path} exists (use --force to overwrite)")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.part")
-    try:
-        with open(tmp, "xb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 # -- helpers ------------------------------------------------------------------------------
