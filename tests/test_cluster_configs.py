@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import json
 import re
+import tomllib
 from pathlib import Path
 
 import jsonschema
 import ray
-import tomllib
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
