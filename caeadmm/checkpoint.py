@@ -87,7 +87,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises many types for corrupt or foreign files
-        raise CheckpointError(f"{path} is not a readable checkpoint: {exc}") from exc
+        # torch's own message runs to several lines and advises weights_only=False, which
+        # would let a foreign file run code: say what the file is not, in one line.
+        raise CheckpointError(f"{path} is not a caeadmm model or checkpoint") from exc
     if not isinstance(data, dict) or data.get("format") not in (CHECKPOINT_FORMAT, MODEL_FORMAT):
         raise CheckpointError(f"{path} is not a caeadmm checkpoint or model file")
     if data.get("version") != FORMAT_VERSION:
