@@ -270,18 +270,21 @@ def markdown_table(frame: pd.DataFrame, floatfmt: str = ".3f", index: bool = Tru
 
 
 def plot_rd(curves: Iterable[Curve], metric: str, path: str | os.PathLike,
-            max_bpp: float = 2.0) -> None:
+            max_bpp: float = 2.0, title: str | None = None) -> list[tuple[str, float]]:
     """One PNG (PLOT_SIZE_IN at PLOT_DPI) of quality against bpp, points up to `max_bpp`.
 
     Measured curves are solid; published reference curves dashed with hollow markers. Drawn on
     a bare matplotlib Figure (Agg canvas, no pyplot): no window, no global state, thread-safe.
+    Returns the (curve name, bpp) of every point left out for lying above `max_bpp`.
     """
     fig = Figure(figsize=PLOT_SIZE_IN, dpi=PLOT_DPI)
     ax = fig.subplots()
+    dropped: list[tuple[str, float]] = []
     for curve in curves:
         values = curve.metric(metric)
         if values is None:
             continue
+        dropped += [(curve.name, r) for r in curve.bpp if r > max_bpp]
         points = [(r, q) for r, q in zip(curve.bpp, values, strict=True) if r <= max_bpp]
         if not points:
             continue
@@ -296,8 +299,11 @@ def plot_rd(curves: Iterable[Curve], metric: str, path: str | os.PathLike,
     ax.grid(True, alpha=0.3)
     if ax.lines:
         ax.legend(fontsize="small", loc="lower right")
+    if title:
+        ax.set_title(title, fontsize="medium")
     fig.tight_layout()
     fig.savefig(path, dpi=PLOT_DPI)
+    return dropped
 
 
 # -- everything for one output directory --------------------------------------------------------
@@ -330,6 +336,13 @@ def bd_report(measured: Sequence[Curve], references: Sequence[Curve]) -> str:
             _bd_section(f"BD-metric, {name}", bd_matrix(measured, measured, metric, "metric"),
                         "dB")
         )
+    single = [c.name for c in measured if len(set(c.bpp)) < 2]
+    if single:
+        text.append(
+            "No BD-rate for " + ", ".join(single) + ": one rate point each. BD-rate compares\n"
+            "curves, which need at least two points: give a CAE codec several models\n"
+            "(`cae:small-k3+small-k6+small-k12`) or a baseline several settings.\n\n"
+        )
     usable = [r for r in references if r.ms_ssim is not None]
     if usable:
         text.append(
@@ -343,8 +356,13 @@ def bd_report(measured: Sequence[Curve], references: Sequence[Curve]) -> str:
 
 
 def write_report(rows: pd.DataFrame, out_dir: str | os.PathLike,
-                 references: Sequence[Curve] = (), max_bpp: float = 2.0) -> dict[str, Path]:
-    """Write every artifact of an evaluation into `out_dir`; returns {artifact: path}."""
+                 references: Sequence[Curve] = (), max_bpp: float = 2.0,
+                 image_set: str | None = None) -> dict[str, Path]:
+    """Write every artifact of an evaluation into `out_dir`; returns {artifact: path}.
+
+    Plots are titled with the image set's name (`image_set`) and how many images were
+    measured; points above `max_bpp` are listed in summary.md rather than dropped silently.
+    """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths: dict[str, Path] = {}
@@ -357,15 +375,23 @@ def write_report(rows: pd.DataFrame, out_dir: str | os.PathLike,
     rows.to_parquet(target("per_image_parquet", "per_image.parquet"), index=False)
     summary = summarize(rows)
     summary.to_csv(target("summary_csv", "summary.csv"), index=False)
-    target("summary_md", "summary.md").write_text(
-        "# Summary (means over images)\n\n" + markdown_table(summary, ".4f", index=False)
-    )
     curves = curves_from_summary(summary, _labels(summary["codec"].unique()))
     for codec, curve in curves.items():
         write_json(curve, target(f"json_{codec}", f"{codec}.json"))
     measured = list(curves.values())
+    n_images = rows["image"].nunique()
+    title = f"{image_set + ': ' if image_set else ''}{n_images} image{'s' * (n_images != 1)}"
+    dropped: set[tuple[str, float]] = set()
     for metric in METRIC_LABELS:
-        plot_rd([*measured, *references], metric, target(f"plot_{metric}", f"rd_{metric}.png"),
-                max_bpp)
+        dropped.update(plot_rd([*measured, *references], metric,
+                               target(f"plot_{metric}", f"rd_{metric}.png"), max_bpp, title))
+    note = ""
+    if dropped:
+        listed = "\n".join(f"- {name}: {bpp:.3f} bpp" for name, bpp in sorted(dropped))
+        note = f"\nNot plotted (above {max_bpp:g} bpp, the plots' range):\n\n{listed}\n"
+    target("summary_md", "summary.md").write_text(
+        f"# Summary ({title}; means over images)\n\n"
+        + markdown_table(summary, ".4f", index=False) + note
+    )
     target("bd_md", "bd_rate.md").write_text(bd_report(measured, references))
     return paths

@@ -181,3 +181,26 @@ def test_plot_is_a_png_of_the_documented_size(tmp_path, metric):
     width, height = rd.PLOT_SIZE_IN[0] * rd.PLOT_DPI, rd.PLOT_SIZE_IN[1] * rd.PLOT_DPI
     assert _png_size(path) == (width, height)
     assert path.stat().st_size > 5000  # axes, two curves and a legend, not a blank canvas
+
+
+def test_plot_returns_the_points_above_max_bpp():
+    curve = _curve("A", rates=(0.2, 0.5, 1.0, 2.5, 3.0))
+    dropped = rd.plot_rd([curve], "psnr", "/dev/null", max_bpp=2.0, title="Kodak: 24 images")
+    assert dropped == [("A", 2.5), ("A", 3.0)]
+
+
+def test_one_point_curve_says_why_it_has_no_bd_rate():
+    one = rd.Curve("CAE", "one model", [0.4], [28.0], [0.95])
+    report = rd.bd_report([_curve("JPEG"), one], [])
+    assert "No BD-rate for CAE: one rate point each" in report
+    assert "No BD-rate for JPEG" not in report
+
+
+def test_report_titles_plots_and_lists_dropped_points(tmp_path):
+    rows = _rows()
+    rows.loc[rows["codec"] == rows["codec"].iloc[0], "bpp"] *= 100  # far above max_bpp
+    paths = rd.write_report(rows, tmp_path, max_bpp=2.0, image_set="Kodak")
+    summary = paths["summary_md"].read_text()
+    n = rows["image"].nunique()
+    assert f"Kodak: {n} images" in summary
+    assert "Not plotted (above 2 bpp" in summary
