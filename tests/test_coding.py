@@ -188,8 +188,8 @@ def test_encoded_bits_is_exact(seed):
     x = sparse_laplacian(int(rng.integers(1, 3000)), rng.random(), 10 ** rng.uniform(-1, 4), seed)
     bits = coding.encoded_bits(x)
     assert len(coding.encode(x)) == (bits + 7) // 8
-    c = codec._prepare(x, kernels)
-    assert bits == 8 * len(c.header_bytes) + c.table_bits + c.payload_bits
+    c = codec.prepare(x, kernels)
+    assert bits == 8 * len(pack_header(c.header)) + c.table_bits + c.payload_bits
 
 
 # ---------------------------------------------------------------------------- corrupt streams
@@ -340,7 +340,7 @@ def test_long_codes_decode_through_the_second_table_level():
     rng = np.random.default_rng(0)
     x = np.repeat(np.arange(1, 22, dtype=np.int32), 2 ** np.maximum(0, 14 - np.arange(21)))
     x = rng.permutation(np.concatenate([x, -x]))
-    c = codec._prepare(x, kernels)
+    c = codec.prepare(x, kernels)
     assert c.lengths.max() == 15 > kernels.PRIMARY_BITS
     data = coding.encode(x)
     np.testing.assert_array_equal(codec.decode(data, reference), x)
