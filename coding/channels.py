@@ -40,8 +40,6 @@ MERGE_ROWS = 256
 class _Plan:
     """Everything encode_channels writes, and its exact size in bytes."""
 
-    shape: tuple[int, int]
-    labels: np.ndarray  # (C,) group of each channel, numbered by first appearance
     groups: list[codec.Coding]
     head: bytes  # version, C, N, G and the packed labels
     sections: list[bytes]  # each group's length prefix (none for the last) and parameters
@@ -72,6 +70,7 @@ def _head(shape: tuple[int, int], labels: np.ndarray) -> bytes:
 
 
 def _plan(x: np.ndarray, labels: np.ndarray, backend: ModuleType) -> _Plan:
+    """The stream of x with channel c in group labels[c] (labels canonical; empty if x is)."""
     groups = int(labels.max()) + 1 if x.size else 0
     rows = _group_rows(labels, groups) if groups else []
     codings = [codec.prepare(x[r].ravel(), backend) for r in rows]
@@ -82,7 +81,7 @@ def _plan(x: np.ndarray, labels: np.ndarray, backend: ModuleType) -> _Plan:
         if g < groups - 1:
             put_varint(prefix, len(parameters) + (c.body_bits + 7) // 8)
         sections.append(bytes(prefix) + parameters)
-    return _Plan(x.shape, labels, codings, _head(x.shape, labels), sections)
+    return _Plan(codings, _head(x.shape, labels), sections)
 
 
 def choose_groups(x: np.ndarray, backend: ModuleType = kernels) -> np.ndarray:
@@ -187,12 +186,14 @@ def decode(data: object, max_symbols: int = MAX_SYMBOLS,
     groups, offset = get_varint(raw, offset, channels, "group count")
     if groups == 0:
         raise CorruptStreamError("no channel groups")
-    labels, offset = _read_labels(raw, offset, channels, groups)
+    sizes = [channels]
+    if groups > 1:
+        labels, offset = _read_labels(raw, offset, channels, groups)
+        sizes = np.bincount(labels, minlength=groups)
 
     # Parse every group's extent and parameters first: each group's symbol count is checked
     # against its own bits before the output is allocated.
     view = memoryview(raw)
-    sizes = np.bincount(labels, minlength=groups) if groups > 1 else [channels]
     extents = []
     for g in range(groups):
         end = len(raw)

@@ -9,7 +9,8 @@ whole byte:
     table    the Huffman code lengths of the stream's token alphabet (see `kernels.table_bits`)
     payload  one Huffman code per token, escape tokens followed by raw bits
 
-docs/coding.md describes the token alphabet and the table coding in full.
+docs/coding.md describes the token alphabet and the table coding in full, and the per-channel
+stream of coding.channels (version 2), whose groups reuse the parameters, table and payload.
 """
 
 from __future__ import annotations

@@ -168,6 +168,9 @@ def test_identical_channels_share_one_table_and_different_ones_do_not():
     x = wide_and_narrow(20_000)
     np.testing.assert_array_equal(channels.choose_groups(x), [0, 1, 0, 1, 0, 1])
     assert group_count(round_trip(x)) == 2
+    wide, narrow = channels._prepare(x, kernels).groups
+    # Each table picks its own run cap: 16 zeros per zero-run token at 97 % zeros, 4 at 20 %.
+    assert narrow.header.log2_run >= 4 > wide.header.log2_run
 
 
 def test_choose_groups_beyond_merge_rows():
