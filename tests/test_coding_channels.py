@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_coding import assert_same_verdict, bit_flips, corruptions, mutate, random_streams
 
 import coding
 from coding import channels, kernels, reference
@@ -255,19 +256,12 @@ def test_decode_refuses_every_truncation():
 def test_decode_survives_every_single_bit_flip():
     data = coding.encode_channels(wide_and_narrow(150, pairs=2))
     assert group_count(data) > 1
-    refused = 0
-    for bit in range(8 * len(data)):
-        flipped = bytearray(data)
-        flipped[bit // 8] ^= 0x80 >> (bit % 8)
-        refused += decodes_or_refuses(bytes(flipped)) is None
+    refused = sum(decodes_or_refuses(flipped) is None for flipped in bit_flips(data))
     assert refused > 0
 
 
 def test_decode_survives_random_bytes():
-    rng = np.random.default_rng(0)
-    for _ in range(300):
-        data = rng.integers(0, 256, int(rng.integers(0, 300)), dtype=np.uint8).tobytes()
-        decodes_or_refuses(bytes([CHANNELS_FORMAT_VERSION]) + data)
+    for data in random_streams(CHANNELS_FORMAT_VERSION):
         decodes_or_refuses(data)
 
 
@@ -304,20 +298,7 @@ def test_round_trip_arbitrary(x):
 @settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(channel_arrays(), st.data())
 def test_mutated_stream_decodes_or_refuses(x, data):
-    stream = bytearray(coding.encode_channels(x))
-    kind = data.draw(st.sampled_from(["flip", "byte", "truncate", "insert", "delete"]))
-    at = data.draw(st.integers(0, len(stream)))
-    if kind == "flip" and at < len(stream):
-        stream[at] ^= 1 << data.draw(st.integers(0, 7))
-    elif kind == "byte" and at < len(stream):
-        stream[at] = data.draw(st.integers(0, 255))
-    elif kind == "truncate":
-        del stream[at:]
-    elif kind == "insert":
-        stream[at:at] = bytes([data.draw(st.integers(0, 255))])
-    elif kind == "delete":
-        del stream[at : at + 1]
-    decodes_or_refuses(bytes(stream))
+    decodes_or_refuses(mutate(coding.encode_channels(x), data))
 
 
 # ---------------------------------------------------------------------------- kernels vs reference
@@ -342,14 +323,8 @@ def test_kernels_agree_with_reference(seed):
     data = channels.encode(x, kernels)
     assert channels.encode(x, reference) == data
     np.testing.assert_array_equal(channels.decode(data, backend=reference), x)
-    for _ in range(5):
-        bad = bytearray(data)
-        bad[int(rng.integers(0, len(bad)))] ^= 1 << int(rng.integers(0, 8))
-        bad = bytes(bad[: int(rng.integers(len(bad) // 2, len(bad) + 1))])
-        fast, slow = decodes_or_refuses(bad, kernels), decodes_or_refuses(bad, reference)
-        assert (fast is None) == (slow is None)
-        if fast is not None:
-            np.testing.assert_array_equal(fast, slow)
+    for bad in corruptions(data, rng):
+        assert_same_verdict(decodes_or_refuses(bad, kernels), decodes_or_refuses(bad, reference))
 
 
 def test_merge_groups_stops_when_no_merge_saves():
