@@ -3,6 +3,7 @@
     .venv/bin/python bench/coding.py            # 4M symbols at 50/80/90/95 % zeros
     .venv/bin/python bench/coding.py --small    # also: overhead on short streams
     .venv/bin/python bench/coding.py --size 400000 --runs 3    # a quick look
+    .venv/bin/python bench/coding.py --channels-only --latents a.npy b.npy    # real latents
 
 The full run takes several minutes on an idle machine, most of it in zstd -19 and lzma.
 
@@ -16,6 +17,15 @@ thread, from the median CPU time of --runs runs after a warm-up. The byte compre
 symbols as int8 (the narrowest dtype that holds them: their most favourable input).
 constriction's ANS coder gets the empirical categorical model; its size carries no table and
 its timings exclude building the model, so both favour it.
+
+Per-channel latents, (C, N) arrays: `coding.encode_channels` (a table per group of channels)
+next to the single-table `coding.encode` of the flattened array, zstd -19, lzma and
+constriction with one empirical model per channel. Synthetic ones from
+`coding.synthetic.channel_laplacians` (N = 6144, one Kodak image's latent at stride 8;
+N = 1536 for a small image), and real ones from `--latents`: .npy files of the kept
+symbols, (C, N), (C, H, W) or (B, C, H, W) (the channel axis is the one before H, W).
+Sizes are compared to the per-channel order-0 entropy: the sum over channels of N times the
+channel's empirical entropy.
 """
 
 from __future__ import annotations
@@ -38,7 +48,7 @@ import numpy as np
 # `coding` package it measures: look in the repository root instead.
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 import coding  # noqa: E402
-from coding.synthetic import sparse_laplacian  # noqa: E402
+from coding.synthetic import channel_laplacians, sparse_laplacian  # noqa: E402
 
 try:
     import constriction
@@ -48,8 +58,7 @@ except ImportError as error:  # the dev extra has them
 
 ZEROS = (0.50, 0.80, 0.90, 0.95)
 SIZE = 4_000_000
-
-
+CHANNEL_SHAPES = ((4, 6144), (12, 6144), (32, 6144), (12, 1536))
 
 
 def order0_bits_per_symbol(x: np.ndarray) -> float:
@@ -73,16 +82,26 @@ def median_seconds(fn: Callable[[], object], runs: int) -> float:
     return statistics.median(times)
 
 
-def byte_coder(compress: Callable[[bytes], bytes], decompress: Callable[[bytes], bytes]):
-    """A coder of int8 symbols through a general-purpose byte compressor."""
+def byte_coder(compress: Callable[[bytes], bytes], decompress: Callable[[bytes], bytes],
+               dtype: type = np.int8):  # fmt: skip
+    """A coder of symbols through a general-purpose byte compressor, as `dtype` bytes."""
 
     def encode(x: np.ndarray) -> bytes:
-        return compress(x.astype(np.int8).tobytes())
+        return compress(x.astype(dtype).tobytes())
 
     def decode(data: bytes) -> np.ndarray:
-        return np.frombuffer(decompress(data), np.int8)
+        return np.frombuffer(decompress(data), dtype)
 
     return encode, decode
+
+
+def narrowest_dtype(x: np.ndarray) -> type:
+    """The narrowest signed integer dtype that holds every value of x."""
+    for dtype in (np.int8, np.int16, np.int32):
+        info = np.iinfo(dtype)
+        if x.size == 0 or (info.min <= x.min() and x.max() <= info.max):
+            return dtype
+    raise ValueError("symbols beyond int32")
 
 
 class AnsPeer:
@@ -106,6 +125,64 @@ class AnsPeer:
         return coder.decode(self.model, self.count) + self.low
 
 
+class ChannelAnsPeer:
+    """constriction's ANS coder with one empirical categorical model per channel (row)."""
+
+    def __init__(self, x: np.ndarray) -> None:
+        self.peers = [AnsPeer(row) for row in x]
+        self.shape = x.shape
+
+    def encode(self, x: np.ndarray) -> np.ndarray:
+        coder = constriction.stream.stack.AnsCoder()
+        for peer, row in zip(self.peers[::-1], x[::-1], strict=True):  # a stack: last first
+            coder.encode_reverse((row - peer.low).astype(np.int32), peer.model)
+        return coder.get_compressed()
+
+    def decode(self, words: np.ndarray) -> np.ndarray:
+        coder = constriction.stream.stack.AnsCoder(words)
+        rows = [coder.decode(peer.model, self.shape[1]) + peer.low for peer in self.peers]
+        return np.stack(rows)
+
+
+def channel_coders(x: np.ndarray) -> dict[str, tuple[Callable, Callable, Callable]]:
+    """name -> (encode, decode, size in bits) for (C, N) arrays."""
+    zstd19 = zstandard.ZstdCompressor(level=19)
+    unzstd = zstandard.ZstdDecompressor()
+    ans = ChannelAnsPeer(x)
+    dtype = narrowest_dtype(x)
+    nbytes = lambda data: 8 * len(data)  # noqa: E731
+
+    def flat(coder: tuple[Callable, Callable]) -> tuple[Callable, Callable, Callable]:
+        """A 1-D coder over the flattened array (channel after channel)."""
+        encode, decode = coder
+        return (lambda x: encode(x.ravel()), lambda d: decode(d).reshape(x.shape), nbytes)
+
+    return {
+        "ours per-channel": (coding.encode_channels, coding.decode_channels, nbytes),
+        "ours single table": flat((coding.encode, coding.decode)),
+        "zstd -19": flat(byte_coder(zstd19.compress, unzstd.decompress, dtype)),
+        "lzma": flat(byte_coder(lambda b: lzma.compress(b, preset=6), lzma.decompress, dtype)),
+        "constriction ANS per channel": (ans.encode, ans.decode, lambda w: 32 * w.size),
+    }
+
+
+def per_channel_order0_bits(x: np.ndarray) -> float:
+    """Sum over channels of N times the channel's order-0 entropy."""
+    return sum(order0_bits_per_symbol(row) * row.size for row in x)
+
+
+def load_latents(path: Path) -> np.ndarray:
+    """Kept latent symbols from a .npy file as a (C, N) int32 array."""
+    x = np.load(path, allow_pickle=False)
+    if x.dtype.kind not in "iu" and not np.array_equal(x, np.round(x)):
+        raise SystemExit(f"{path}: latents must be integer symbols, got {x.dtype}")
+    if x.ndim == 4:  # (B, C, H, W)
+        x = x.transpose(1, 0, 2, 3)
+    if x.ndim not in (2, 3, 4):
+        raise SystemExit(f"{path}: expected (C, N), (C, H, W) or (B, C, H, W), got {x.shape}")
+    return x.reshape(x.shape[0], -1).astype(np.int32)
+
+
 def coders(x: np.ndarray) -> dict[str, tuple[Callable, Callable, Callable]]:
     """name -> (encode, decode, size in bits of an encoded object)."""
     zstd3 = zstandard.ZstdCompressor(level=3)
@@ -123,9 +200,9 @@ def coders(x: np.ndarray) -> dict[str, tuple[Callable, Callable, Callable]]:
     }
 
 
-def measure(x: np.ndarray, runs: int) -> list[tuple]:
+def measure(x: np.ndarray, runs: int, make_coders: Callable = coders) -> list[tuple]:
     rows = []
-    for name, (encode, decode, bits) in coders(x).items():
+    for name, (encode, decode, bits) in make_coders(x).items():
         data = encode(x)
         if not np.array_equal(np.asarray(decode(data), np.int64), x):
             raise SystemExit(f"{name} did not round-trip")
@@ -135,18 +212,7 @@ def measure(x: np.ndarray, runs: int) -> list[tuple]:
     return rows
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--size", type=int, default=SIZE)
-    parser.add_argument("--runs", type=int, default=5)
-    parser.add_argument("--small", action="store_true", help="also show short-stream overhead")
-    args = parser.parse_args()
-
-    print(f"# coding benchmark: {args.size:,} symbols, single thread, median CPU time of "
-          f"{args.runs} runs")  # fmt: skip
-    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
-          f"load average {os.getloadavg()[0]:.1f}, numpy {np.__version__}")  # fmt: skip
-    print()
+def one_table(args: argparse.Namespace) -> None:
     header = "| data | zeros | coder | bits/sym | x order-0 | enc Msym/s | dec Msym/s |"
     print(header)
     print("|" + "---|" * 7)
@@ -160,6 +226,46 @@ def main() -> None:
                 print(f"| {family} | {zeros:.0%} | {name} | {bps:.4f} | {bps / h0:.3f} "
                       f"| {enc:.1f} | {dec:.1f} |")  # fmt: skip
 
+
+def channel_table(args: argparse.Namespace) -> None:
+    datasets = [(f"synthetic C={c} N={n}", channel_laplacians(c, n, seed=c)) for c, n in
+                CHANNEL_SHAPES]  # fmt: skip
+    datasets += [(f"{path.name} C={x.shape[0]} N={x.shape[1]}", x) for path in args.latents
+                 for x in [load_latents(path)]]  # fmt: skip
+    print("| latents | coder | bits/sym | x per-channel order-0 | x pooled order-0 "
+          "| enc Msym/s | dec Msym/s |")  # fmt: skip
+    print("|" + "---|" * 7)
+    for name, x in datasets:
+        h = per_channel_order0_bits(x) / x.size
+        pooled = order0_bits_per_symbol(x)
+        print(f"| {name} | per-channel order-0 entropy | {h:.4f} | 1.000 | {h / pooled:.3f} "
+              "| | |")  # fmt: skip
+        for coder, bps, enc, dec in measure(x, args.runs, channel_coders):
+            print(f"| {name} | {coder} | {bps:.4f} | {bps / h:.3f} | {bps / pooled:.3f} "
+                  f"| {enc:.1f} | {dec:.1f} |")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--size", type=int, default=SIZE)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--small", action="store_true", help="also show short-stream overhead")
+    parser.add_argument("--channels-only", action="store_true",
+                        help="only the per-channel latents")  # fmt: skip
+    parser.add_argument("--latents", type=Path, nargs="*", default=[],
+                        help=".npy files of kept latents for the per-channel rows")  # fmt: skip
+    args = parser.parse_args()
+
+    print(f"# coding benchmark: {args.size:,} symbols, single thread, median CPU time of "
+          f"{args.runs} runs")  # fmt: skip
+    print(f"# {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.1f}, numpy {np.__version__}")  # fmt: skip
+    if not args.channels_only:
+        print()
+        one_table(args)
+    print()
+    channel_table(args)
+    print()
     if args.small:
         print()
         print("| symbols | zeros | order-0 bytes | ours bytes | overhead bytes |")

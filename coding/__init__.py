@@ -4,6 +4,9 @@
     symbols = coding.decode(data)      # int32 array, exactly the input values
     coding.encoded_bits(symbols)       # exact size in bits, without building the bytes
 
+    data = coding.encode_channels(x)   # (C, N) integer array: one table per group of channels
+    x = coding.decode_channels(data, max_symbols=...)   # (C, N) int32
+
 Each stream carries its own compact code table, so streams decode on their own. Bad input to
 decode raises CorruptStreamError. docs/coding.md describes the format and its performance.
 This package needs only numpy and numba.
@@ -13,18 +16,22 @@ from __future__ import annotations
 
 import numpy as np
 
-from coding import codec
+from coding import channels, codec
 from coding.errors import CorruptStreamError
-from coding.format import MAX_SYMBOLS, SYMBOL_MAX, SYMBOL_MIN
+from coding.format import MAX_CHANNELS, MAX_SYMBOLS, SYMBOL_MAX, SYMBOL_MIN
 
 __all__ = [
+    "MAX_CHANNELS",
     "MAX_SYMBOLS",
     "SYMBOL_MAX",
     "SYMBOL_MIN",
     "CorruptStreamError",
     "decode",
+    "decode_channels",
     "encode",
+    "encode_channels",
     "encoded_bits",
+    "encoded_bits_channels",
 ]
 
 
@@ -49,3 +56,27 @@ def decode(data: bytes) -> np.ndarray:
 def encoded_bits(symbols: np.ndarray) -> int:
     """Exact coded size of `symbols` in bits: len(encode(symbols)) == ceil(bits / 8)."""
     return codec.encoded_bits(symbols)
+
+
+def encode_channels(symbols: np.ndarray) -> bytes:
+    """Code a (C, N) integer array (C channels of N positions) with one Huffman table per
+    group of channels with similar statistics, or one table for all where that is smaller.
+
+    The input checks of `encode` apply to the values, plus at most MAX_CHANNELS rows; a
+    non-2-D array raises ValueError.
+    """
+    return channels.encode(symbols)
+
+
+def decode_channels(data: bytes, max_symbols: int = MAX_SYMBOLS) -> np.ndarray:
+    """The (C, N) int32 symbols of a stream from `encode_channels`.
+
+    Raises CorruptStreamError for anything `encode_channels` did not write, and for streams
+    that declare more than `max_symbols` symbols (checked before anything is allocated).
+    """
+    return channels.decode(data, max_symbols)
+
+
+def encoded_bits_channels(symbols: np.ndarray) -> int:
+    """Exact size of encode_channels(symbols) in bits (always a whole number of bytes)."""
+    return channels.encoded_bits(symbols)

@@ -2,6 +2,8 @@
 
 The backend is coding.kernels (numba) in normal use; coding.reference (plain Python) offers
 the same functions, and the tests run both through this module to check that they agree.
+`prepare`, `write` and `read` code one non-empty array with one table; coding.channels
+builds its per-group streams from them.
 """
 
 from __future__ import annotations
@@ -30,26 +32,23 @@ PADDING = 16  # zero bytes after the stream, so that 64-bit loads near its end s
 
 
 @dataclass(frozen=True)
-class _Coding:
-    """Everything encode needs to write a stream, and its exact size."""
+class Coding:
+    """Everything needed to write one table and payload, and their exact size."""
 
     header: Header
-    header_bytes: bytes
     lengths: np.ndarray
     tokens: tuple  # (runs, values, trailing) from nonzero_tokens
     table_bits: int
     payload_bits: int
 
     @property
-    def bits(self) -> int:
-        return 8 * len(self.header_bytes) + self.table_bits + self.payload_bits
+    def body_bits(self) -> int:
+        """Table and payload: everything after the header bytes."""
+        return self.table_bits + self.payload_bits
 
 
-def _prepare(symbols: object, backend: ModuleType) -> _Coding:
-    x = as_symbols(symbols)
-    if x.size == 0:
-        header = Header(0)
-        return _Coding(header, pack_header(header), np.zeros(0, np.uint8), (), 0, 0)
+def prepare(x: np.ndarray, backend: ModuleType) -> Coding:
+    """The coding of a non-empty array from `as_symbols`, with its (R, D) chosen."""
     runs, values, trailing = backend.nonzero_tokens(x)
     p = plan.choose(runs, values, trailing, backend)
     counts, extra_bits = p.counts, p.extra_bits
@@ -60,9 +59,8 @@ def _prepare(symbols: object, backend: ModuleType) -> _Coding:
     lengths = backend.code_lengths(counts, MAX_CODE_LENGTH)
     tail = int(trailing) & ((1 << p.log2_run) - 1)
     header = Header(x.size, p.log2_run, p.direct, p.classes, tail)
-    return _Coding(
+    return Coding(
         header,
-        pack_header(header),
         lengths,
         (runs, values, int(trailing)),
         int(backend.table_bits(lengths, header.width)),
@@ -70,34 +68,75 @@ def _prepare(symbols: object, backend: ModuleType) -> _Coding:
     )
 
 
-def encoded_bits(symbols: object, backend: ModuleType = kernels) -> int:
-    """Exact size of encode(symbols) in bits before the last byte is padded.
-
-    len(encode(symbols)) == ceil(encoded_bits(symbols) / 8); header and table are included.
-    """
-    return _prepare(symbols, backend).bits
-
-
-def encode(symbols: object, backend: ModuleType = kernels) -> bytes:
-    """Code a 1-D integer array (values in the int32 range) into a self-describing stream."""
-    c = _prepare(symbols, backend)
-    if c.header.count == 0:
-        return c.header_bytes
-    words = np.zeros((c.bits + 31) // 32, np.uint32)
+def write(c: Coding, header_bytes: bytes, backend: ModuleType) -> bytes:
+    """`header_bytes`, then the table and payload of `c`, padded with zero bits to a byte."""
+    planned = 8 * len(header_bytes) + c.body_bits
+    words = np.zeros((planned + 31) // 32, np.uint32)
     h = c.header
     runs, values, trailing = c.tokens
-    header_bytes = np.frombuffer(c.header_bytes, np.uint8)
     bits = backend.write_stream(
-        words, header_bytes, c.lengths, runs, values, trailing, h.log2_run, h.direct, h.classes
-    )
-    if bits != c.bits:
-        raise RuntimeError(f"coder wrote {bits} bits where it planned {c.bits}")
+        words, np.frombuffer(header_bytes, np.uint8), c.lengths, runs, values, trailing,
+        h.log2_run, h.direct, h.classes,
+    )  # fmt: skip
+    if bits != planned:
+        raise RuntimeError(f"coder wrote {bits} bits where it planned {planned}")
     return words.astype(">u4", copy=False).view(np.uint8)[: (bits + 7) // 8].tobytes()
+
+
+def padded(raw: bytes) -> np.ndarray:
+    """The stream as uint8 with PADDING zero bytes after it, as `read` needs."""
+    out = np.zeros(len(raw) + PADDING, np.uint8)
+    out[: len(raw)] = np.frombuffer(raw, np.uint8)
+    return out
 
 
 def _check(error: int) -> None:
     if error != OK:
         raise CorruptStreamError(ERROR_MESSAGES[error])
+
+
+def read(data: np.ndarray, bitpos: int, total_bits: int, header: Header,
+         backend: ModuleType) -> np.ndarray:  # fmt: skip
+    """The header.count > 0 symbols of the table and payload in bits [bitpos, total_bits) of
+    `data` (from `padded`), which must end there with less than a byte of zero padding."""
+    # Every table entry takes at least one bit and every token at least one bit while covering
+    # at most R symbols: sizes the stream cannot hold are refused before anything is allocated.
+    table_room = total_bits - bitpos - TABLE_SYMBOLS * TABLE_LENGTH_BITS
+    if header.alphabet > table_room:
+        raise CorruptStreamError("code table larger than the stream")
+    lengths, bitpos, error = backend.read_table(
+        data, bitpos, total_bits, header.alphabet, header.width
+    )
+    _check(error)
+    if header.count - header.tail > header.run_cap * (total_bits - bitpos):
+        raise CorruptStreamError("symbol count larger than the payload can hold")
+    symbols, error = backend.decode_payload(
+        data, bitpos, total_bits, lengths, header.log2_run, header.direct, header.classes,
+        header.count, header.tail,
+    )  # fmt: skip
+    _check(error)
+    return symbols
+
+
+def encoded_bits(symbols: object, backend: ModuleType = kernels) -> int:
+    """Exact size of encode(symbols) in bits before the last byte is padded.
+
+    len(encode(symbols)) == ceil(encoded_bits(symbols) / 8); header and table are included.
+    """
+    x = as_symbols(symbols)
+    if x.size == 0:
+        return 8 * len(pack_header(Header(0)))
+    c = prepare(x, backend)
+    return 8 * len(pack_header(c.header)) + c.body_bits
+
+
+def encode(symbols: object, backend: ModuleType = kernels) -> bytes:
+    """Code a 1-D integer array (values in the int32 range) into a self-describing stream."""
+    x = as_symbols(symbols)
+    if x.size == 0:
+        return pack_header(Header(0))
+    c = prepare(x, backend)
+    return write(c, pack_header(c.header), backend)
 
 
 def decode(data: object, backend: ModuleType = kernels) -> np.ndarray:
@@ -108,23 +147,4 @@ def decode(data: object, backend: ModuleType = kernels) -> np.ndarray:
         if offset != len(raw):
             _check(ERR_TRAILING)
         return np.zeros(0, np.int32)
-    total_bits = 8 * len(raw)
-    # Every table entry takes at least one bit and every token at least one bit while covering
-    # at most R symbols: sizes the stream cannot hold are refused before anything is allocated.
-    table_room = total_bits - 8 * offset - TABLE_SYMBOLS * TABLE_LENGTH_BITS
-    if header.alphabet > table_room:
-        raise CorruptStreamError("code table larger than the stream")
-    padded = np.zeros(len(raw) + PADDING, np.uint8)
-    padded[: len(raw)] = np.frombuffer(raw, np.uint8)
-    lengths, bitpos, error = backend.read_table(
-        padded, 8 * offset, total_bits, header.alphabet, header.width
-    )
-    _check(error)
-    if header.count - header.tail > header.run_cap * (total_bits - bitpos):
-        raise CorruptStreamError("symbol count larger than the payload can hold")
-    symbols, error = backend.decode_payload(
-        padded, bitpos, total_bits, lengths, header.log2_run, header.direct, header.classes,
-        header.count, header.tail,
-    )  # fmt: skip
-    _check(error)
-    return symbols
+    return read(padded(raw), 8 * offset, 8 * len(raw), header, backend)

@@ -9,7 +9,8 @@ whole byte:
     table    the Huffman code lengths of the stream's token alphabet (see `kernels.table_bits`)
     payload  one Huffman code per token, escape tokens followed by raw bits
 
-docs/coding.md describes the token alphabet and the table coding in full.
+docs/coding.md describes the token alphabet and the table coding in full, and the per-channel
+stream of coding.channels (version 2), whose groups reuse the parameters, table and payload.
 """
 
 from __future__ import annotations
@@ -25,6 +26,9 @@ FORMAT_VERSION = 1
 SYMBOL_MIN = -(2**31)
 SYMBOL_MAX = 2**31 - 1
 MAX_SYMBOLS = 2**28  # 1 GiB of int32: far beyond one image's latents, refused beyond
+
+CHANNELS_FORMAT_VERSION = 2  # the first byte of a coding.channels stream
+MAX_CHANNELS = 2**16
 
 MAX_CODE_LENGTH = 15  # Huffman codes are length-limited so that one table lookup decodes
 MAX_ALPHABET = 1 << MAX_CODE_LENGTH  # every token gets a code, so the alphabet must fit
@@ -91,14 +95,31 @@ def as_symbols(symbols: object) -> np.ndarray:
     return np.ascontiguousarray(x, dtype=np.int32)
 
 
-def _put_varint(out: bytearray, value: int) -> None:
+def as_channel_symbols(symbols: object) -> np.ndarray:
+    """A contiguous (C, N) int32 array for coding.channels, or ValueError/TypeError: the
+    checks of `as_symbols`, at most MAX_CHANNELS rows."""
+    x = np.asarray(symbols)
+    if x.ndim != 2:
+        raise ValueError(f"symbols must be a 2-D (channels, positions) array, got {x.shape}")
+    if x.shape[0] > MAX_CHANNELS:
+        raise ValueError(f"at most {MAX_CHANNELS} channels per stream, got {x.shape[0]}")
+    if x.size > MAX_SYMBOLS:  # before reshape, which may copy
+        raise ValueError(f"at most {MAX_SYMBOLS} symbols per stream, got {x.size}")
+    if x.size == 0:
+        return np.zeros(x.shape, np.int32)
+    return as_symbols(x.reshape(-1)).reshape(x.shape)
+
+
+def put_varint(out: bytearray, value: int) -> None:
+    """Append `value` >= 0 as a LEB128 varint (7 bits per byte, low bits first)."""
     while value >= 0x80:
         out.append(value & 0x7F | 0x80)
         value >>= 7
     out.append(value)
 
 
-def _get_varint(data: bytes, offset: int, limit: int, what: str) -> tuple[int, int]:
+def get_varint(data: bytes, offset: int, limit: int, what: str) -> tuple[int, int]:
+    """(value, offset after it) of the varint at `offset`; CorruptStreamError past `limit`."""
     value = 0
     for shift in range(0, 35, 7):  # at most 5 bytes: 35 bits hold every allowed value
         if offset >= len(data):
@@ -113,13 +134,35 @@ def _get_varint(data: bytes, offset: int, limit: int, what: str) -> tuple[int, i
     raise CorruptStreamError(f"{what} longer than 5 bytes")
 
 
+def pack_parameters(header: Header) -> bytes:
+    """The coding parameters of a non-empty stream: the (R, D, K) word and the tail."""
+    word = header.log2_run << 12 | header.direct << 6 | header.classes
+    out = bytearray(word.to_bytes(2, "big"))
+    put_varint(out, header.tail)
+    return bytes(out)
+
+
+def unpack_parameters(data: bytes, offset: int, count: int) -> tuple[Header, int]:
+    """Parse and validate the parameters of a stream of `count` > 0 symbols at `offset`;
+    returns the header and the offset of the bit string."""
+    if offset + 2 > len(data):
+        raise CorruptStreamError("stream ends inside the header")
+    word = int.from_bytes(data[offset : offset + 2], "big")
+    log2_run, direct, classes = word >> 12, word >> 6 & 63, word & 63
+    if log2_run > MAX_LOG2_RUN or classes > MAX_CLASSES:
+        raise CorruptStreamError(f"bad coding parameters R=2**{log2_run}, K={classes}")
+    tail, offset = get_varint(data, offset + 2, (1 << log2_run) - 1, "tail length")
+    header = Header(count, log2_run, direct, classes, tail)
+    if tail > count or header.alphabet > MAX_ALPHABET:
+        raise CorruptStreamError("inconsistent header")
+    return header, offset
+
+
 def pack_header(header: Header) -> bytes:
     out = bytearray([FORMAT_VERSION])
-    _put_varint(out, header.count)
+    put_varint(out, header.count)
     if header.count:
-        word = header.log2_run << 12 | header.direct << 6 | header.classes
-        out += word.to_bytes(2, "big")
-        _put_varint(out, header.tail)
+        out += pack_parameters(header)
     return bytes(out)
 
 
@@ -129,20 +172,10 @@ def unpack_header(data: bytes) -> tuple[Header, int]:
         raise CorruptStreamError("empty stream")
     if data[0] != FORMAT_VERSION:
         raise CorruptStreamError(f"unknown format version {data[0]} (expected {FORMAT_VERSION})")
-    count, offset = _get_varint(data, 1, MAX_SYMBOLS, "symbol count")
+    count, offset = get_varint(data, 1, MAX_SYMBOLS, "symbol count")
     if count == 0:
         return Header(0), offset
-    if offset + 2 > len(data):
-        raise CorruptStreamError("stream ends inside the header")
-    word = int.from_bytes(data[offset : offset + 2], "big")
-    log2_run, direct, classes = word >> 12, word >> 6 & 63, word & 63
-    if log2_run > MAX_LOG2_RUN or classes > MAX_CLASSES:
-        raise CorruptStreamError(f"bad coding parameters R=2**{log2_run}, K={classes}")
-    tail, offset = _get_varint(data, offset + 2, (1 << log2_run) - 1, "tail length")
-    header = Header(count, log2_run, direct, classes, tail)
-    if tail > count or header.alphabet > MAX_ALPHABET:
-        raise CorruptStreamError("inconsistent header")
-    return header, offset
+    return unpack_parameters(data, offset, count)
 
 
 # Error codes returned by the decoding kernels (numba cannot raise rich exceptions cheaply);

@@ -559,3 +559,92 @@ def decode_payload(data, bitpos, total_bits, lengths, log2_run, direct, classes,
     if padding >= 8 or (padding > 0 and _peek(data, end, padding) != 0):
         return out, ERR_TRAILING
     return out, OK
+
+
+# ---------------------------------------------------------------------------- channel groups
+
+
+@njit(cache=True)
+def channel_histograms(symbols, magnitudes):
+    """Per-row value histograms of a (C, N) int32 array, for grouping channels.
+
+    Values up to `magnitudes` in size have a bin each (value + magnitudes); larger ones are
+    binned by (bit length, sign) after them, 2 * magnitudes + 1 + 2 (bit length - 1) + sign.
+    """
+    rows, n = symbols.shape
+    hist = np.zeros((rows, 2 * magnitudes + 1 + 64), np.int64)
+    for c in range(rows):
+        for i in range(n):
+            v = np.int64(symbols[c, i])
+            if -magnitudes <= v <= magnitudes:
+                hist[c, v + magnitudes] += 1
+            else:
+                sign = 1 if v < 0 else 0
+                hist[c, 2 * magnitudes + 1 + 2 * (_bit_length(-v if sign else v) - 1) + sign] += 1
+    return hist
+
+
+@njit(cache=True)
+def _group_cost(counts, bin_bits, group_bits):
+    """Estimated coded bits of one table over `counts`: order-0 entropy, `bin_bits` per used
+    bin for the table, `group_bits` for the group's header."""
+    total = 0
+    used = 0
+    sum_nlogn = 0.0
+    for b in range(counts.size):
+        c = counts[b]
+        if c > 0:
+            total += c
+            used += 1
+            sum_nlogn += c * np.log2(np.float64(c))
+    if total == 0:
+        return 0.0
+    return total * np.log2(np.float64(total)) - sum_nlogn + bin_bits * used + group_bits
+
+
+@njit(cache=True)
+def merge_groups(hist, bin_bits, group_bits):
+    """Group labels (C,) for the rows of `hist`: greedy merging of the pair of groups whose
+    merge saves the most estimated bits (`_group_cost`), while one saves any. Labels are
+    numbered in order of first appearance."""
+    rows = hist.shape[0]
+    sums = hist.copy()
+    alive = np.ones(rows, np.bool_)
+    owner = np.arange(rows)
+    cost = np.zeros(rows)
+    for a in range(rows):
+        cost[a] = _group_cost(sums[a], bin_bits, group_bits)
+    saving = np.full((rows, rows), -np.inf)
+    for a in range(rows):
+        for b in range(a + 1, rows):
+            saving[a, b] = cost[a] + cost[b] - _group_cost(sums[a] + sums[b], bin_bits,
+                                                           group_bits)  # fmt: skip
+    while True:
+        best, best_a, best_b = 0.0, -1, -1
+        for a in range(rows):
+            if alive[a]:
+                for b in range(a + 1, rows):
+                    if alive[b] and saving[a, b] > best:
+                        best, best_a, best_b = saving[a, b], a, b
+        if best_a < 0:
+            break
+        sums[best_a] += sums[best_b]
+        alive[best_b] = False
+        cost[best_a] = _group_cost(sums[best_a], bin_bits, group_bits)
+        for c in range(rows):
+            if owner[c] == best_b:
+                owner[c] = best_a
+        for b in range(rows):
+            if alive[b] and b != best_a:
+                a, z = min(best_a, b), max(best_a, b)
+                saving[a, z] = cost[a] + cost[z] - _group_cost(sums[a] + sums[z], bin_bits,
+                                                               group_bits)  # fmt: skip
+    labels = np.full(rows, -1, np.int64)
+    relabel = np.full(rows, -1, np.int64)
+    groups = 0
+    for c in range(rows):
+        if relabel[owner[c]] < 0:
+            relabel[owner[c]] = groups
+            groups += 1
+        labels[c] = relabel[owner[c]]
+    return labels

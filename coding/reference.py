@@ -7,6 +7,8 @@ decoded symbols agree with the numba kernels byte for byte. Use it on small inpu
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from coding.format import (
@@ -333,3 +335,52 @@ def decode_payload(data, bitpos, total_bits, lengths, log2_run, direct, classes,
     except _Corrupt as corrupt:
         return out, corrupt.code
     return out, OK
+
+
+# ---------------------------------------------------------------------------- channel groups
+
+
+def channel_histograms(symbols, magnitudes):
+    hist = np.zeros((symbols.shape[0], 2 * magnitudes + 1 + 64), np.int64)
+    for c, row in enumerate(symbols.tolist()):
+        for v in row:
+            if abs(v) <= magnitudes:
+                hist[c, v + magnitudes] += 1
+            else:
+                hist[c, 2 * magnitudes + 1 + 2 * (abs(v).bit_length() - 1) + (v < 0)] += 1
+    return hist
+
+
+def _group_cost(counts: list[int], bin_bits: float, group_bits: float) -> float:
+    used = [c for c in counts if c > 0]
+    if not used:
+        return 0.0
+    total = sum(used)
+    entropy = total * math.log2(total) - sum(c * math.log2(c) for c in used)
+    return entropy + bin_bits * len(used) + group_bits
+
+
+def merge_groups(hist, bin_bits, group_bits):
+    """Greedy merging written plainly: every round scores every pair of groups afresh."""
+    groups = {c: ([c], hist[c].tolist()) for c in range(hist.shape[0])}  # root -> members
+
+    def saving(a: int, b: int) -> float:
+        merged = [x + y for x, y in zip(groups[a][1], groups[b][1], strict=True)]
+        return (_group_cost(groups[a][1], bin_bits, group_bits)
+                + _group_cost(groups[b][1], bin_bits, group_bits)
+                - _group_cost(merged, bin_bits, group_bits))  # fmt: skip
+
+    while True:
+        roots = sorted(groups)
+        pairs = [(a, b) for i, a in enumerate(roots) for b in roots[i + 1 :]]
+        best = max(pairs, key=lambda pair: saving(*pair), default=None)  # first of the best
+        if best is None or saving(*best) <= 0:
+            break
+        a, b = best
+        members, counts = groups.pop(b)
+        groups[a] = (groups[a][0] + members, [x + y for x, y in zip(groups[a][1], counts,
+                                                                     strict=True)])  # fmt: skip
+    labels = np.zeros(hist.shape[0], np.int64)
+    for label, root in enumerate(sorted(groups)):  # a group's root is its first channel
+        labels[groups[root][0]] = label
+    return labels

@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import math
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -51,6 +52,60 @@ def decodes_or_refuses(data: bytes, backend=kernels) -> np.ndarray | None:
         return None
     assert y.dtype == np.int32
     return y
+
+
+def mutate(stream: bytes, data: st.DataObject) -> bytes:
+    """The stream with one mutation drawn by hypothesis: a bit flipped, a byte overwritten,
+    inserted or deleted, or the tail cut off."""
+    out = bytearray(stream)
+    kind = data.draw(st.sampled_from(["flip", "byte", "truncate", "insert", "delete"]))
+    at = data.draw(st.integers(0, len(out)))
+    if kind == "flip" and at < len(out):
+        out[at] ^= 1 << data.draw(st.integers(0, 7))
+    elif kind == "byte" and at < len(out):
+        out[at] = data.draw(st.integers(0, 255))
+    elif kind == "truncate":
+        del out[at:]
+    elif kind == "insert":
+        out[at:at] = bytes([data.draw(st.integers(0, 255))])
+    elif kind == "delete":
+        del out[at : at + 1]
+    return bytes(out)
+
+
+def bit_flips(stream: bytes) -> Iterator[bytes]:
+    """The stream with each of its bits flipped in turn."""
+    for bit in range(8 * len(stream)):
+        flipped = bytearray(stream)
+        flipped[bit // 8] ^= 0x80 >> (bit % 8)
+        yield bytes(flipped)
+
+
+def random_streams(version: int, count: int = 300) -> Iterator[bytes]:
+    """Random byte strings of 0 to 299 bytes, each on its own and after `version`."""
+    rng = np.random.default_rng(0)
+    for _ in range(count):
+        data = rng.integers(0, 256, int(rng.integers(0, 300)), dtype=np.uint8).tobytes()
+        yield bytes([version]) + data
+        yield data
+
+
+def corruptions(stream: bytes, rng: np.random.Generator, count: int = 5) -> list[bytes]:
+    """`count` copies of the stream, each with one bit flipped and cut at a random length of
+    at least half."""
+    out = []
+    for _ in range(count):
+        bad = bytearray(stream)
+        bad[int(rng.integers(0, len(bad)))] ^= 1 << int(rng.integers(0, 8))
+        out.append(bytes(bad[: int(rng.integers(len(bad) // 2, len(bad) + 1))]))
+    return out
+
+
+def assert_same_verdict(fast: np.ndarray | None, slow: np.ndarray | None) -> None:
+    """Both backends refused (None), or both decoded the same symbols."""
+    assert (fast is None) == (slow is None)
+    if fast is not None:
+        np.testing.assert_array_equal(fast, slow)
 
 
 # ---------------------------------------------------------------------------- round trips
@@ -188,8 +243,8 @@ def test_encoded_bits_is_exact(seed):
     x = sparse_laplacian(int(rng.integers(1, 3000)), rng.random(), 10 ** rng.uniform(-1, 4), seed)
     bits = coding.encoded_bits(x)
     assert len(coding.encode(x)) == (bits + 7) // 8
-    c = codec._prepare(x, kernels)
-    assert bits == 8 * len(c.header_bytes) + c.table_bits + c.payload_bits
+    c = codec.prepare(x, kernels)
+    assert bits == 8 * len(pack_header(c.header)) + c.table_bits + c.payload_bits
 
 
 # ---------------------------------------------------------------------------- corrupt streams
@@ -242,19 +297,12 @@ def test_decode_refuses_every_truncation():
 def test_decode_survives_every_single_bit_flip():
     x = sparse_laplacian(400, 0.7, scale=20.0)
     data = coding.encode(x)
-    refused = 0
-    for bit in range(8 * len(data)):
-        flipped = bytearray(data)
-        flipped[bit // 8] ^= 0x80 >> (bit % 8)
-        refused += decodes_or_refuses(bytes(flipped)) is None
+    refused = sum(decodes_or_refuses(flipped) is None for flipped in bit_flips(data))
     assert refused > 0
 
 
 def test_decode_survives_random_bytes():
-    rng = np.random.default_rng(0)
-    for _ in range(300):
-        data = rng.integers(0, 256, int(rng.integers(0, 300)), dtype=np.uint8).tobytes()
-        decodes_or_refuses(bytes([FORMAT_VERSION]) + data)
+    for data in random_streams(FORMAT_VERSION):
         decodes_or_refuses(data)
 
 
@@ -282,20 +330,7 @@ def test_round_trip_arbitrary(x):
 @settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(symbol_arrays(), st.data())
 def test_mutated_stream_decodes_or_refuses(x, data):
-    stream = bytearray(coding.encode(x))
-    kind = data.draw(st.sampled_from(["flip", "byte", "truncate", "insert", "delete"]))
-    at = data.draw(st.integers(0, len(stream)))
-    if kind == "flip" and at < len(stream):
-        stream[at] ^= 1 << data.draw(st.integers(0, 7))
-    elif kind == "byte" and at < len(stream):
-        stream[at] = data.draw(st.integers(0, 255))
-    elif kind == "truncate":
-        del stream[at:]
-    elif kind == "insert":
-        stream[at:at] = bytes([data.draw(st.integers(0, 255))])
-    elif kind == "delete":
-        del stream[at : at + 1]
-    decodes_or_refuses(bytes(stream))
+    decodes_or_refuses(mutate(coding.encode(x), data))
 
 
 # ---------------------------------------------------------------------------- kernels vs reference
@@ -313,14 +348,8 @@ def test_kernels_agree_with_reference(seed):
     assert codec.encode(x, reference) == data
     assert codec.encoded_bits(x, reference) == codec.encoded_bits(x, kernels)
     np.testing.assert_array_equal(codec.decode(data, reference), x)
-    for _ in range(5):
-        bad = bytearray(data)
-        bad[int(rng.integers(0, len(bad)))] ^= 1 << int(rng.integers(0, 8))
-        bad = bytes(bad[: int(rng.integers(len(bad) // 2, len(bad) + 1))])
-        fast, slow = decodes_or_refuses(bad, kernels), decodes_or_refuses(bad, reference)
-        assert (fast is None) == (slow is None)
-        if fast is not None:
-            np.testing.assert_array_equal(fast, slow)
+    for bad in corruptions(data, rng):
+        assert_same_verdict(decodes_or_refuses(bad, kernels), decodes_or_refuses(bad, reference))
 
 
 def _huffman(counts) -> tuple[int, int]:
@@ -340,7 +369,7 @@ def test_long_codes_decode_through_the_second_table_level():
     rng = np.random.default_rng(0)
     x = np.repeat(np.arange(1, 22, dtype=np.int32), 2 ** np.maximum(0, 14 - np.arange(21)))
     x = rng.permutation(np.concatenate([x, -x]))
-    c = codec._prepare(x, kernels)
+    c = codec.prepare(x, kernels)
     assert c.lengths.max() == 15 > kernels.PRIMARY_BITS
     data = coding.encode(x)
     np.testing.assert_array_equal(codec.decode(data, reference), x)
