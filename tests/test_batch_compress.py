@@ -11,9 +11,9 @@ from helpers import test_image, tiny_model
 from PIL import Image
 
 from caeadmm import image_codec
-from caeadmm.batch_compress import compress_corpus
 from caeadmm.checkpoint import load_model, save_checkpoint
 from caeadmm.config import TrainConfig
+from caeadmm.distributed.batch_compress import compress_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -12,7 +12,7 @@ import functools
 from pathlib import Path
 
 from caeadmm.bitstream import DEFAULT_MAX_PIXELS
-from caeadmm.cli.compress import (
+from caeadmm.cli.common import (
     UsageError,
     add_common_options,
     cached_model,
@@ -79,5 +79,5 @@ def decompress_one(
     return f"{src} -> {dst}: {image.shape[1]}x{image.shape[0]} {mode}"
 
 
-def _cae_files(paths: list[str]) -> list[Path]:
-    return sorted(p for p in Path(paths[0]).rglob("*.cae") if p.is_file())
+def _cae_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*.cae") if p.is_file())
