@@ -52,7 +52,9 @@ def _first_importers(modules: list[str], banned: list[str]) -> dict[str, str]:
 def test_the_core_never_imports_ray():
     core = [m for m in _modules("caeadmm")
             if not m.startswith("caeadmm.distributed") and m not in NOT_CORE]
-    assert {"caeadmm.model", "caeadmm.inputs", "caeadmm.cli.eval", "caeadmm.cli.common"} <= set(core)
+    assert {"caeadmm.model", "caeadmm.inputs", "caeadmm.cli.eval", "caeadmm.cli.common"} <= {
+        *core
+    }
     assert _first_importers(core, ["ray"]) == {}
 
 

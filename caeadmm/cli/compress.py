@@ -6,14 +6,7 @@ import argparse
 import functools
 from pathlib import Path
 
-from caeadmm.cli.common import (
-    UsageError,
-    add_common_options,
-    cached_model,
-    execute,
-    plan,
-    usage_error,
-)
+from caeadmm.cli import common
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,8 +21,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "-o", "--output", metavar="FILE|DIR",
         help="output file (one input file) or directory (mirrors input directories)",
     )
-    add_common_options(p, model_help="registered model name or checkpoint path "
-                       "(default: the registry's default model)")
+    common.add_common_options(p, model_help="registered model name or checkpoint path "
+                              "(default: the registry's default model)")
     p.set_defaults(func=run)
 
 
@@ -38,16 +31,16 @@ def run(args: argparse.Namespace) -> int:
     from caeadmm.zoo import ModelLoadError
 
     try:
-        pairs, errors = plan(args.inputs, args.output, ".cae", lambda d: list_images([d]))
-        cached_model(args.model)  # fail early, once, if the model is unusable
-    except (UsageError, ModelLoadError) as exc:
-        return usage_error("compress", str(exc))
+        pairs, errors = common.plan(args.inputs, args.output, ".cae", lambda d: list_images([d]))
+        common.cached_model(args.model)  # fail early, once, if the model is unusable
+    except (common.UsageError, ModelLoadError) as exc:
+        return common.usage_error("compress", str(exc))
     task = functools.partial(compress_one, model=args.model, overwrite=args.force)
-    return execute("compress", pairs, errors, task, args.workers)
+    return common.execute("compress", pairs, errors, task, args.workers)
 
 
 def compress_one(src: Path, dst: Path, model: str | None, overwrite: bool) -> str:
     from caeadmm.image_codec import compress_file
 
-    nbytes, bpp = compress_file(src, dst, cached_model(model), overwrite=overwrite)
+    nbytes, bpp = compress_file(src, dst, common.cached_model(model), overwrite=overwrite)
     return f"{src} -> {dst}: {nbytes} bytes, {bpp:.4f} bpp"
