@@ -7,6 +7,7 @@ the tests never meet a Ray that the machine runs outside them.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import shutil
 import signal
@@ -18,7 +19,6 @@ from pathlib import Path
 
 import pytest
 
-psutil = pytest.importorskip("psutil")
 pytest.importorskip("ray")
 
 pytestmark = [
@@ -45,23 +45,67 @@ def _free_block(start: int, size: int = 1000) -> int:
     pytest.skip("no free block of ports")
 
 
+def _stat(pid: str) -> list[str]:
+    """Fields of /proc/PID/stat after the command name: state, ppid, pgrp, session, ..."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    return text[text.rindex(")") + 2 :].split()
+
+
 def _alive(pid: int) -> bool:
     try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
+        return _stat(str(pid))[0] != "Z"
+    except OSError:
         return False
 
 
 def _session(sid: int) -> list[int]:
     """Live processes of a session."""
     pids = []
-    for proc in psutil.process_iter():
+    for proc in Path("/proc").glob("[0-9]*"):
         try:
-            if os.getsid(proc.pid) == sid and proc.status() != psutil.STATUS_ZOMBIE:
-                pids.append(proc.pid)
-        except (psutil.Error, OSError):
-            pass
+            state, _, _, session = _stat(proc.name)[:4]
+        except OSError:
+            continue
+        if int(session) == sid and state != "Z":
+            pids.append(int(proc.name))
     return pids
+
+
+def _command_pid(*words: str) -> int:
+    """The process whose command line holds all the words."""
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            args = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if all(w in args for w in words) and _alive(int(proc.name)):
+            return int(proc.name)
+    raise LookupError(words)
+
+
+def _listening() -> set[tuple[str, int]]:
+    """(address, port) of every listening TCP socket, IPv4-mapped IPv6 as "::ffff:a.b.c.d"."""
+    found = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            local, state = line.split()[1], line.split()[3]
+            if state != "0A":
+                continue
+            address, port = local.split(":")
+            raw = bytes.fromhex(address)
+            words = [raw[i : i + 4][::-1] for i in range(0, len(raw), 4)]  # little-endian words
+            ip = ipaddress.ip_address(b"".join(words))
+            if ip.version == 6 and ip.ipv4_mapped:
+                ip = f"::ffff:{ip.ipv4_mapped}"
+            found.add((str(ip), int(port, 16)))
+    return found
+
+
+def _environment(home: Path, **extra: str) -> dict[str, str]:
+    """This process's environment less what an in-process Ray put there (RAY_ADDRESS,
+    RAY_AUTH_MODE), with a home of the tests' own."""
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
+    return {**env, "HOME": str(home), **extra}
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +119,7 @@ def foreign_head(home):
     """A head started with plain `ray start` in a session of its own; its GCS process."""
     base = _free_block(24000)
     temp = Path(os.path.realpath("/tmp")) / f"caeadmm-test-foreign-{os.getpid()}"
-    env = {**os.environ, "HOME": str(home), "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0"}
+    env = _environment(home, RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_AUTH_MODE="disabled")
     ports = [f"--port={base}", f"--dashboard-port={base + 1}",
              f"--dashboard-agent-listen-port={base + 2}", f"--dashboard-agent-grpc-port={base + 3}",
              f"--runtime-env-agent-port={base + 4}", f"--metrics-export-port={base + 5}",
@@ -83,14 +127,14 @@ def foreign_head(home):
              f"--ray-client-server-port={base + 8}", f"--min-worker-port={base + 100}",
              f"--max-worker-port={base + 999}"]
     env |= {"AUTOSCALER_METRIC_PORT": str(base + 9), "DASHBOARD_METRIC_PORT": str(base + 10)}
-    subprocess.run(["setsid", "--wait", str(RAY), "start", "--head", "--num-cpus=1",
-                    "--include-dashboard=false", "--disable-usage-stats",
-                    f"--temp-dir={temp}", *ports],
-                   env=env, check=True, capture_output=True, timeout=300)
-    gcs = next(p for p in psutil.process_iter(["name", "cmdline"])
-               if p.info["name"] == "gcs_server" and str(temp) in " ".join(p.info["cmdline"]))
-    sid = os.getsid(gcs.pid)
-    yield {"gcs": gcs.pid, "port": base}
+    started = subprocess.run(["setsid", "--wait", str(RAY), "start", "--head", "--num-cpus=1",
+                              "--include-dashboard=false", "--disable-usage-stats",
+                              f"--temp-dir={temp}", *ports],
+                             env=env, capture_output=True, text=True, timeout=300)
+    assert started.returncode == 0, started.stdout + started.stderr
+    gcs = _command_pid("gcs_server", str(temp))
+    sid = os.getsid(gcs)
+    yield {"gcs": gcs, "port": base}
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for pid in _session(sid):
             os.kill(pid, sig)
@@ -99,15 +143,14 @@ def foreign_head(home):
 
 
 def _script(name: str, port: int, base: int, home: Path) -> subprocess.CompletedProcess:
-    env = {
-        **os.environ,
-        "HOME": str(home),
-        "VIRTUAL_ENV": str(Path(sys.executable).parents[1]),  # scripts/venv.sh: use it as is
-        "CAEADMM_RAY_PORT": str(port),
-        "CAEADMM_RAY_DASHBOARD_PORT": str(port + 1),
-        "CAEADMM_RAY_PORT_BASE": str(base),
-        "RAY_NUM_CPUS": "1",
-    }
+    env = _environment(
+        home,
+        VIRTUAL_ENV=str(Path(sys.executable).parents[1]),  # scripts/venv.sh: use it as is
+        CAEADMM_RAY_PORT=str(port),
+        CAEADMM_RAY_DASHBOARD_PORT=str(port + 1),
+        CAEADMM_RAY_PORT_BASE=str(base),
+        RAY_NUM_CPUS="1",
+    )
     return subprocess.run(["bash", str(REPO / "cluster" / name)], env=env, capture_output=True,
                           text=True, timeout=300)
 
@@ -126,9 +169,7 @@ def test_stop_local_stops_its_own_head_and_no_other(foreign_head, home):
         ours = _session(sid)
         assert len(ours) > 3 and foreign_head["gcs"] not in ours
 
-        listening = {(c.laddr.ip, c.laddr.port) for c in psutil.net_connections("tcp")
-                     if c.status == psutil.CONN_LISTEN}
-        own = {(ip, p) for ip, p in listening if p in (port, port + 1) or base <= p < base + 9}
+        own = {(ip, p) for ip, p in _listening() if p in (port, port + 1) or base <= p < base + 9}
         assert {p for _, p in own} >= {port, port + 1, base}  # GCS, job server, agent
         assert {ip for ip, _ in own} <= {"127.0.0.1", "::ffff:127.0.0.1"}  # loopback only
 
