@@ -35,13 +35,15 @@ if head_running; then
 fi
 TAKEN="$(python - "${HEAD_PORTS[@]}" <<'EOF'
 import socket, sys
-for port in map(int, sys.argv[1:]):
+taken = []
+for port in sys.argv[1:]:
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            s.bind(("127.0.0.1", port))
+            s.bind(("127.0.0.1", int(port)))
         except OSError:
-            print(port, end=" ")
+            taken.append(port)
+print(" ".join(taken))
 EOF
 )"
 if [ -n "$TAKEN" ]; then
