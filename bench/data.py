@@ -31,7 +31,9 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from caeadmm.data import init_ray, iter_patch_batches, prepare_patches, read_patches  # noqa: E402
+from caeadmm.distributed.prepare import prepare_patches  # noqa: E402
+from caeadmm.distributed.session import connect  # noqa: E402
+from caeadmm.distributed.shards import iter_patch_batches, read_patches  # noqa: E402
 from caeadmm.images import list_images  # noqa: E402
 from caeadmm.patches import PatchSpec, patch_array, random_flips  # noqa: E402
 
@@ -136,7 +138,7 @@ def main() -> int:
     files = list_images([folder]) if folder else synthetic_corpus(work)
     files = files[: args.subset] if args.subset else files
     spec = PatchSpec(patch_size=args.patch_size, crops=args.crops)
-    init_ray(num_cpus=args.num_cpus)
+    connect(num_cpus=args.num_cpus)
     # Ray runs its workers at nice 15; run this process's loops at the same priority so that
     # on a shared, busy machine both sides of each comparison compete alike.
     os.nice(15 - os.nice(0))

@@ -37,10 +37,12 @@ import ray
 import torch
 
 from caeadmm.config import TrainConfig, load_config
-from caeadmm.data import init_ray, iter_patch_batches, prepare_patches, read_patches
+from caeadmm.distributed.prepare import prepare_patches
+from caeadmm.distributed.session import connect, quiet_data
+from caeadmm.distributed.shards import iter_patch_batches, read_patches
 from caeadmm.model import CAE
 from caeadmm.patches import PatchSpec
-from caeadmm.train_ray import LOG_FILE, fit, quiet_data
+from caeadmm.train_ray import LOG_FILE, fit
 from caeadmm.training import Schedule, admm_update, make_optimizer, new_admm, train_step
 
 SAMPLES = Path(__file__).resolve().parents[1] / "caeadmm" / "samples"
@@ -93,7 +95,7 @@ def ray_rate(cfg: TrainConfig, workers: int, threads: int, run_name: str) -> flo
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cores = os.cpu_count() or 1
-    init_ray(num_cpus=max(4, 2 * cores))
+    connect(num_cpus=max(4, 2 * cores))
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
     shards = work / "shards"
     prepare_patches([args.images], str(shards), PatchSpec(patch_size=args.patch_size, crops=64),

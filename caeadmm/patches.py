@@ -1,7 +1,8 @@
 """Cutting one decoded image into training patches, and the Parquet rows that hold them.
 
-Pure functions (numpy + pyarrow, no Ray, no torch) so that the Ray job in `caeadmm/data.py`,
-the tests and the benchmark all cut exactly the same patches. Rules:
+Pure functions (numpy + pyarrow, no Ray, no torch) so that the Ray job in
+`caeadmm/distributed/prepare.py`, the tests and the benchmark all cut exactly the same
+patches. Rules:
 - Random mode draws `crops` distinct crop positions per image from a generator seeded by
   (seed, source path) only, so the crops never depend on which worker cut them or when.
   An image with fewer distinct positions than `crops` gives one patch per position.

@@ -4,10 +4,10 @@
     ray job submit --working-dir . -- \
         python jobs/compress.py /shared/photos -o /shared/cae --model NAME
 
-Runs on the Ray cluster named by --address or $RAY_ADDRESS, else on an embedded local Ray.
+Runs on the Ray cluster named by --address or $RAY_ADDRESS, else on a local Ray of its own.
 Reruns skip what is done; bad images are listed in the manifest (status "failed") and do not
 fail the job. Exit code 0 once every file has been tried, 2 for bad arguments or no model.
-See docs/cli.md ("Corpora on a Ray cluster") and caeadmm/batch_compress.py.
+See docs/cli.md ("Corpora on a Ray cluster") and caeadmm/distributed/batch_compress.py.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from caeadmm.batch_compress import compress_corpus
-from caeadmm.data import init_ray
+from caeadmm.distributed.batch_compress import compress_corpus
+from caeadmm.distributed.session import connect
 from caeadmm.zoo import ModelLoadError, load
 
 
@@ -33,8 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="default: 1 when the cluster has GPUs, else 0")
     parser.add_argument("--force", action="store_true", help="recompress existing outputs")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    parser.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or local)")
-    parser.add_argument("--num-cpus", type=int, help="CPUs of an embedded local Ray")
+    parser.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else "
+                        "a local Ray of its own)")
+    parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (without a cluster)")
     return parser
 
 
@@ -45,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     except ModelLoadError as exc:
         print(f"compress: {exc}", file=sys.stderr)
         return 2
-    init_ray(address=args.address, num_cpus=args.num_cpus)
+    connect(args.address, args.num_cpus)
     summary = compress_corpus(
         args.inputs, args.output, args.model, manifest=args.manifest,
         concurrency=args.concurrency, num_cpus=args.cpus_per_actor,

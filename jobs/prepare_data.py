@@ -3,7 +3,7 @@
     python jobs/prepare_data.py /data/photos s3://bucket/more --out runs/shards_p128
     ray job submit --working-dir . -- python jobs/prepare_data.py ... --out s3://bucket/shards
 
-Runs on the Ray cluster named by --address or $RAY_ADDRESS, else on an embedded local Ray.
+Runs on the Ray cluster named by --address or $RAY_ADDRESS, else on a local Ray of its own.
 Prints a summary; the full record (shards, sources, rejected files with reasons) is the
 `_manifest.json` written beside the shards. See docs/data.md.
 """
@@ -13,7 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from caeadmm.data import format_summary, init_ray, prepare_patches
+from caeadmm.distributed.prepare import format_summary, prepare_patches
+from caeadmm.distributed.session import connect
 from caeadmm.patches import PatchSpec
 
 
@@ -46,9 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-pixels", type=int, help="decompression-bomb pixel limit")
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
     parser.add_argument("--no-progress", action="store_true", help="no progress display")
-    parser.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or local)")
+    parser.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else "
+                        "a local Ray of its own)")
     parser.add_argument(
-        "--num-cpus", type=int, help="CPUs of an embedded local Ray (default: all cores)"
+        "--num-cpus", type=int, help="CPUs of the local Ray, without a cluster (default: all cores)"
     )
     return parser
 
@@ -64,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
             small=args.small,
             seed=args.seed,
         )
-        init_ray(address=args.address, num_cpus=args.num_cpus)
+        connect(args.address, args.num_cpus)
         manifest = prepare_patches(
             args.inputs,
             args.out,

@@ -21,7 +21,8 @@ import ray
 from ray.train import TrainingFailedError
 
 from caeadmm.config import ConfigError, load_config
-from caeadmm.data import ShardError, init_ray
+from caeadmm.distributed.session import connect
+from caeadmm.distributed.shards import ShardError
 from caeadmm.train_ray import (
     CHECKPOINT_FILE,
     KEEP_CHECKPOINTS,
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[train] bad configuration: {exc}", file=sys.stderr)
         return 2
 
-    init_ray(address=args.address, num_cpus=local_cpus())
+    connect(args.address, local_cpus())
     gpus = int(ray.cluster_resources().get("GPU", 0))
     if gpus and not cfg.use_gpu:
         print(f"[train] note: the cluster has {gpus} GPU(s); add use_gpu=true to train on them")

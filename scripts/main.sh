@@ -4,26 +4,33 @@
 # `ray job submit`, compress and decompress the samples with the shipped default model,
 # run the RD evaluation against JPEG on them, and print where every output is.
 # Outputs go to out/main/ (override with OUT=...). Idempotent: a rerun starts clean.
+# A head that cluster/start-local.sh started before is used and left running; one this
+# script starts is stopped at the end; any other Ray on the machine is never touched.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/venv.sh"
 cd "$ROOT"
 OUT="$(realpath -m "${OUT:-out/main}")"
 SAMPLES="$ROOT/caeadmm/samples"
-export RAY_ADDRESS="http://127.0.0.1:8265"
-export RAY_AUTH_MODE=token   # the local head uses token authentication (cluster/README.md)
+source cluster/local-head.sh
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 rm -rf "$OUT"
 mkdir -p "$OUT"
 
 step "1/6 local Ray head (cluster/start-local.sh)"
-cluster/start-local.sh
-trap 'cluster/stop-local.sh' EXIT
+if head_running; then
+    echo "using the Ray head that cluster/start-local.sh started before (127.0.0.1:$GCS_PORT);" \
+        "it stays running"
+else
+    cluster/start-local.sh
+    trap 'cluster/stop-local.sh' EXIT
+fi
+source "$HEAD_DIR/client.env"  # RAY_ADDRESS (the job server), token authentication
 
 step "2/6 Parquet patch shards from the bundled samples (jobs/prepare_data.py)"
 python jobs/prepare_data.py "$SAMPLES" --out "$OUT/shards" --patch-size 128 --crops 16 \
-    --address 127.0.0.1:6379 --no-progress
+    --address "127.0.0.1:$GCS_PORT" --no-progress
 
 step "3/6 short training run: ray job submit -- python jobs/train.py"
 # The job server answers before its agent is ready on a fresh head: retry the submission.
@@ -49,7 +56,8 @@ caeadmm info "$OUT/compressed"/*.cae
 
 step "5/6 rate-distortion evaluation against JPEG"
 DEFAULT_MODEL="$(python -c "from caeadmm import zoo; print(next(m.name for m in zoo.list_models() if m.default))")"
-caeadmm eval "$SAMPLES" --codecs "cae:$DEFAULT_MODEL,jpeg" --out "$OUT/eval" --address 127.0.0.1:6379
+caeadmm eval "$SAMPLES" --codecs "cae:$DEFAULT_MODEL,jpeg" --out "$OUT/eval" \
+    --address "127.0.0.1:$GCS_PORT"
 
 step "6/6 outputs"
 cat <<EOM

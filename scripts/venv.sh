@@ -2,7 +2,12 @@
 # Create or reuse .venv in the repo root and install the project into it (idempotent).
 # Sourced by the README's two commands. The CPU wheel of torch is installed first, pinned,
 # so that pip never resolves the unpinned `torch` dependency to a multi-GB CUDA build.
+# An activated virtualenv with Ray in it ($VIRTUAL_ENV) is used as it is, nothing installed.
 set -euo pipefail
+if [ -n "${VIRTUAL_ENV:-}" ] && [ -x "$VIRTUAL_ENV/bin/ray" ]; then
+    export PATH="$VIRTUAL_ENV/bin:$PATH"
+    return 0
+fi
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv"
 PY="${PYTHON:-python3}"

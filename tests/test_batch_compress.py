@@ -11,9 +11,10 @@ from helpers import test_image, tiny_model
 from PIL import Image
 
 from caeadmm import image_codec
-from caeadmm.batch_compress import compress_corpus
 from caeadmm.checkpoint import load_model, save_checkpoint
 from caeadmm.config import TrainConfig
+from caeadmm.distributed.batch_compress import compress_corpus
+from caeadmm.files import is_temp_file, temp_path
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -65,7 +66,9 @@ def test_interrupted_run_and_rerun(ray_local, checkpoint, corpus, tmp_path, caps
     written = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.rglob("*.cae")}
     assert written, "the first run wrote nothing before it was interrupted"
     # What a run killed in the middle of a write leaves behind:
-    (out / "a" / ".img2.cae.0123abcd.part").write_bytes(b"partial")
+    temp_path(out / "a" / "img2.cae").write_bytes(b"partial")
+    users_own = out / "a" / ".notes.abcdef12.part"  # not ours: it must stay
+    users_own.write_bytes(b"notes")
 
     job = load_job()
     capsys.readouterr()
@@ -89,7 +92,8 @@ def test_interrupted_run_and_rerun(ray_local, checkpoint, corpus, tmp_path, caps
         image = image_codec.decompress(dst.read_bytes(), model)
         assert image.shape == image_codec.load_image(src).shape
         assert row["bpp"] == pytest.approx(8 * row["bytes"] / (image.shape[0] * image.shape[1]))
-    # Done files were not compressed again; no partial file is left.
+    # Done files were not compressed again; no partial file of ours is left.
     assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in written} == written
-    assert not [p for p in out.rglob("*") if p.name.endswith(".part")]
+    assert not [p for p in out.rglob("*") if is_temp_file(p.name)]
+    assert users_own.read_bytes() == b"notes"
     assert len(list(out.rglob("*.cae"))) == len(good)

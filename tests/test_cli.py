@@ -15,7 +15,7 @@ from PIL import Image
 from caeadmm import image_codec
 from caeadmm.checkpoint import save_checkpoint
 from caeadmm.cli import main
-from caeadmm.cli.compress import cached_model
+from caeadmm.cli.common import cached_model
 from caeadmm.config import TrainConfig
 
 

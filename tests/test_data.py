@@ -1,5 +1,5 @@
-"""caeadmm.data on a real (local) Ray: the prepare job over a corpus of good and bad files, and
-reading the shards back through Ray Data."""
+"""The shard preparation job (caeadmm.distributed.prepare) on a real (local) Ray over a corpus of
+good and bad files, and reading the shards back through Ray Data (caeadmm.distributed.shards)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ from caeadmm.images import load_rgb
 from caeadmm.patches import PatchSpec, split_sources
 
 ray = pytest.importorskip("ray")
-data = pytest.importorskip("caeadmm.data")
+prepare = pytest.importorskip("caeadmm.distributed.prepare")
+reader = pytest.importorskip("caeadmm.distributed.shards")
 torch = pytest.importorskip("torch")
 
 P = 16
@@ -110,7 +111,7 @@ def corpus(tmp_path_factory):
 @pytest.fixture(scope="module")
 def shards(ray_local, corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("shards") / "p16"
-    manifest = data.prepare_patches(
+    manifest = prepare.prepare_patches(
         [str(p) for p in corpus], str(out), SPEC, rows_per_shard=5, files_per_task=2,
         progress=False,
     )
@@ -171,14 +172,14 @@ def _check_decoding_rules(corpus: Path, decoded: dict[str, np.ndarray]) -> None:
 def test_same_seed_gives_identical_shards(shards, corpus, tmp_path):
     out, manifest = shards
     inputs = [str(p) for p in corpus]
-    again = data.prepare_patches(
+    again = prepare.prepare_patches(
         inputs, str(tmp_path / "a"), SPEC, rows_per_shard=5, files_per_task=2, progress=False
     )
     assert again["shards"] == manifest["shards"]
     for shard in manifest["shards"]:
         assert (tmp_path / "a" / shard["path"]).read_bytes() == (out / shard["path"]).read_bytes()
     # Another task layout: the same rows in the same order, only the shard boundaries move.
-    data.prepare_patches(
+    prepare.prepare_patches(
         inputs, str(tmp_path / "b"), SPEC, rows_per_shard=5, files_per_task=5, progress=False
     )
     assert read_rows(tmp_path / "b") == read_rows(out)
@@ -187,7 +188,7 @@ def test_same_seed_gives_identical_shards(shards, corpus, tmp_path):
 def test_different_seed_gives_different_crops(shards, corpus, tmp_path):
     out, manifest = shards
     spec = PatchSpec(patch_size=P, crops=3, seed=8)
-    other = data.prepare_patches(
+    other = prepare.prepare_patches(
         [str(p) for p in corpus], str(tmp_path), spec, compression="zstd", progress=False
     )
     assert other["sources"] == manifest["sources"]  # same images, same count per image
@@ -200,23 +201,23 @@ def test_different_seed_gives_different_crops(shards, corpus, tmp_path):
 
 def test_output_must_be_empty_unless_overwritten(shards, corpus, tmp_path):
     (tmp_path / "old.txt").write_text("x")
-    with pytest.raises(data.ShardError, match="not empty"):
-        data.prepare_patches([str(corpus[0])], str(tmp_path), SPEC, progress=False)
-    data.prepare_patches([str(corpus[0])], str(tmp_path), SPEC, overwrite=True, progress=False)
+    with pytest.raises(reader.ShardError, match="not empty"):
+        prepare.prepare_patches([str(corpus[0])], str(tmp_path), SPEC, progress=False)
+    prepare.prepare_patches([str(corpus[0])], str(tmp_path), SPEC, overwrite=True, progress=False)
     assert not (tmp_path / "old.txt").exists()
     assert (tmp_path / "_manifest.json").exists()
 
 
 def test_bad_arguments_and_incomplete_folders_are_refused(ray_local, tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(data.ShardError, match="no image files"):
-        data.prepare_patches([str(tmp_path / "empty")], str(tmp_path / "out"), progress=False)
-    with pytest.raises(data.ShardError, match="compression"):
-        data.prepare_patches([str(tmp_path)], str(tmp_path / "out"), compression="bogus")
+    with pytest.raises(reader.ShardError, match="no image files"):
+        prepare.prepare_patches([str(tmp_path / "empty")], str(tmp_path / "out"), progress=False)
+    with pytest.raises(reader.ShardError, match="compression"):
+        prepare.prepare_patches([str(tmp_path)], str(tmp_path / "out"), compression="bogus")
     (tmp_path / "half").mkdir()
     (tmp_path / "half" / "part-00000.parquet").write_bytes(b"PAR1")
-    with pytest.raises(data.ShardError, match="did not finish"):
-        data.read_patches(str(tmp_path / "half"))
+    with pytest.raises(reader.ShardError, match="did not finish"):
+        reader.read_patches(str(tmp_path / "half"))
 
 
 def test_job_grid_mode_skipping_small_images(ray_local, corpus, tmp_path, capsys):
@@ -225,7 +226,7 @@ def test_job_grid_mode_skipping_small_images(ray_local, corpus, tmp_path, capsys
     spec.loader.exec_module(job)
     args = [str(corpus[0]), "--out", str(tmp_path), "--patch-size", "16", "--grid"]
     assert job.main([*args, "--small", "skip", "--no-progress"]) == 0
-    manifest = data.load_manifest(str(tmp_path))
+    manifest = reader.load_manifest(str(tmp_path))
     # 16x16 tiles from the corner: cmyk 40x30 -> 2x1, gray16 33x21 -> 2x1, palette 20x24 -> 1,
     # gray 17x40 -> 1x2, rotated 24x40 -> 1x2, anim 18x18 -> 1, deep 20x20 -> 1.
     assert sum(manifest["sources"].values()) == 2 + 2 + 1 + 2 + 2 + 1 + 1
@@ -245,7 +246,7 @@ def _keys(batch) -> list[tuple[str, int, int]]:
 
 def test_reading_yields_every_patch_once_per_epoch_with_two_read_workers(shards):
     out, manifest = shards
-    train, val = data.read_patches(str(out), val_fraction=0.25, concurrency=2)
+    train, val = reader.read_patches(str(out), val_fraction=0.25, concurrency=2)
     expected = Counter((r["source"], r["x"], r["y"]) for r in read_rows(out))
     for _epoch in range(2):
         seen = Counter()
@@ -259,12 +260,12 @@ def test_reading_yields_every_patch_once_per_epoch_with_two_read_workers(shards)
 
 def test_a_shard_of_several_row_groups_is_read_whole(ray_local, corpus, tmp_path):
     spec = PatchSpec(patch_size=P, mode="grid", stride=1)  # 40x30 image: 25 x 15 = 375 tiles
-    manifest = data.prepare_patches(
+    manifest = prepare.prepare_patches(
         [str(corpus[0] / "cmyk.jpg")], str(tmp_path), spec, rows_per_shard=1000, progress=False
     )
     assert [s["rows"] for s in manifest["shards"]] == [375]
     assert pq.read_metadata(tmp_path / "part-00000.parquet").num_row_groups == 2
-    train, _ = data.read_patches(str(tmp_path), val_fraction=0.0)
+    train, _ = reader.read_patches(str(tmp_path), val_fraction=0.0)
     seen = Counter(k for batch in train.iter_batches(batch_size=100) for k in _keys(batch))
     assert seen == Counter((r["source"], r["x"], r["y"]) for r in read_rows(tmp_path))
     read_tasks = re.search(r"MapBatches\(_read_row_groups\): (\d+) tasks", train.stats())
@@ -272,13 +273,13 @@ def test_a_shard_of_several_row_groups_is_read_whole(ray_local, corpus, tmp_path
     # A manifest from before "row_group_rows" was recorded: the footers say the same.
     del manifest["row_group_rows"]
     (tmp_path / "_manifest.json").write_text(json.dumps(manifest))
-    train, _ = data.read_patches(str(tmp_path), val_fraction=0.0)
+    train, _ = reader.read_patches(str(tmp_path), val_fraction=0.0)
     assert Counter(k for batch in train.iter_batches(batch_size=100) for k in _keys(batch)) == seen
 
 
 def test_two_training_workers_share_an_epoch_without_overlap(shards):
     out, manifest = shards
-    train, _ = data.read_patches(str(out), val_fraction=0.25, concurrency=2)
+    train, _ = reader.read_patches(str(out), val_fraction=0.25, concurrency=2)
     train_sources = set(split_sources(manifest["sources"], 0.25)[0])
     expected = Counter((r["source"], r["x"], r["y"]) for r in read_rows(out))
     expected = Counter({k: n for k, n in expected.items() if k[0] in train_sources})
@@ -301,7 +302,7 @@ def test_two_training_workers_share_an_epoch_without_overlap(shards):
 def test_split_by_source_flips_only_training_and_batches_are_nchw_floats(shards):
     out, manifest = shards
     stored = {(r["source"], r["x"], r["y"]): r["patch"] for r in read_rows(out)}
-    train, val = data.read_patches(str(out), val_fraction=0.25, seed=0)
+    train, val = reader.read_patches(str(out), val_fraction=0.25, seed=0)
     train_rows, val_rows = train.take_all(), val.take_all()
     train_src = {r["source"] for r in train_rows}
     val_src = {r["source"] for r in val_rows}
@@ -319,7 +320,7 @@ def test_split_by_source_flips_only_training_and_batches_are_nchw_floats(shards)
         flipped += not np.array_equal(row["image"], src)
     assert flipped > 0
 
-    batches = list(data.iter_patch_batches(val, batch_size=4))
+    batches = list(reader.iter_patch_batches(val, batch_size=4))
     assert [len(b) for b in batches[:-1]] == [4] * (len(batches) - 1)
     tensor = torch.cat(batches)
     assert tensor.dtype == torch.float32 and tensor.is_contiguous()
@@ -333,14 +334,14 @@ def test_a_worker_holding_all_but_half_a_cpu_is_still_fed(shards):
     """On the 4-logical-CPU cluster a training worker takes 3.5 CPUs; 0.25-CPU read tasks
     still run beside it (with 1-CPU read tasks this hangs)."""
     out, manifest = shards
-    train, _ = data.read_patches(str(out), val_fraction=0.25)
+    train, _ = reader.read_patches(str(out), val_fraction=0.25)
     shard = train.streaming_split(1)[0]
     train_sources = split_sources(manifest["sources"], 0.25)[0]
     n_train = sum(manifest["sources"][s] for s in train_sources)
 
     @ray.remote(num_cpus=3.5)
     def training_worker(shard) -> int:
-        epochs = (data.iter_patch_batches(shard, 4, shuffle_buffer=8) for _ in range(2))
+        epochs = (reader.iter_patch_batches(shard, 4, shuffle_buffer=8) for _ in range(2))
         return sum(len(batch) for epoch in epochs for batch in epoch)
 
     assert ray.get(training_worker.remote(shard), timeout=120) == 2 * n_train

@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from caeadmm import evaluate, rd
+from caeadmm import rd
 from caeadmm.cli import main as cli_main
+from caeadmm.distributed import evaluate
 
 CODECS = {"jpeg": [10, 50, 90], "webp": [10, 50, 90]}
 SHAPES = [(40, 56), (33, 47), (64, 64)]

@@ -31,7 +31,7 @@ train_ray = pytest.importorskip("caeadmm.train_ray")
 from caeadmm.admm import ADMM  # noqa: E402
 from caeadmm.checkpoint import load_checkpoint, load_model  # noqa: E402
 from caeadmm.config import load_config  # noqa: E402
-from caeadmm.data import MANIFEST_FORMAT, MANIFEST_NAME  # noqa: E402
+from caeadmm.distributed.shards import MANIFEST_FORMAT, MANIFEST_NAME  # noqa: E402
 from caeadmm.training import Schedule  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -12,14 +12,7 @@ import functools
 from pathlib import Path
 
 from caeadmm.bitstream import DEFAULT_MAX_PIXELS
-from caeadmm.cli.compress import (
-    UsageError,
-    add_common_options,
-    cached_model,
-    execute,
-    plan,
-    usage_error,
-)
+from caeadmm.cli import common
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -34,8 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "-o", "--output", metavar="FILE|DIR",
         help="output image (one input file; its extension picks the format) or directory",
     )
-    add_common_options(p, model_help="registered model name or checkpoint path (default: the "
-                       "registered model whose fingerprint the stream names)")
+    common.add_common_options(p, model_help="registered model name or checkpoint path "
+                              "(default: the registered model whose fingerprint the stream names)")
     p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
                    help=f"refuse streams of larger images (default {DEFAULT_MAX_PIXELS})")
     p.set_defaults(func=run)
@@ -45,14 +38,14 @@ def run(args: argparse.Namespace) -> int:
     from caeadmm.zoo import ModelLoadError
 
     try:
-        pairs, errors = plan(args.inputs, args.output, ".png", _cae_files)
+        pairs, errors = common.plan(args.inputs, args.output, ".png", _cae_files)
         if args.model is not None:
-            cached_model(args.model)  # fail early, once, if the model is unusable
-    except (UsageError, ModelLoadError) as exc:
-        return usage_error("decompress", str(exc))
+            common.cached_model(args.model)  # fail early, once, if the model is unusable
+    except (common.UsageError, ModelLoadError) as exc:
+        return common.usage_error("decompress", str(exc))
     task = functools.partial(decompress_one, model=args.model, overwrite=args.force,
                              max_pixels=args.max_pixels)
-    return execute("decompress", pairs, errors, task, args.workers)
+    return common.execute("decompress", pairs, errors, task, args.workers)
 
 
 def decompress_one(
@@ -73,11 +66,11 @@ def decompress_one(
                 "is not registered; pass --model PATH to its checkpoint"
             )
         model = info.name
-    image = decompress(data, cached_model(model), max_pixels=max_pixels)
+    image = decompress(data, common.cached_model(model), max_pixels=max_pixels)
     save_image(dst, image, overwrite=overwrite)
     mode = "L" if image.ndim == 2 else "RGB"
     return f"{src} -> {dst}: {image.shape[1]}x{image.shape[0]} {mode}"
 
 
-def _cae_files(paths: list[str]) -> list[Path]:
-    return sorted(p for p in Path(paths[0]).rglob("*.cae") if p.is_file())
+def _cae_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*.cae") if p.is_file())

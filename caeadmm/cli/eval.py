@@ -1,8 +1,8 @@
 """`caeadmm eval DATASET --codecs cae:MODEL,jpeg,webp,jpeg2000,avif --out DIR`.
 
-Rate-distortion evaluation of codecs over an image set, spread over the Ray cluster this process
-is connected to (RAY_ADDRESS or --address), or over an embedded local Ray. See
-docs/evaluation.md for the protocol and the files written into DIR.
+Rate-distortion evaluation of codecs over an image set, spread over the Ray cluster named by
+--address or RAY_ADDRESS, else over a local Ray of its own. See docs/evaluation.md for the
+protocol and the files written into DIR.
 """
 
 from __future__ import annotations
@@ -31,8 +31,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-published", action="store_true",
         help="leave the shipped published curves (caeadmm/references) off the plots",
     )
-    parser.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
-    parser.add_argument("--num-cpus", type=int, help="CPUs of the embedded local Ray")
+    parser.add_argument(
+        "--address", help="Ray cluster to join (default: $RAY_ADDRESS, else a local Ray of its own)"
+    )
+    parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (without a cluster)")
     parser.add_argument("--cpus-per-task", type=float, default=1.0, help="(default: 1)")
     parser.add_argument("--max-bpp", type=float, default=2.0, help="plot range (default: 2)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -40,7 +42,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run the evaluation; exit code 0 if every point was measured, 1 if some failed, 2 if none."""
-    from caeadmm import baselines, evaluate, rd
+    from caeadmm import baselines, rd
+    from caeadmm.distributed import evaluate
 
     try:
         codecs = baselines.parse_codecs(args.codecs)

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from caeadmm.bitstream import Header, parse
-from caeadmm.cli.compress import EXIT_FAILED, EXIT_OK
+from caeadmm.cli.common import EXIT_FAILED, EXIT_OK
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from caeadmm.cli.compress import EXIT_OK, usage_error
+from caeadmm.cli.common import EXIT_OK, usage_error
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

@@ -7,15 +7,15 @@ one result row. Rows come back as they finish (a tqdm bar over `ray.wait`), then
 
 Each task asks for `cpus_per_task` CPUs (1 by default) and limits torch and the AVIF codec to
 that many threads, so timings are comparable and tasks do not oversubscribe a node. Connected to
-a cluster (RAY_ADDRESS, `ray job submit`, or `address=`) the tasks spread over it; otherwise an
-embedded Ray starts for the run and stops after it, with its logging kept off the terminal.
+a cluster (`address=`, RAY_ADDRESS, `ray job submit`) the tasks spread over it; otherwise a
+local Ray of this process's own starts for the run and stops after it
+(`caeadmm.distributed.session.connect`).
 A task that fails (a corrupt image, a codec error) costs only its own row: failures are
 collected, written to failures.csv and reported, the other points still count.
 """
 
 from __future__ import annotations
 
-import logging
 import os
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from caeadmm import rd
 from caeadmm.baselines import Setting, measure
+from caeadmm.distributed.session import connect
 from caeadmm.images import list_images, load_rgb
 
 
@@ -63,26 +64,6 @@ def _image_name(path: Path, roots: Sequence[Path]) -> str:
         if root.is_dir() and path.is_relative_to(root):
             return path.relative_to(root).as_posix()
     return path.name
-
-
-def start_ray(address: str | None = None, num_cpus: int | None = None) -> bool:
-    """Connect to (or start) Ray unless already connected; True if this call did (then the
-    caller disconnects with ray.shutdown(), which stops an embedded Ray, not a cluster).
-
-    `num_cpus` sizes an embedded Ray only; a cluster (address or RAY_ADDRESS) has its own.
-    """
-    if ray.is_initialized():
-        return False
-    joining = address or os.environ.get("RAY_ADDRESS")
-    ray.init(
-        address=address,
-        num_cpus=None if joining else num_cpus,
-        include_dashboard=False,
-        log_to_driver=False,
-        configure_logging=True,
-        logging_level=logging.ERROR,
-    )
-    return True
 
 
 def evaluate(
@@ -167,7 +148,7 @@ def run(
     images = list_images(roots)
     if not images:
         raise EvaluationError(f"no image files under {', '.join(map(str, dataset))}")
-    started = start_ray(address, num_cpus)
+    started = connect(address, num_cpus)
     try:
         rows, failures = evaluate(
             images, codecs, roots=roots, cpus_per_task=cpus_per_task, progress=progress

@@ -15,12 +15,10 @@ paths on every node (shared storage), or the model a registered name.
 
 from __future__ import annotations
 
-import contextlib
 import io
-import logging
 import os
 import sys
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,13 +26,13 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
-from ray.data import DataContext
 from tqdm import tqdm
 
 from caeadmm import bitstream, image_codec, zoo
-from caeadmm.data import init_ray
+from caeadmm.distributed.session import connect, quiet_data
 from caeadmm.files import is_temp_file, write_atomic
 from caeadmm.images import list_images
+from caeadmm.inputs import plan_outputs
 
 MANIFEST_SCHEMA = pa.schema([
     ("source", pa.string()),
@@ -74,11 +72,14 @@ def compress_corpus(
       has GPUs, else 0);
     - manifest: Parquet path (default OUTPUT_DIR/manifest.parquet);
     - progress: a progress bar on stderr; on_row: called with each new manifest row.
-    Connects to Ray (caeadmm.data.init_ray) if this process is not connected yet.
+    Connects to Ray (`caeadmm.distributed.session.connect`) if this process is not yet.
     """
     output_dir = Path(output_dir)
     manifest = Path(manifest) if manifest else output_dir / "manifest.parquet"
-    pairs, rows = _plan(inputs, output_dir)
+    pairs, errors = plan_outputs(
+        list(inputs), ".cae", lambda root: list_images([root]), output_dir=output_dir
+    )
+    rows = [_row(str(src), "", error=message) for src, message in errors]
     _remove_temp_files({dst.parent for _, dst in pairs})
     todo = []
     for src, dst in pairs:
@@ -135,7 +136,7 @@ def _run_actors(
 ) -> Iterable[dict]:
     if not todo:
         return
-    init_ray()  # nothing to do when the caller (or jobs/compress.py) is connected already
+    connect()  # nothing to do when the caller (or jobs/compress.py) is connected already
     if num_gpus is None:
         num_gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
     ds = ray.data.from_items(todo, override_num_blocks=min(len(todo), 2000))
@@ -149,46 +150,8 @@ def _run_actors(
         num_cpus=num_cpus,
         num_gpus=num_gpus,
     )
-    with _quiet_ray_data():
+    with quiet_data():
         yield from ds.iter_rows()
-
-
-@contextlib.contextmanager
-def _quiet_ray_data() -> Iterator[None]:
-    """Ray Data's own progress bars and log lines off (the caller shows per-file progress)."""
-    ctx = DataContext.get_current()
-    data_logger = logging.getLogger("ray.data")
-    saved = ctx.enable_progress_bars, data_logger.level
-    ctx.enable_progress_bars = False
-    data_logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        ctx.enable_progress_bars = saved[0]
-        data_logger.setLevel(saved[1])
-
-
-def _plan(
-    inputs: Iterable[str | os.PathLike], output_dir: Path
-) -> tuple[list[tuple[Path, Path]], list[dict]]:
-    """(source, output) pairs, and failed rows for inputs that cannot be planned."""
-    pairs, rows, taken = [], [], {}
-    for arg in map(Path, inputs):
-        if arg.is_dir():
-            found = [(f, f.relative_to(arg)) for f in list_images([arg])]
-        elif arg.exists():
-            found = [(arg, Path(arg.name))]
-        else:
-            rows.append(_row(str(arg), "", error="not found"))
-            continue
-        for src, rel in found:
-            dst = (output_dir / rel).with_suffix(".cae")
-            if dst in taken:
-                rows.append(_row(str(src), "", error=f"same output as {taken[dst]}"))
-            else:
-                taken[dst] = src
-                pairs.append((src, dst))
-    return pairs, rows
 
 
 def _done_row(src: Path, dst: Path) -> dict | None:
