@@ -160,7 +160,8 @@ def run(
         first = failures["error"].iloc[0] if len(failures) else "no result"
         raise EvaluationError(f"every point failed; first error: {first}")
     rows = _order(rows, codecs)
-    paths = rd.write_report(rows, out_dir, references, max_bpp)
+    image_set = ", ".join(root.resolve().name for root in roots)
+    paths = rd.write_report(rows, out_dir, references, max_bpp, image_set=image_set)
     if len(failures):
         paths["failures_csv"] = Path(out_dir) / "failures.csv"
         failures.to_csv(paths["failures_csv"], index=False)
