@@ -14,7 +14,6 @@ Exit status: 0 done, 1 the run failed, 2 bad configuration or data.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import ray
@@ -22,7 +21,7 @@ from ray.train import TrainingFailedError
 
 from caeadmm.config import ConfigError, load_config
 from caeadmm.data import ShardError, init_ray
-from caeadmm.train_ray import (
+from caeadmm.distributed.train import (
     CHECKPOINT_FILE,
     KEEP_CHECKPOINTS,
     LOG_FILE,
@@ -30,6 +29,7 @@ from caeadmm.train_ray import (
     MODEL_FILE,
     TrainRayError,
     fit,
+    local_cpus,
     storage_path,
 )
 
@@ -52,12 +52,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or local)")
     return parser
-
-
-def local_cpus() -> int:
-    """Logical CPUs of the embedded local Ray: 2 per core, at least 4, so that Ray Data's
-    read tasks find room beside the training workers (as cluster/start-local.sh does)."""
-    return max(4, 2 * (os.cpu_count() or 1))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -85,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             keep_checkpoints=args.keep_checkpoints if args.keep_checkpoints > 0 else None,
             log=lambda line: print(f"[train] {line}", flush=True),
         )
-    except (TrainRayError, ShardError) as exc:
+    except (TrainRayError, ShardError, ConfigError) as exc:
         print(f"[train] cannot start: {exc}", file=sys.stderr)
         return 2
     except TrainingFailedError as exc:
