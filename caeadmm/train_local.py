@@ -6,7 +6,9 @@ the batch for step s is B random P x P crops, each flipped left-right with proba
 drawn from a generator seeded by (seed, s). The batches are therefore a pure function of the
 step, so a resumed run sees exactly the batches the crashed one would have. A torch
 DataLoader (with `loader_workers` processes) cuts them ahead of the training step. The
-validation patches are `eval_patches` crops drawn the same way from seed (seed, 1).
+validation patches are `eval_patches` crops drawn the same way from seed (seed, 1); they are
+measured around the hard prune and at the end, not at every log step (the log's val_*
+columns stay empty: the log step stays cheap for short GPU runs, see scripts/gpu_train.py).
 
 Output directory:
 - `checkpoint.pt`: the latest full checkpoint (every `checkpoint_every` steps and at the end);
@@ -142,7 +144,7 @@ def train(
 
     summary = train_loop.train(
         cfg, loader, device=device, val=val, report=report, log_path=out / LOG_FILE,
-        resume=ckpt, log=log,
+        resume=ckpt, log=log, log_validation=False,
     )
     export_model(ckpt_path, out / MODEL_FILE)
     (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2))

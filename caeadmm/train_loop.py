@@ -108,16 +108,18 @@ def train(
     wrap: Callable[[CAE], nn.Module] | None = None,
     log: Callable[[str], None] = print,
     debug: Debug | None = None,
+    log_validation: bool = True,
 ) -> dict[str, Any]:
     """Train (or resume) the run `cfg` describes; returns its summary (also in checkpoints).
 
     data: the batches (B, 3, P, P) in [0, 1] of the steps from the resumed step on.
-    val: fixed validation patches (N, 3, P, P), measured at every log step and around the
-      hard prune (None: not measured, e.g. on ranks other than 0).
+    val: fixed validation patches (N, 3, P, P), measured around the hard prune, at the end
+      and, with `log_validation`, at every log step (the VAL_COLUMNS of the log: coded bpp
+      and 8-bit quality, which cost CPU time); None: not measured (ranks other than 0).
     report: called every `checkpoint_every` steps and at the end (see `Report`).
     log_path: the CSV run log (None: none, e.g. on ranks other than 0).
     resume: a loaded checkpoint to continue from. wrap: applied to the CAE before the
-      optimizer is built (DDP). log: progress lines.
+      optimizer is built (DDP). log: progress lines. debug: see `Debug`.
     """
     rank, world = rank_and_world()
     if cfg.threads > 0:
@@ -183,7 +185,7 @@ def train(
         if done % cfg.log_every == 0 or done == schedule.total:
             row = window_means(window, device) | admm_stats
             row["patches_per_s"] = len(window) * cfg.batch_size * world / max(train_seconds, 1e-9)
-            row |= validation_row(net, val)
+            row |= validation_row(net, val if log_validation else None)
             row |= {"step": done, "elapsed_s": time.perf_counter() - t_start}
             run_log.append(row)
             log(progress_line(row, schedule.total))
