@@ -10,6 +10,7 @@ never touches this process's Ray (nor uses the session's `ray_local`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
 import json
 import os
@@ -29,9 +30,10 @@ torch = pytest.importorskip("torch")
 ray_train = pytest.importorskip("caeadmm.distributed.train")
 
 from caeadmm.admm import ADMM  # noqa: E402
-from caeadmm.checkpoint import load_checkpoint, load_model  # noqa: E402
-from caeadmm.config import load_config  # noqa: E402
+from caeadmm.checkpoint import load_checkpoint, load_model, save_checkpoint  # noqa: E402
+from caeadmm.config import ConfigError, load_config  # noqa: E402
 from caeadmm.data import MANIFEST_FORMAT, MANIFEST_NAME  # noqa: E402
+from caeadmm.model import CAE  # noqa: E402
 from caeadmm.train_loop import (  # noqa: E402
     ConsensusError,
     Schedule,
@@ -100,6 +102,19 @@ def test_fit_refuses_shards_of_another_patch_size(tmp_path):
                               "model.patch_size=48"])  # fmt: skip
     with pytest.raises(ray_train.TrainRayError, match="32 px patches"):
         ray_train.fit(cfg)
+
+
+def test_fit_refuses_init_from_a_model_of_another_config(tmp_path):
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    manifest = {"format": MANIFEST_FORMAT, "patch_size": 32, "shards": [], "sources": {}}
+    (shards / MANIFEST_NAME).write_text(json.dumps(manifest))
+    cfg = load_config(SMOKE, [f"shards={shards}", f"storage_path={tmp_path}"])
+    other = dataclasses.replace(cfg.model, latent_channels=4)
+    path = save_checkpoint(tmp_path / "other.pt", model=CAE(other), admm=None, optimizer=None,
+                           step=0, config=cfg)  # fmt: skip
+    with pytest.raises(ConfigError, match="holds a model of config"):
+        ray_train.fit(dataclasses.replace(cfg, init_from=str(path)))
 
 
 def test_job_refuses_a_bad_override(capsys):

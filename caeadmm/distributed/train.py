@@ -90,8 +90,7 @@ def fit(
     Z and U and, on local storage, saves each worker's consensus inputs under `debug/`.
     `log` receives rank 0's progress lines (None: silent). Raises TrainRayError for a bad
     set-up, ConfigError for an `init_from` model of another config, and
-    ray.train.TrainingFailedError when the run fails more than `max_failures`
-    times.
+    ray.train.TrainingFailedError when the run fails more than `max_failures` times.
     """
     if not cfg.shards:
         raise TrainRayError(
