@@ -87,6 +87,14 @@ def _log_steps(run: Path) -> list[int]:
 # Set-up errors (no training)
 
 
+def _empty_shards(folder: Path, patch_size: int) -> Path:
+    """A shard folder whose manifest names no shards (set-up checks only)."""
+    folder.mkdir()
+    manifest = {"format": MANIFEST_FORMAT, "patch_size": patch_size, "shards": [], "sources": {}}
+    (folder / MANIFEST_NAME).write_text(json.dumps(manifest))
+    return folder
+
+
 def test_fit_needs_shards(tmp_path):
     cfg = load_config(SMOKE, [f"storage_path={tmp_path}"])
     with pytest.raises(ray_train.TrainRayError, match="shards"):
@@ -94,10 +102,7 @@ def test_fit_needs_shards(tmp_path):
 
 
 def test_fit_refuses_shards_of_another_patch_size(tmp_path):
-    shards = tmp_path / "shards"
-    shards.mkdir()
-    manifest = {"format": MANIFEST_FORMAT, "patch_size": 32, "shards": [], "sources": {}}
-    (shards / MANIFEST_NAME).write_text(json.dumps(manifest))
+    shards = _empty_shards(tmp_path / "shards", patch_size=32)
     cfg = load_config(SMOKE, [f"shards={shards}", f"storage_path={tmp_path}",
                               "model.patch_size=48"])  # fmt: skip
     with pytest.raises(ray_train.TrainRayError, match="32 px patches"):
@@ -105,10 +110,7 @@ def test_fit_refuses_shards_of_another_patch_size(tmp_path):
 
 
 def test_fit_refuses_init_from_a_model_of_another_config(tmp_path):
-    shards = tmp_path / "shards"
-    shards.mkdir()
-    manifest = {"format": MANIFEST_FORMAT, "patch_size": 32, "shards": [], "sources": {}}
-    (shards / MANIFEST_NAME).write_text(json.dumps(manifest))
+    shards = _empty_shards(tmp_path / "shards", patch_size=32)
     cfg = load_config(SMOKE, [f"shards={shards}", f"storage_path={tmp_path}"])
     other = dataclasses.replace(cfg.model, latent_channels=4)
     path = save_checkpoint(tmp_path / "other.pt", model=CAE(other), admm=None, optimizer=None,
