@@ -7,9 +7,9 @@ PyTorch loop, on the same model, batch size and patches, in the same run.
 The patches are cut from --images (default: the sample photos shipped in caeadmm/samples)
 into Parquet shards once. Contenders, interleaved run by run so that a change in machine
 load hits them all alike:
-- single process: `training.train_step` (and the ADMM update) on batches drawn from the
+- single process: `train_loop.train_step` (and the ADMM update) on batches drawn from the
   training patches held in memory as one tensor: no data loading at all, the best case;
-- Ray Train with N workers: `caeadmm.train_ray.fit` on an embedded local Ray, the batches
+- Ray Train with N workers: `caeadmm.distributed.train.fit` on an embedded local Ray, the batches
   streamed by Ray Data from the shards, DDP between the workers.
 All run the ADMM phase (full distortion + penalty, an update every 10 steps) with --threads
 torch threads per worker (default 1). The single-process loop runs inside one Ray task, so
@@ -38,12 +38,12 @@ import torch
 
 from caeadmm.config import TrainConfig, load_config
 from caeadmm.distributed.prepare import prepare_patches
-from caeadmm.distributed.session import connect, quiet_data
+from caeadmm.distributed.session import connect, local_cpus, quiet_data
 from caeadmm.distributed.shards import iter_patch_batches, read_patches
+from caeadmm.distributed.train import LOG_FILE, fit
 from caeadmm.model import CAE
 from caeadmm.patches import PatchSpec
-from caeadmm.train_ray import LOG_FILE, fit
-from caeadmm.training import Schedule, admm_update, make_optimizer, new_admm, train_step
+from caeadmm.train_loop import Schedule, admm_update, make_optimizer, new_admm, train_step
 
 SAMPLES = Path(__file__).resolve().parents[1] / "caeadmm" / "samples"
 
@@ -95,7 +95,7 @@ def ray_rate(cfg: TrainConfig, workers: int, threads: int, run_name: str) -> flo
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     cores = os.cpu_count() or 1
-    connect(num_cpus=max(4, 2 * cores))
+    connect(num_cpus=local_cpus())
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
     shards = work / "shards"
     prepare_patches([args.images], str(shards), PatchSpec(patch_size=args.patch_size, crops=64),

@@ -22,7 +22,7 @@ import torch
 
 from caeadmm.config import load_config
 from caeadmm.model import CAE
-from caeadmm.training import Schedule, admm_update, make_optimizer, new_admm, train_step
+from caeadmm.train_loop import Schedule, admm_update, make_optimizer, new_admm, train_step
 
 
 def median_time(fn, repeats: int) -> float:

@@ -80,7 +80,7 @@ class TrainConfig:
 
     Schedule (steps are optimizer steps, numbered from 0): `warmup_steps` of MSE-only
     training, then `admm_steps` with the full distortion plus the ADMM penalty, then the hard
-    prune and `finetune_steps` of masked training without the penalty. See training.Schedule.
+    prune and `finetune_steps` of masked training without the penalty. See train_loop.Schedule.
     """
 
     model: ModelConfig = field(default_factory=ModelConfig)

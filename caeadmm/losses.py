@@ -21,6 +21,8 @@ from __future__ import annotations
 import torch
 from pytorch_msssim import ms_ssim, ssim
 
+from caeadmm.config import TrainConfig
+
 SSIM_WINDOW = 11
 MS_SSIM_MAX_WINDOW = 11
 
@@ -40,10 +42,19 @@ def ms_ssim_window(side: int) -> int:
     return window
 
 
-def psnr(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Per-image PSNR in dB for images in [0, 1], shape (B,); MSE floored at 1e-10."""
-    mse = (x_hat - x).square().flatten(1).mean(dim=1)
+def per_image_mse(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Mean squared error of each image of a batch, shape (B,)."""
+    return (x_hat - x).square().flatten(1).mean(dim=1)
+
+
+def psnr_of_mse(mse: torch.Tensor) -> torch.Tensor:
+    """PSNR in dB of MSEs of images in [0, 1] (peak 1.0); MSE floored at 1e-10."""
     return -10.0 * torch.log10(mse.clamp_min(1e-10))
+
+
+def psnr(x_hat: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Per-image PSNR in dB for images in [0, 1], shape (B,)."""
+    return psnr_of_mse(per_image_mse(x_hat, x))
 
 
 def distortion(
@@ -91,3 +102,19 @@ def distortion(
         "msssim": float(msssim_value.detach()) if msssim_value is not None else float("nan"),
     }
     return loss, terms
+
+
+def compute_loss(
+    x_hat: torch.Tensor, x: torch.Tensor, cfg: TrainConfig, *, warmup: bool
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The training objective of one batch without the ADMM penalty: (scalar loss, its terms
+    as floats for the logs). The warm-up trains on w_mse * MSE alone.
+
+    Every term of the objective is added here (the ADMM penalty is the loop's), so a new
+    one, such as a rate term, changes this function and the model's outputs only.
+    """
+    loss, terms = distortion(
+        x_hat, x, w_msssim=cfg.w_msssim, w_ssim=cfg.w_ssim, w_mse=cfg.w_mse, w_psnr=cfg.w_psnr,
+        psnr_ref=cfg.psnr_ref, mse_only=warmup,
+    )
+    return loss, {"distortion": float(loss.detach()), **terms}

@@ -9,8 +9,10 @@ masked model only takes P x P inputs (the codec tiles whole images itself).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -158,7 +160,7 @@ class CAE(nn.Module):
         whatever mode the module is in.
         """
         self._check_image(x)
-        with _eval_mode(self):
+        with eval_mode(self):
             latent = quantize(self.encoder(x), stochastic=False)
         return self._apply_mask(latent).to(torch.int32)
 
@@ -174,7 +176,7 @@ class CAE(nn.Module):
             raise InputShapeError("latent must be at least 2 x 2 (images of at least 16 px)")
         dtype = next(self.parameters()).dtype
         latent = latent.to(dtype).clamp(-LATENT_MAX, LATENT_MAX)
-        with _eval_mode(self):
+        with eval_mode(self):
             return self._decode_float(self._apply_mask(latent))
 
     def fingerprint(self) -> bytes:
@@ -232,15 +234,12 @@ def unwrap(model: nn.Module) -> CAE:
     return model
 
 
-class _eval_mode:
-    """Context manager: put a module in eval mode, restore its previous mode on exit."""
-
-    def __init__(self, module: nn.Module):
-        self.module = module
-
-    def __enter__(self) -> None:
-        self.was_training = self.module.training
-        self.module.eval()
-
-    def __exit__(self, *exc: object) -> None:
-        self.module.train(self.was_training)
+@contextlib.contextmanager
+def eval_mode(module: nn.Module) -> Iterator[None]:
+    """Put `module` in eval mode for the block; its previous mode comes back after."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)

@@ -14,16 +14,15 @@ Exit status: 0 done, 1 the run failed, 2 bad configuration or data.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import ray
 from ray.train import TrainingFailedError
 
 from caeadmm.config import ConfigError, load_config
-from caeadmm.distributed.session import connect
+from caeadmm.distributed.session import connect, local_cpus
 from caeadmm.distributed.shards import ShardError
-from caeadmm.train_ray import (
+from caeadmm.distributed.train import (
     CHECKPOINT_FILE,
     KEEP_CHECKPOINTS,
     LOG_FILE,
@@ -55,12 +54,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def local_cpus() -> int:
-    """Logical CPUs of the embedded local Ray: 2 per core, at least 4, so that Ray Data's
-    read tasks find room beside the training workers (as cluster/start-local.sh does)."""
-    return max(4, 2 * (os.cpu_count() or 1))
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_intermixed_args(argv)  # overrides may come before or after options
@@ -86,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             keep_checkpoints=args.keep_checkpoints if args.keep_checkpoints > 0 else None,
             log=lambda line: print(f"[train] {line}", flush=True),
         )
-    except (TrainRayError, ShardError) as exc:
+    except (TrainRayError, ShardError, ConfigError) as exc:
         print(f"[train] cannot start: {exc}", file=sys.stderr)
         return 2
     except TrainingFailedError as exc:

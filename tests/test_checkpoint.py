@@ -18,7 +18,14 @@ from caeadmm.checkpoint import (
 )
 from caeadmm.config import ModelConfig, load_config
 from caeadmm.model import CAE
-from caeadmm.training import Schedule, admm_update, hard_prune, make_optimizer, new_admm, train_step
+from caeadmm.train_loop import (
+    Schedule,
+    admm_update,
+    hard_prune,
+    make_optimizer,
+    new_admm,
+    train_step,
+)
 
 SMOKE = ["model.preset=tiny", "batch_size=2", "warmup_steps=1", "admm_steps=2",
          "finetune_steps=1", "admm_every=1", "pruning_ratio=0.5", "w_msssim=0"]

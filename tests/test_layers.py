@@ -17,7 +17,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 NOT_CORE = {
     "caeadmm.__main__",  # runs the CLI on import
-    "caeadmm.train_ray",  # the Ray Train driver, until it moves into caeadmm/distributed/
 }
 
 

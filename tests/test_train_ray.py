@@ -1,5 +1,5 @@
-"""caeadmm.train_ray and jobs/train.py on real Ray: the ADMM consensus across two nodes,
-recovery from a worker failure, resubmitting a run, and `ray job submit`.
+"""caeadmm.distributed.train and jobs/train.py on real Ray: the ADMM consensus across two
+nodes, recovery from a worker failure, resubmitting a run, and `ray job submit`.
 
 Training runs on a two-node test cluster (a head with the job server and a second raylet,
 started with `ray start --block` in subprocesses, with their own ports and temp dir), driven
@@ -10,6 +10,7 @@ never touches this process's Ray (nor uses the session's `ray_local`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
 import json
 import os
@@ -26,13 +27,19 @@ from PIL import Image
 
 pytest.importorskip("ray")
 torch = pytest.importorskip("torch")
-train_ray = pytest.importorskip("caeadmm.train_ray")
+ray_train = pytest.importorskip("caeadmm.distributed.train")
 
 from caeadmm.admm import ADMM  # noqa: E402
-from caeadmm.checkpoint import load_checkpoint, load_model  # noqa: E402
-from caeadmm.config import load_config  # noqa: E402
+from caeadmm.checkpoint import load_checkpoint, load_model, save_checkpoint  # noqa: E402
+from caeadmm.config import ConfigError, load_config  # noqa: E402
 from caeadmm.distributed.shards import MANIFEST_FORMAT, MANIFEST_NAME  # noqa: E402
-from caeadmm.training import Schedule  # noqa: E402
+from caeadmm.model import CAE  # noqa: E402
+from caeadmm.train_loop import (  # noqa: E402
+    ConsensusError,
+    Schedule,
+    admm_update,
+    check_consensus,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "ray_smoke.yaml"
@@ -68,11 +75,11 @@ def shards(cluster, tmp_path_factory) -> Path:
 
 
 def _checkpoint(run: Path, step: int) -> dict:
-    return load_checkpoint(run / f"checkpoint_{step:07d}" / train_ray.CHECKPOINT_FILE)
+    return load_checkpoint(run / f"checkpoint_{step:07d}" / ray_train.CHECKPOINT_FILE)
 
 
 def _log_steps(run: Path) -> list[int]:
-    lines = (run / train_ray.LOG_FILE).read_text().splitlines()[1:]
+    lines = (run / ray_train.LOG_FILE).read_text().splitlines()[1:]
     return [int(float(line.split(",")[0])) for line in lines]
 
 
@@ -80,21 +87,36 @@ def _log_steps(run: Path) -> list[int]:
 # Set-up errors (no training)
 
 
+def _empty_shards(folder: Path, patch_size: int) -> Path:
+    """A shard folder whose manifest names no shards (set-up checks only)."""
+    folder.mkdir()
+    manifest = {"format": MANIFEST_FORMAT, "patch_size": patch_size, "shards": [], "sources": {}}
+    (folder / MANIFEST_NAME).write_text(json.dumps(manifest))
+    return folder
+
+
 def test_fit_needs_shards(tmp_path):
     cfg = load_config(SMOKE, [f"storage_path={tmp_path}"])
-    with pytest.raises(train_ray.TrainRayError, match="shards"):
-        train_ray.fit(cfg)
+    with pytest.raises(ray_train.TrainRayError, match="shards"):
+        ray_train.fit(cfg)
 
 
 def test_fit_refuses_shards_of_another_patch_size(tmp_path):
-    shards = tmp_path / "shards"
-    shards.mkdir()
-    manifest = {"format": MANIFEST_FORMAT, "patch_size": 32, "shards": [], "sources": {}}
-    (shards / MANIFEST_NAME).write_text(json.dumps(manifest))
+    shards = _empty_shards(tmp_path / "shards", patch_size=32)
     cfg = load_config(SMOKE, [f"shards={shards}", f"storage_path={tmp_path}",
                               "model.patch_size=48"])  # fmt: skip
-    with pytest.raises(train_ray.TrainRayError, match="32 px patches"):
-        train_ray.fit(cfg)
+    with pytest.raises(ray_train.TrainRayError, match="32 px patches"):
+        ray_train.fit(cfg)
+
+
+def test_fit_refuses_init_from_a_model_of_another_config(tmp_path):
+    shards = _empty_shards(tmp_path / "shards", patch_size=32)
+    cfg = load_config(SMOKE, [f"shards={shards}", f"storage_path={tmp_path}"])
+    other = dataclasses.replace(cfg.model, latent_channels=4)
+    path = save_checkpoint(tmp_path / "other.pt", model=CAE(other), admm=None, optimizer=None,
+                           step=0, config=cfg)  # fmt: skip
+    with pytest.raises(ConfigError, match="holds a model of config"):
+        ray_train.fit(dataclasses.replace(cfg, init_from=str(path)))
 
 
 def test_job_refuses_a_bad_override(capsys):
@@ -118,19 +140,20 @@ def _consensus_rank(rank: int, port: int, out: Path) -> None:
     latent = torch.arange(18.0).reshape(1, 2, 3, 3)
     latent = latent if rank == 0 else latent.flip(-1) - 4
     admm.accumulate(latent.repeat(rank + 1, 1, 1, 1))  # rank 0: 1 latent, rank 1: 2
-    train_ray.consensus_update(admm, world=2, rank=rank, step=0, debug=True)
+    admm_update(admm)
+    check_consensus(admm)
     result = {"Z": admm.Z.clone(), "U": admm.U.clone()}
     if rank == 1:
         admm.U[0, 0, 0] += 1e-6
     try:
-        train_ray.check_consensus(admm, world=2)
-    except train_ray.ConsensusError as exc:
+        check_consensus(admm)
+    except ConsensusError as exc:
         result["error"] = str(exc)
     torch.save(result, out / f"rank{rank}.pt")
     torch.distributed.destroy_process_group()
 
 
-def test_consensus_update_all_reduces_and_the_check_catches_drift(tmp_path):
+def test_admm_update_all_reduces_and_the_check_catches_drift(tmp_path):
     torch.multiprocessing.spawn(_consensus_rank, args=(_free_port(), tmp_path), nprocs=2)
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
     latent = torch.arange(18.0).reshape(2, 3, 3)
@@ -284,7 +307,7 @@ def test_worker_failure_resumes_with_admm_state_mask_and_step(cluster, shards, t
     assert torch.equal(final["model"]["mask"], final["admm"]["support"])
     # Rows the failed attempt logged after step 16 were dropped, then written again once.
     assert _log_steps(run) == [4, 8, 12, 16, 20]
-    model = load_model(run / "checkpoint_0000020" / train_ray.MODEL_FILE)
+    model = load_model(run / "checkpoint_0000020" / ray_train.MODEL_FILE)
     assert torch.equal(model.mask, final["admm"]["support"])
 
 
@@ -339,7 +362,7 @@ def test_ray_job_submit_trains_to_a_checkpoint(submitted):
     assert "RayTrainWorker" not in proc.stdout  # but none of Ray's worker chatter
     checkpoint = run / "checkpoint_0000016"
     assert f"latest checkpoint: {checkpoint}/checkpoint.pt" in proc.stdout
-    model = load_model(checkpoint / train_ray.MODEL_FILE)
+    model = load_model(checkpoint / ray_train.MODEL_FILE)
     assert model.mask is not None and int(model.mask.sum()) == ADMM(
         model.config.latent_shape(), 0.5, 1.0
     ).k

@@ -17,7 +17,7 @@ from caeadmm.cli import main as cli_main
 from caeadmm.config import ConfigError, ModelConfig, TrainConfig, load_config
 from caeadmm.model import CAE
 from caeadmm.train_local import TrainDataError, train
-from caeadmm.training import (
+from caeadmm.train_loop import (
     InjectedFailure,
     Schedule,
     admm_update,
@@ -293,6 +293,35 @@ def test_cli_trains_and_reports_bad_input(image_dir, tmp_path, capsys):
     assert "rho must not be negative" in capsys.readouterr().out
     assert cli_main(["train", "--config", str(CONFIGS / "smoke.yaml"), "--images",
                      str(tmp_path / "nothing"), "--out", str(out)]) == 2
+
+
+def test_init_from_starts_from_the_weights_and_refuses_another_model(image_dir, tmp_path):
+    lines: list[str] = []
+    train(smoke_config(image_dir, "finetune_steps=0"), tmp_path / "a", log=lambda _: None)
+    source = tmp_path / "a" / "model.pt"
+    zero_lr = smoke_config(image_dir, f"init_from={source}", "warmup_steps=1", "admm_steps=0",
+                           "finetune_steps=0", "lr=1e-30")  # fmt: skip
+    train(zero_lr, tmp_path / "b", log=lines.append)
+    assert f"initialised weights from {source}" in lines
+    start = load_model(source).state_dict()
+    after = load_model(tmp_path / "b" / "model.pt").state_dict()
+    assert all(torch.allclose(after[k].float(), v.float(), atol=1e-6) for k, v in start.items()
+               if "running" not in k and "num_batches" not in k)  # fmt: skip
+    other = smoke_config(image_dir, f"init_from={source}", "model.latent_channels=4")
+    with pytest.raises(ConfigError, match="init_from=.* holds a model of config"):
+        train(other, tmp_path / "c", log=lambda _: None)
+    assert cli_main(["train", "--config", str(CONFIGS / "smoke.yaml"), "--images",
+                     str(image_dir), "--out", str(tmp_path / "d"), f"init_from={source}",
+                     "model.latent_channels=4"]) == 2  # fmt: skip
+
+
+def test_the_run_logs_every_admm_update(image_dir, tmp_path):
+    lines: list[str] = []
+    train(smoke_config(image_dir), tmp_path, log=lines.append)
+    updates = [line for line in lines if line.startswith("ADMM update ")]
+    assert len(updates) == 3  # after steps 3, 7 and 11 (admm_every 4, 8 ADMM steps)
+    assert updates[0].startswith("ADMM update 1 after step 3: support of 144 slots")
+    assert "churn nan" in updates[0] and "churn nan" not in updates[1]
 
 
 def test_no_usable_images_is_a_clear_error(tmp_path):

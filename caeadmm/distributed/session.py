@@ -80,3 +80,9 @@ def quiet_data(*, progress: bool = False, preserve_order: bool | None = None) ->
         ctx.enable_progress_bars, ctx.print_on_execution_start, options.preserve_order = saved
         for handler, level in consoles:
             handler.setLevel(level)
+
+
+def local_cpus() -> int:
+    """Logical CPUs of an embedded local Ray: 2 per core, at least 4, so that Ray Data's
+    read tasks find room beside the training workers (as cluster/start-local.sh does)."""
+    return max(4, 2 * (os.cpu_count() or 1))
