@@ -146,7 +146,7 @@ class TrainConfig:
     # ADMM: rho multiplies the PER-SLOT mean squared residual (see admm.py).
     rho: float = 100.0
     pruning_ratio: float = 0.9
-    # What the projection keeps: whole "channel"s (default) or any "slot"s (DESIGN.md's
+    # What the projection keeps: whole "channel"s (default) or any "slot"s (the method's
     # literal rule, which does not settle on a real network; see admm.py).
     prune_structure: str = "channel"
     # Distortion weights (the paper's), and the PSNR reference of the (psnr_ref - PSNR) term.
