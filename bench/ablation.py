@@ -50,6 +50,9 @@ VARIANTS: dict[str, tuple[dict, float]] = {
     "rate-l8-gain": ({**RATE, "latent_gain": True}, 8.0),
     "rate-l8-gdn": ({**RATE, "norm": "gdn"}, 8.0),
     "rate-l8-laplacian": ({**RATE, "entropy_model": "laplacian"}, 8.0),
+    "rate-l128": (RATE, 128.0),
+    "rate-l128-gdn": ({**RATE, "norm": "gdn"}, 128.0),
+    "rate-l8-gdn-mixed": ({**RATE, "norm": "gdn", "train_rounding": "mixed"}, 8.0),
 }
 
 

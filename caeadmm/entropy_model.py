@@ -7,10 +7,10 @@ log2 stays finite; the estimated size of a latent is the sum of -log2 p over its
 Two families (docs/rate.md compares them):
 
 - "factorized": F_c is the sigmoid of a small monotone MLP (Balle et al. 2018, appendix
-  6.1: the density of the "factorized prior"); it can take any unimodal-or-not, skewed or
-  zero-heavy shape.
-- "laplacian": a zero-mean Laplacian with a learned per-channel scale; two parameters
-  fewer per channel than anything, and no shape freedom.
+  6.1: the density of the "factorized prior"); it can take skewed, zero-heavy or
+  multimodal shapes.
+- "laplacian": a zero-mean Laplacian with a learned per-channel scale: one parameter per
+  channel, no freedom of shape.
 
 `probability_tables` gives each channel's probability of every symbol in the coder's range
 (inference: estimating code tables); `fit` fits a model to given symbols.
