@@ -34,15 +34,48 @@ PRESETS: dict[str, dict[str, int]] = {
 }
 
 
+# The choices of ModelConfig's string fields (docs/rate.md describes each).
+MODEL_CHOICES: dict[str, tuple[str, ...]] = {
+    "norm": ("batchnorm", "gdn"),
+    "latent_norm": ("batchnorm", "none"),
+    "entropy_model": ("none", "factorized", "laplacian"),
+    "train_rounding": ("stochastic", "mixed"),
+}
+
+
+# ModelConfig's fields up to patch_size existed when the first models shipped.
+_FIRST_SHIPPED_FIELDS = 5
+
+
 @dataclass
 class ModelConfig:
-    """Shape of the network. The latent of a P x P patch is latent_channels x P/8 x P/8."""
+    """Shape of the network. The latent of a P x P patch is latent_channels x P/8 x P/8.
+
+    The fields after patch_size shape the quantizer and the rate (docs/rate.md); their
+    defaults build the network the first models shipped with, and `to_dict` leaves them out
+    while they hold their default, so those models keep their fingerprints.
+    """
 
     preset: str = "small"
     width: int = 64
     n_blocks: int = 3
     latent_channels: int = 32
     patch_size: int = 128
+    # "batchnorm": BatchNorm + PReLU after the convolutions; "gdn": GDN in the encoder and
+    # IGDN in the decoder in their place.
+    norm: str = "batchnorm"
+    # What sits between the last encoder convolution and the rounding: "batchnorm" fixes each
+    # channel's spread; "none" (a biased convolution) lets the rate term shape it.
+    latent_norm: str = "batchnorm"
+    # A learned per-channel gain: the latent is multiplied by it before rounding and divided
+    # by it before the decoder.
+    latent_gain: bool = False
+    # The per-channel probability model of the rate term ("none": no rate term possible).
+    entropy_model: str = "none"
+    # Training-time rounding: "stochastic" (unbiased random rounding, straight-through
+    # gradient, for the decoder and the rate alike) or "mixed" (the rate term sees the latent
+    # plus uniform noise, the decoder the rounded latent with a straight-through gradient).
+    train_rounding: str = "stochastic"
 
     def __post_init__(self) -> None:
         _check_types(self)
@@ -52,6 +85,11 @@ class ModelConfig:
             raise ConfigError(
                 f"model.patch_size must be a multiple of 8 and at least 16, got {self.patch_size}"
             )
+        for name, choices in MODEL_CHOICES.items():
+            if getattr(self, name) not in choices:
+                raise ConfigError(
+                    f"model.{name} must be one of {list(choices)}, got {getattr(self, name)!r}"
+                )
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> ModelConfig:
@@ -66,7 +104,13 @@ class ModelConfig:
         return (self.latent_channels, side, side)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The fields, less those added after the first shipped models that hold their
+        default (the canonical form the fingerprint hashes)."""
+        data = dataclasses.asdict(self)
+        for f in dataclasses.fields(self)[_FIRST_SHIPPED_FIELDS:]:
+            if data[f.name] == f.default:
+                del data[f.name]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
@@ -102,7 +146,7 @@ class TrainConfig:
     # ADMM: rho multiplies the PER-SLOT mean squared residual (see admm.py).
     rho: float = 100.0
     pruning_ratio: float = 0.9
-    # What the projection keeps: whole "channel"s (default) or any "slot"s (DESIGN.md's
+    # What the projection keeps: whole "channel"s (default) or any "slot"s (the method's
     # literal rule, which does not settle on a real network; see admm.py).
     prune_structure: str = "channel"
     # Distortion weights (the paper's), and the PSNR reference of the (psnr_ref - PSNR) term.
@@ -111,6 +155,9 @@ class TrainConfig:
     w_mse: float = 1e4
     w_psnr: float = 1.0
     psnr_ref: float = 45.0
+    # Weight of the estimated rate in bits per pixel (loss = distortion + rate_lambda * bpp);
+    # 0 trains on the distortion alone (the paper's loss). Needs model.entropy_model.
+    rate_lambda: float = 0.0
     # Logging and checkpoints (every N steps; 0 turns periodic checkpoints off).
     log_every: int = 20
     checkpoint_every: int = 200
@@ -137,7 +184,7 @@ class TrainConfig:
         non_negative = (
             "warmup_steps", "admm_steps", "finetune_steps", "checkpoint_every", "eval_patches",
             "threads", "loader_workers", "lr_final_scale", "weight_decay", "grad_clip", "rho",
-            "w_msssim", "w_ssim", "w_mse", "w_psnr",
+            "w_msssim", "w_ssim", "w_mse", "w_psnr", "rate_lambda",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -153,6 +200,14 @@ class TrainConfig:
             raise ConfigError(
                 f"prune_structure must be 'channel' or 'slot', got {self.prune_structure!r}"
             )
+        if self.rate_lambda > 0 and self.model.entropy_model == "none":
+            raise ConfigError("rate_lambda > 0 needs a model.entropy_model (factorized, laplacian)")
+        if self.rate_lambda == 0 and self.model.entropy_model != "none":
+            # Its parameters would get no gradient (and DDP refuses unused parameters).
+            raise ConfigError(
+                f"model.entropy_model {self.model.entropy_model!r} is trained by the rate term: "
+                "set rate_lambda > 0, or entropy_model: none for the paper's loss"
+            )
         if self.total_steps() <= 0:
             raise ConfigError("warmup_steps + admm_steps + finetune_steps must be positive")
         if self.pruning_ratio > 0 and self.finetune_steps > 0 and (
@@ -164,7 +219,7 @@ class TrainConfig:
         return self.warmup_steps + self.admm_steps + self.finetune_steps
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "model": self.model.to_dict()}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:

@@ -1,10 +1,11 @@
-"""The training distortion of CAE-ADMM (DESIGN.md section 2), built on pytorch-msssim.
+"""The training loss of CAE-ADMM (docs/method.md, docs/rate.md), built on pytorch-msssim.
 
     distortion = w_msssim (1 - MS-SSIM) + w_ssim (1 - SSIM) + w_mse MSE + w_psnr (psnr_ref - PSNR)
+    loss = distortion + rate_lambda * bpp      (bpp: the entropy model's estimate)
 
 with the paper's weights 1000, 1000, 1e4, 1 and psnr_ref = 45 by default; the warm-up phase
-uses w_mse * MSE alone. PSNR is per image (peak 1.0), averaged over the batch, as the
-evaluation averages it.
+uses w_mse * MSE alone as its distortion. PSNR is per image (peak 1.0), averaged over the
+batch, as the evaluation averages it. rate_lambda = 0 (the default) is the paper's loss.
 
 Window choice. pytorch-msssim's `ms_ssim` always downsamples four times and asserts that the
 smaller side exceeds (win_size - 1) * 16, i.e. 160 px for the standard 11-tap window. So the
@@ -104,17 +105,35 @@ def distortion(
     return loss, terms
 
 
-def compute_loss(
-    x_hat: torch.Tensor, x: torch.Tensor, cfg: TrainConfig, *, warmup: bool
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """The training objective of one batch without the ADMM penalty: (scalar loss, its terms
-    as floats for the logs). The warm-up trains on w_mse * MSE alone.
+def bits_per_pixel(bits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Mean over the batch of each image's bits (B,) divided by its pixel count H * W."""
+    return bits.mean() / (x.shape[-2] * x.shape[-1])
 
-    Every term of the objective is added here (the ADMM penalty is the loop's), so a new
-    one, such as a rate term, changes this function and the model's outputs only.
+
+def compute_loss(
+    x_hat: torch.Tensor,
+    x: torch.Tensor,
+    cfg: TrainConfig,
+    *,
+    bits: torch.Tensor | None = None,
+    mse_only: bool = False,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """(distortion + cfg.rate_lambda * bpp, the terms for logs), the distortion weighted as
+    `cfg` says. `bits` (B,) is the model's rate estimate (`model(x, rate=True)`), needed when
+    rate_lambda > 0 and logged as "bpp" whenever given. With rate_lambda = 0 the loss is the
+    distortion tensor itself (bit for bit the paper's loss, whatever `bits` holds).
     """
     loss, terms = distortion(
         x_hat, x, w_msssim=cfg.w_msssim, w_ssim=cfg.w_ssim, w_mse=cfg.w_mse, w_psnr=cfg.w_psnr,
-        psnr_ref=cfg.psnr_ref, mse_only=warmup,
+        psnr_ref=cfg.psnr_ref, mse_only=mse_only,
     )
-    return loss, {"distortion": float(loss.detach()), **terms}
+    terms["distortion"] = float(loss.detach())
+    if bits is None:
+        if cfg.rate_lambda > 0:
+            raise LossConfigError("rate_lambda > 0 needs the rate estimate: pass bits")
+        return loss, terms
+    bpp = bits_per_pixel(bits, x)
+    terms["bpp"] = float(bpp.detach())
+    if cfg.rate_lambda > 0:
+        loss = loss + cfg.rate_lambda * bpp
+    return loss, terms

@@ -1,4 +1,5 @@
-"""The compressive autoencoder of CAE-ADMM (DESIGN.md section 2): network, quantizer, mask.
+"""The compressive autoencoder of CAE-ADMM (docs/method.md): network, quantizer, mask, and
+the optional entropy model of the rate term (docs/rate.md).
 
 The encoder maps an RGB image in [0, 1] of size H x W (multiples of 8, at least 16) to a
 latent of C x H/8 x W/8; the quantizer rounds it to integers in [-LATENT_MAX, LATENT_MAX];
@@ -17,10 +18,13 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from caeadmm.config import ModelConfig
+from caeadmm import entropy_model
+from caeadmm.config import ConfigError, ModelConfig
+from caeadmm.layers import GDN
 
 # Symbols are clamped to [-LATENT_MAX, LATENT_MAX]: they fit int8, so the entropy coder's
-# alphabet stays small, and trained latents sit far inside it (BatchNorm keeps them O(1-10)).
+# alphabet stays small, and trained latents sit far inside it (O(1-10) with BatchNorm before
+# the rounding; the rate term keeps them small without it).
 LATENT_MAX = 127
 
 
@@ -28,40 +32,61 @@ class InputShapeError(ValueError):
     """An input or latent has a shape the model cannot take (see the message)."""
 
 
-def conv_same(cin: int, cout: int) -> nn.Sequential:
-    """Reflection pad 1, 3x3 conv (stride 1, no bias), BatchNorm."""
+def normalization(channels: int, norm: str) -> list[nn.Module]:
+    """The layer after a convolution: "batchnorm", "gdn", "igdn" or "none" (nothing)."""
+    if norm == "batchnorm":
+        return [nn.BatchNorm2d(channels)]
+    if norm in ("gdn", "igdn"):
+        return [GDN(channels, inverse=norm == "igdn")]
+    return []
+
+
+def conv_same(cin: int, cout: int, norm: str = "batchnorm") -> nn.Sequential:
+    """Reflection pad 1, 3x3 conv (stride 1; biased unless BatchNorm follows), the norm."""
     return nn.Sequential(
-        nn.ReflectionPad2d(1), nn.Conv2d(cin, cout, 3, bias=False), nn.BatchNorm2d(cout)
+        nn.ReflectionPad2d(1), nn.Conv2d(cin, cout, 3, bias=norm != "batchnorm"),
+        *normalization(cout, norm),
     )
 
 
-def conv_down(cin: int, cout: int) -> nn.Sequential:
-    """Reflection pad 2, 5x5 conv with stride 2 (halves H and W), BatchNorm."""
+def conv_down(cin: int, cout: int, norm: str = "batchnorm") -> nn.Sequential:
+    """Reflection pad 2, 5x5 conv with stride 2 (halves H and W), the norm."""
     return nn.Sequential(
-        nn.ReflectionPad2d(2), nn.Conv2d(cin, cout, 5, stride=2, bias=False), nn.BatchNorm2d(cout)
+        nn.ReflectionPad2d(2), nn.Conv2d(cin, cout, 5, stride=2, bias=norm != "batchnorm"),
+        *normalization(cout, norm),
     )
 
 
-def subpixel(cin: int, cout: int, r: int) -> nn.Sequential:
-    """1x1 conv to r^2 * cout channels, BatchNorm, PixelShuffle(r) (multiplies H, W by r)."""
+def subpixel(cin: int, cout: int, r: int, norm: str = "batchnorm") -> nn.Sequential:
+    """1x1 conv to r^2 * cout channels and PixelShuffle(r) (multiplies H, W by r); BatchNorm
+    goes before the shuffle (over the r^2 * cout channels), any other norm after it."""
     channels = r * r * cout
-    return nn.Sequential(
-        nn.Conv2d(cin, channels, 1, bias=False), nn.BatchNorm2d(channels), nn.PixelShuffle(r)
-    )
+    conv = nn.Conv2d(cin, channels, 1, bias=norm != "batchnorm")
+    if norm == "batchnorm":
+        return nn.Sequential(conv, nn.BatchNorm2d(channels), nn.PixelShuffle(r))
+    return nn.Sequential(conv, nn.PixelShuffle(r), *normalization(cout, norm))
 
 
 class ResidualBlock(nn.Module):
     """Bottleneck block: 1x1, 3x3, 1x1 convs at width W with BatchNorm and PReLU between,
-    PReLU after the skip sum."""
+    PReLU after the skip sum. With norm "gdn"/"igdn" that norm replaces each BatchNorm +
+    PReLU pair, and the last conv is biased instead of normalised."""
 
-    def __init__(self, width: int):
+    def __init__(self, width: int, norm: str = "batchnorm"):
         super().__init__()
-        self.body = nn.Sequential(
-            nn.Conv2d(width, width, 1, bias=False), nn.BatchNorm2d(width), nn.PReLU(),
-            nn.ReflectionPad2d(1), nn.Conv2d(width, width, 3, bias=False),
-            nn.BatchNorm2d(width), nn.PReLU(),
-            nn.Conv2d(width, width, 1, bias=False), nn.BatchNorm2d(width),
-        )
+        if norm == "batchnorm":
+            self.body = nn.Sequential(
+                nn.Conv2d(width, width, 1, bias=False), nn.BatchNorm2d(width), nn.PReLU(),
+                nn.ReflectionPad2d(1), nn.Conv2d(width, width, 3, bias=False),
+                nn.BatchNorm2d(width), nn.PReLU(),
+                nn.Conv2d(width, width, 1, bias=False), nn.BatchNorm2d(width),
+            )
+        else:
+            self.body = nn.Sequential(
+                nn.Conv2d(width, width, 1), *normalization(width, norm),
+                nn.ReflectionPad2d(1), nn.Conv2d(width, width, 3), *normalization(width, norm),
+                nn.Conv2d(width, width, 1),
+            )
         self.out = nn.PReLU()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -83,6 +108,17 @@ def quantize(y: torch.Tensor, stochastic: bool) -> torch.Tensor:
     return y + (rounded - y).detach()
 
 
+def round_straight_through(y: torch.Tensor) -> torch.Tensor:
+    """Clamp and round half to even, with the gradient passed straight through."""
+    y = y.clamp(-LATENT_MAX, LATENT_MAX)
+    return y + (torch.round(y) - y).detach()
+
+
+def add_uniform_noise(y: torch.Tensor) -> torch.Tensor:
+    """Clamp and add noise uniform on [-1/2, 1/2): rounding's training proxy for the rate."""
+    return y.clamp(-LATENT_MAX, LATENT_MAX) + torch.rand_like(y) - 0.5
+
+
 class CAE(nn.Module):
     """Encoder, quantizer and decoder; `forward` is the training path (returns the latent for
     the ADMM penalty), `encode`/`decode` the inference path the codec calls."""
@@ -91,25 +127,35 @@ class CAE(nn.Module):
         super().__init__()
         self.config = config
         w, c = config.width, config.latent_channels
-        act = nn.PReLU
+        if config.norm == "batchnorm":
+            enc = dec = "batchnorm"
+            act: list[type[nn.Module]] = [nn.PReLU]
+        else:  # GDN/IGDN after every conv but the last of each side, and no PReLU
+            enc, dec, act = "gdn", "igdn", []
+        last = "none" if config.norm == "gdn" else "batchnorm"
         self.encoder = nn.Sequential(
-            conv_same(3, 32), act(),
-            conv_down(32, 64), act(),
-            conv_same(64, w), act(),
-            *[ResidualBlock(w) for _ in range(config.n_blocks)],
-            conv_down(w, 64),
-            conv_down(64, 32),
-            conv_same(32, c),
+            conv_same(3, 32, enc), *[a() for a in act],
+            conv_down(32, 64, enc), *[a() for a in act],
+            conv_same(64, w, enc), *[a() for a in act],
+            *[ResidualBlock(w, enc) for _ in range(config.n_blocks)],
+            conv_down(w, 64, enc),
+            conv_down(64, 32, enc),
+            conv_same(32, c, config.latent_norm),
         )
         self.decoder = nn.Sequential(
-            subpixel(c, 32, 1),
-            subpixel(32, 64, 2),
-            subpixel(64, w, 2), act(),
-            *[ResidualBlock(w) for _ in range(config.n_blocks)],
-            subpixel(w, 64, 1), act(),
-            subpixel(64, 32, 2), act(),
-            subpixel(32, 3, 1),
+            subpixel(c, 32, 1, dec),
+            subpixel(32, 64, 2, dec),
+            subpixel(64, w, 2, dec), *[a() for a in act],
+            *[ResidualBlock(w, dec) for _ in range(config.n_blocks)],
+            subpixel(w, 64, 1, dec), *[a() for a in act],
+            subpixel(64, 32, 2, dec), *[a() for a in act],
+            subpixel(32, 3, 1, last),
         )
+        if config.latent_gain:
+            # log of the per-channel gain, so that the gain stays positive
+            self.log_gain = nn.Parameter(torch.zeros(c, 1, 1))
+        if config.entropy_model != "none":
+            self.entropy = entropy_model.build(config.entropy_model, c)
         self.register_buffer("mask", None)
 
     # -- mask -------------------------------------------------------------------------------
@@ -139,16 +185,31 @@ class CAE(nn.Module):
 
     # -- training path -------------------------------------------------------------------------
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(reconstruction in [0, 1], quantized and masked latent).
+    def forward(self, x: torch.Tensor, rate: bool = False) -> tuple[torch.Tensor, ...]:
+        """(reconstruction in [0, 1], quantized and masked latent), and with `rate` also the
+        estimated bits of each image's kept symbols (B,) (needs an entropy model).
 
-        Training mode rounds stochastically with a straight-through gradient; eval mode
-        rounds deterministically, exactly as `encode` does.
+        Training mode rounds as `config.train_rounding` says (the returned latent is always
+        the rounded one the decoder saw); eval mode rounds deterministically, exactly as
+        `encode` does, and the bits are those of the symbols `encode` gives.
         """
         self._check_image(x)
-        latent = quantize(self.encoder(x), stochastic=self.training)
+        if rate and self.config.entropy_model == "none":
+            raise ConfigError("rate=True needs a model with an entropy_model")
+        y = self._analysis(x)
+        if not self.training:
+            latent = quantize(y, stochastic=False)
+            rate_input = latent
+        elif self.config.train_rounding == "mixed":
+            latent = round_straight_through(y)
+            rate_input = add_uniform_noise(y) if rate else None
+        else:
+            latent = rate_input = quantize(y, stochastic=True)
         latent = self._apply_mask(latent)
-        return self._decode_float(latent), latent
+        x_hat = self._decode_float(latent)
+        if not rate:
+            return x_hat, latent
+        return x_hat, latent, self.entropy.bits(rate_input, self.mask)
 
     # -- inference path ------------------------------------------------------------------------
 
@@ -161,7 +222,7 @@ class CAE(nn.Module):
         """
         self._check_image(x)
         with eval_mode(self):
-            latent = quantize(self.encoder(x), stochastic=False)
+            latent = quantize(self._analysis(x), stochastic=False)
         return self._apply_mask(latent).to(torch.int32)
 
     @torch.no_grad()
@@ -196,7 +257,14 @@ class CAE(nn.Module):
 
     # -- helpers -----------------------------------------------------------------------------
 
+    def _analysis(self, x: torch.Tensor) -> torch.Tensor:
+        """The encoder's output scaled by the gain: the values that get rounded."""
+        y = self.encoder(x)
+        return y * self.log_gain.exp() if self.config.latent_gain else y
+
     def _decode_float(self, latent: torch.Tensor) -> torch.Tensor:
+        if self.config.latent_gain:
+            latent = latent * torch.exp(-self.log_gain)
         return (torch.tanh(self.decoder(latent)) + 1) / 2
 
     def _apply_mask(self, latent: torch.Tensor) -> torch.Tensor:

@@ -63,8 +63,9 @@ MODEL_FILE = "model.pt"  # the inference-only export of the final checkpoint
 LOG_FILE = "log.csv"
 
 PHASES = ("warmup", "admm", "finetune")
+# "bpp" is the entropy model's estimate (NaN without a rate term); "val_bpp" is real bytes.
 TRAIN_COLUMNS = [
-    "loss", "distortion", "penalty", "mse", "psnr", "ssim", "msssim", "lr", "grad_norm",
+    "loss", "distortion", "penalty", "mse", "psnr", "ssim", "msssim", "bpp", "lr", "grad_norm",
 ]
 ADMM_COLUMNS = ["admm_residual", "energy_outside_top_k", "support_churn"]
 VAL_COLUMNS = ["val_psnr", "val_msssim", "val_bpp", "latent_zero_fraction", "mask_density"]
@@ -317,8 +318,11 @@ def train_step(
     x = batch.to(device, non_blocking=True)
 
     model.train()
-    x_hat, latent = model(x)
-    objective, terms = compute_loss(x_hat, x, cfg, warmup=phase == "warmup")
+    # With a rate term the model also returns each image's estimated bits (its entropy model).
+    x_hat, latent, *bits = model(x, rate=True) if cfg.rate_lambda > 0 else model(x)
+    objective, terms = compute_loss(
+        x_hat, x, cfg, bits=bits[0] if bits else None, mse_only=phase == "warmup"
+    )
     penalty = admm.penalty(latent) if schedule.penalized(step) else objective.new_zeros(())
     loss = objective + penalty
 
@@ -333,6 +337,7 @@ def train_step(
     return {
         "loss": float(loss.detach()),
         "penalty": float(penalty.detach()),
+        "bpp": math.nan,
         **terms,
         "lr": lr,
         "grad_norm": float(grad_norm),
@@ -548,7 +553,8 @@ def progress_line(row: dict[str, float], total: int) -> str:
     phase = PHASES[int(round(row["phase"]))]
     return (
         f"step {int(row['step'])}/{total} [{phase}] loss {row['loss']:.2f} "
-        f"mse {row['mse']:.5f} psnr {row['psnr']:.2f} penalty {row['penalty']:.3f} "
+        f"mse {row['mse']:.5f} psnr {row['psnr']:.2f} est-bpp {row['bpp']:.3f} "
+        f"penalty {row['penalty']:.3f} "
         f"outside-top-k {row['energy_outside_top_k']:.3f} lr {row['lr']:.2e} "
         f"| val psnr {row['val_psnr']:.2f} ms-ssim {row['val_msssim']:.4f} "
         f"bpp {row['val_bpp']:.3f} zeros {100 * row['latent_zero_fraction']:.1f}% "

@@ -140,7 +140,7 @@ def test_bad_files_raise_checkpoint_error(trained, tmp_path):
     with pytest.raises(CheckpointError, match="no checkpoint"):
         load_checkpoint(tmp_path / "missing.pt")
     (tmp_path / "junk.pt").write_bytes(b"not a torch file")
-    with pytest.raises(CheckpointError, match="not a readable"):
+    with pytest.raises(CheckpointError, match="not a caeadmm model or checkpoint"):
         load_model(tmp_path / "junk.pt")
     torch.save({"format": "something-else"}, tmp_path / "other.pt")
     with pytest.raises(CheckpointError, match="not a caeadmm"):

@@ -1,4 +1,5 @@
-"""The distortion: window choice, terms and weights, warm-up, small patches."""
+"""The loss: the distortion's window choice, terms and weights, warm-up, small patches; the
+rate term and compute_loss."""
 
 from __future__ import annotations
 
@@ -8,7 +9,15 @@ import pytest
 import torch
 from pytorch_msssim import ms_ssim, ssim
 
-from caeadmm.losses import LossConfigError, distortion, ms_ssim_window, psnr
+from caeadmm.config import ConfigError, ModelConfig, TrainConfig
+from caeadmm.losses import (
+    LossConfigError,
+    bits_per_pixel,
+    compute_loss,
+    distortion,
+    ms_ssim_window,
+    psnr,
+)
 
 
 @pytest.mark.parametrize(
@@ -84,3 +93,56 @@ def test_small_patches_need_w_msssim_zero():
         distortion(x_hat, x)
     loss, terms = distortion(x_hat, x, w_msssim=0)
     assert math.isnan(terms["msssim"]) and math.isfinite(float(loss))
+
+
+def rate_config(rate_lambda: float, **weights: float) -> TrainConfig:
+    model = ModelConfig.from_preset("tiny", entropy_model="factorized")
+    return TrainConfig(model=model, rate_lambda=rate_lambda, **weights)
+
+
+@pytest.mark.parametrize("mse_only", [False, True])
+def test_lambda_zero_is_todays_loss_bit_for_bit(mse_only):
+    x_hat, x = pair(64)
+    cfg = TrainConfig(w_mse=3e3, w_ssim=10.0)
+    grads = []
+    losses = []
+    for bits in (None, torch.tensor([100.0, 300.0], requires_grad=True)):
+        prediction = x_hat.clone().requires_grad_(True)
+        if bits is None:
+            loss, _ = distortion(
+                prediction, x, w_msssim=cfg.w_msssim, w_ssim=cfg.w_ssim, w_mse=cfg.w_mse,
+                w_psnr=cfg.w_psnr, psnr_ref=cfg.psnr_ref, mse_only=mse_only,
+            )
+        else:
+            loss, terms = compute_loss(prediction, x, cfg, bits=bits, mse_only=mse_only)
+            assert terms["bpp"] == pytest.approx(200.0 / 64**2)
+        losses.append(loss)
+        grads.append(torch.autograd.grad(loss, prediction)[0])
+    assert torch.equal(losses[0], losses[1])
+    assert torch.equal(grads[0], grads[1])
+    no_bits, _ = compute_loss(x_hat, x, cfg, mse_only=mse_only)
+    assert torch.equal(no_bits, losses[0])
+
+
+def test_rate_term_adds_lambda_times_bits_per_pixel():
+    x_hat, x = pair(64)
+    bits = torch.tensor([1000.0, 3000.0], requires_grad=True)
+    cfg = rate_config(0.5)
+    loss, terms = compute_loss(x_hat, x, cfg, bits=bits)
+    bpp = 2000.0 / (64 * 64)
+    assert float(bits_per_pixel(bits.detach(), x)) == pytest.approx(bpp)
+    assert terms["bpp"] == pytest.approx(bpp)
+    assert float(loss.detach()) == pytest.approx(terms["distortion"] + 0.5 * bpp, rel=1e-6)
+    (grad,) = torch.autograd.grad(loss, bits)
+    assert torch.allclose(grad, torch.full((2,), 0.5 / (2 * 64 * 64)))
+
+
+def test_rate_lambda_needs_bits_and_an_entropy_model():
+    x_hat, x = pair(64)
+    with pytest.raises(LossConfigError, match="bits"):
+        compute_loss(x_hat, x, rate_config(1.0))
+    with pytest.raises(ConfigError, match="entropy_model"):
+        TrainConfig(rate_lambda=1.0)
+    with pytest.raises(ConfigError, match="rate_lambda"):
+        rate_config(-1.0)
+    assert TrainConfig.from_dict(rate_config(2.0).to_dict()).rate_lambda == 2.0

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
-from caeadmm.config import ModelConfig
+from caeadmm.config import ConfigError, ModelConfig
+from caeadmm.layers import GDN
 from caeadmm.model import CAE, LATENT_MAX, InputShapeError, quantize, unwrap
+
+SHIPPED_FIELDS = {"preset", "width", "n_blocks", "latent_channels", "patch_size"}
 
 
 @pytest.fixture(scope="module")
@@ -173,3 +178,151 @@ def test_unwrap_reaches_the_model_inside_a_wrapper(tiny):
     assert unwrap(tiny) is tiny
     with pytest.raises(TypeError):
         unwrap(torch.nn.Linear(2, 2))
+
+
+# -- the rate-aware options (docs/rate.md) ---------------------------------------------------
+
+
+def rate_model(**overrides) -> CAE:
+    torch.manual_seed(0)
+    options = {"latent_norm": "none", "entropy_model": "factorized", **overrides}
+    return CAE(ModelConfig.from_preset("tiny", **options))
+
+
+def test_default_options_keep_the_shipped_config_dict_and_network():
+    """The canonical dict (hashed by the fingerprint) of a default config has only the fields
+    the shipped models had, and the default network has exactly their parameters."""
+    config = ModelConfig.from_preset("small")
+    assert set(config.to_dict()) == SHIPPED_FIELDS
+    assert ModelConfig.from_dict(config.to_dict()) == config
+    model = CAE(config)
+    assert not any(isinstance(m, GDN) for m in model.modules())
+    assert not any(name.startswith(("entropy", "log_gain")) for name in model.state_dict())
+    assert isinstance(model.encoder[-1][-1], torch.nn.BatchNorm2d)
+
+
+def test_non_default_options_enter_the_config_dict_and_the_fingerprint():
+    config = ModelConfig.from_preset("tiny", latent_gain=True, norm="gdn")
+    data = config.to_dict()
+    assert data["latent_gain"] is True and data["norm"] == "gdn"
+    assert "entropy_model" not in data
+    assert ModelConfig.from_dict(data) == config
+    torch.manual_seed(0)
+    a = CAE(ModelConfig.from_preset("tiny", latent_gain=True))
+    b = CAE(ModelConfig.from_preset("tiny", latent_gain=True, train_rounding="mixed"))
+    b.load_state_dict(a.state_dict())
+    assert a.fingerprint() != b.fingerprint()
+
+
+@pytest.mark.parametrize(
+    "field, value", [("norm", "layernorm"), ("latent_norm", "gdn"), ("entropy_model", "gauss"),
+                     ("train_rounding", "noise"), ("latent_gain", "yes")],
+)
+def test_bad_option_values_are_refused(field, value):
+    with pytest.raises(ConfigError, match=field):
+        ModelConfig.from_preset("tiny", **{field: value})
+
+
+def test_latent_norm_none_ends_the_encoder_with_a_biased_conv():
+    model = rate_model()
+    last = model.encoder[-1]
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in last)
+    assert last[1].bias is not None
+
+
+@pytest.mark.parametrize("rounding", ["stochastic", "mixed"])
+def test_gradients_reach_the_encoder_through_the_rate_term(rounding):
+    model = rate_model(train_rounding=rounding).train()
+    x = torch.rand(2, 3, 48, 48)
+    _, _, bits = model(x, rate=True)
+    assert bits.shape == (2,) and (bits > 0).all()
+    bits.sum().backward()  # the rate alone
+    first_conv = model.encoder[0][1].weight
+    assert first_conv.grad is not None and first_conv.grad.abs().sum() > 0
+    assert all(p.grad is None or p.grad.abs().sum() == 0 for p in model.decoder.parameters())
+    assert all(p.grad is not None for p in model.entropy.parameters())
+
+
+def test_mixed_rounding_decodes_rounded_values_and_rates_noisy_ones():
+    model = rate_model(train_rounding="mixed").train()
+    x = torch.rand(2, 3, 48, 48)
+    x_hat_1, latent_1, bits_1 = model(x, rate=True)
+    x_hat_2, latent_2, bits_2 = model(x, rate=True)
+    assert torch.equal(latent_1, latent_2) and torch.equal(x_hat_1, x_hat_2)  # deterministic
+    assert torch.equal(latent_1, latent_1.round())
+    assert not torch.equal(bits_1, bits_2)  # the noise
+
+
+def test_eval_rate_is_the_estimate_of_the_encoded_symbols_and_only_of_kept_slots():
+    model = rate_model().eval()
+    mask = tiny_mask(model)
+    model.set_mask(mask)
+    x = torch.rand(2, 3, 48, 48)
+    with torch.no_grad():
+        _, latent, bits = model(x, rate=True)
+        symbols = model.encode(x).float()
+        per_slot = -torch.log2(model.entropy.likelihoods(symbols))
+    assert torch.allclose(bits, per_slot[:, mask].sum(dim=1))
+
+
+def test_rate_needs_an_entropy_model(tiny):
+    with pytest.raises(ConfigError, match="entropy_model"):
+        tiny(torch.rand(1, 3, 48, 48), rate=True)
+
+
+def test_latent_gain_scales_before_rounding_and_back_before_the_decoder():
+    model = rate_model(latent_gain=True).eval()
+    x = torch.rand(1, 3, 48, 48)
+    with torch.no_grad():
+        y = model.encoder(x)
+        model.log_gain.fill_(math.log(4.0))
+        symbols = model.encode(x)
+        assert torch.equal(symbols, (4 * y).round().clamp(-LATENT_MAX, LATENT_MAX).int())
+        expected = (torch.tanh(model.decoder(symbols.float() / 4)) + 1) / 2
+        assert torch.allclose(model.decode(symbols), expected, atol=1e-6)
+        x_hat, _ = model(x)
+        assert torch.allclose(x_hat, model.decode(symbols), atol=1e-6)
+
+
+def test_gdn_network_replaces_batchnorm_and_prelu_and_runs_both_ways():
+    model = rate_model(norm="gdn").eval()
+    kinds = [type(m) for m in model.modules()]
+    assert torch.nn.BatchNorm2d not in kinds
+    gdns = [m for m in model.modules() if isinstance(m, GDN)]
+    assert any(g.inverse for g in gdns) and any(not g.inverse for g in gdns)
+    assert all(not g.inverse for g in model.encoder.modules() if isinstance(g, GDN))
+    x = torch.rand(2, 3, 48, 48)
+    symbols = model.encode(x)
+    assert model.decode(symbols).shape == x.shape
+
+
+def test_igdn_inverts_gdn_where_the_normalisation_is_linear():
+    """With gamma = 0 both are a fixed scaling by sqrt(beta) and exact inverses; with the
+    initial gamma they are inverses up to O(gamma x^2) for small inputs."""
+    torch.manual_seed(0)
+    gdn, igdn = GDN(4), GDN(4, inverse=True)
+    x = torch.randn(2, 4, 5, 5)
+    with torch.no_grad():
+        for module in (gdn, igdn):
+            module.gamma.zero_()
+            module.beta.fill_(2.0)  # beta = 4 - pedestal
+        assert torch.allclose(igdn(gdn(x)), x, atol=1e-5)
+        assert torch.allclose(gdn(x), x / 2, atol=1e-5)
+        fresh, fresh_inverse = GDN(4), GDN(4, inverse=True)
+        small = 0.05 * x
+        assert torch.allclose(fresh_inverse(fresh(small)), small, rtol=1e-2, atol=1e-5)
+        assert not torch.allclose(fresh_inverse(fresh(10 * x)), 10 * x, rtol=1e-2)
+
+
+def test_gdn_parameters_stay_non_negative_under_gradient_steps():
+    gdn = GDN(3)
+    optimizer = torch.optim.SGD(gdn.parameters(), lr=10.0)
+    x = torch.randn(4, 3, 6, 6)
+    for _ in range(5):
+        optimizer.zero_grad()
+        gdn(x).square().sum().neg().backward()  # pushes the normalisation towards zero
+        optimizer.step()
+    y = gdn(x)
+    assert torch.isfinite(y).all()
+    # |y_i| <= |x_i| / sqrt(beta_min): beta never falls below its floor
+    assert (y.abs() <= x.abs() / gdn.beta_min**0.5 + 1e-3).all()

@@ -1,0 +1,167 @@
+"""Learned per-channel probability models of the quantized latent: the rate term.
+
+Each latent channel c gets its own density p_c over the integers, shared by every position.
+The probability of an integer (or, in training, noisy) value y is the density's mass on
+[y - 1/2, y + 1/2], F_c(y + 1/2) - F_c(y - 1/2), bounded below by LIKELIHOOD_BOUND so that
+log2 stays finite; the estimated size of a latent is the sum of -log2 p over its kept slots.
+Two families (docs/rate.md compares them):
+
+- "factorized": F_c is the sigmoid of a small monotone MLP (Balle et al. 2018, appendix
+  6.1: the density of the "factorized prior"); it can take skewed, zero-heavy or
+  multimodal shapes.
+- "laplacian": a zero-mean Laplacian with a learned per-channel scale: one parameter per
+  channel, no freedom of shape.
+
+`probability_tables` gives each channel's probability of every symbol in the coder's range
+(inference: estimating code tables); `fit` fits a model to given symbols.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from caeadmm.layers import lower_bound
+
+# Smallest probability a symbol gets: at most ~30 bits for a symbol the model deems impossible.
+LIKELIHOOD_BOUND = 1e-9
+KINDS = ("factorized", "laplacian")
+
+
+class EntropyModel(nn.Module):
+    """Per-channel discrete probabilities of a latent (B, C, h, w); subclasses give the CDF
+    (in logit form, so that both tails stay accurate)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.channels = channels
+
+    def cdf_logits(self, values: torch.Tensor) -> torch.Tensor:
+        """logit F_c(v) for values (C, N), channel by channel: shape (C, N)."""
+        raise NotImplementedError
+
+    def _interval_mass(self, values: torch.Tensor) -> torch.Tensor:
+        """F_c(v + 1/2) - F_c(v - 1/2) for values (C, N).
+
+        Computed on the side of the median where both CDF values are far from 1, so that two
+        numbers close to 1 never cancel: above the median it is (1 - F(l)) - (1 - F(u)) =
+        sigmoid(-l) - sigmoid(-u). (At the median exactly l + u = 0 and either side is right;
+        torch.sign would give 0 there, and a zero probability.)
+        """
+        lower = self.cdf_logits(values - 0.5)
+        upper = self.cdf_logits(values + 0.5)
+        sign = torch.where(lower + upper > 0, -1.0, 1.0).to(lower.dtype).detach()
+        return (torch.sigmoid(sign * upper) - torch.sigmoid(sign * lower)).abs()
+
+    def likelihoods(self, latent: torch.Tensor) -> torch.Tensor:
+        """Probability of each entry of a latent (B, C, h, w) under its channel's model."""
+        if latent.dim() != 4 or latent.shape[1] != self.channels:
+            raise ValueError(
+                f"latent must be (B, {self.channels}, h, w), got {tuple(latent.shape)}"
+            )
+        values = latent.transpose(0, 1).reshape(self.channels, -1)
+        probs = lower_bound(self._interval_mass(values), LIKELIHOOD_BOUND)
+        shape = (self.channels, latent.shape[0], *latent.shape[2:])
+        return probs.reshape(shape).transpose(0, 1)
+
+    def bits(self, latent: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Estimated bits of each image's latent (B,), counting only the slots where `mask`
+        (bool, broadcastable to (C, h, w); None: all) is True."""
+        bits = -torch.log2(self.likelihoods(latent))
+        if mask is not None:
+            bits = bits * mask.to(bits.dtype)
+        return bits.flatten(1).sum(dim=1)
+
+    @torch.no_grad()
+    def probability_tables(self, max_symbol: int) -> torch.Tensor:
+        """(C, 2 max_symbol + 1) float64: each channel's probability of every symbol from
+        -max_symbol to max_symbol, the mass beyond the range folded into the end symbols (the
+        quantizer clamps there); rows sum to 1. Unbounded by LIKELIHOOD_BOUND."""
+        dtype = next(self.parameters()).dtype
+        symbols = torch.arange(-max_symbol, max_symbol + 1, dtype=dtype)
+        values = symbols.expand(self.channels, -1)
+        table = self._interval_mass(values).double()
+        table[:, 0] += torch.sigmoid(self.cdf_logits(values[:, :1] - 0.5))[:, 0].double()
+        table[:, -1] += torch.sigmoid(-self.cdf_logits(values[:, -1:] + 0.5))[:, 0].double()
+        return table / table.sum(dim=1, keepdim=True)
+
+
+class FactorizedDensity(EntropyModel):
+    """F_c = sigmoid(f_c(v)), f_c a 1 -> 3 -> 3 -> 3 -> 1 MLP per channel whose weights are
+    kept positive (softplus) and whose nonlinearities x + tanh(a) tanh(x) are increasing
+    (|tanh(a)| < 1), so f_c is monotone and F_c is a valid CDF."""
+
+    def __init__(
+        self, channels: int, hidden: tuple[int, ...] = (3, 3, 3), init_scale: float = 10.0
+    ):
+        super().__init__(channels)
+        widths = (1, *hidden, 1)
+        # Scaled so that the initial density is spread over about [-init_scale, init_scale].
+        scale = init_scale ** (1 / (len(widths) - 1))
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        self.factors = nn.ParameterList()
+        for k in range(len(widths) - 1):
+            start = math.log(math.expm1(1 / scale / widths[k + 1]))
+            shape = (channels, widths[k + 1], widths[k])
+            self.weights.append(nn.Parameter(torch.full(shape, start)))
+            self.biases.append(nn.Parameter(torch.rand(channels, widths[k + 1], 1) - 0.5))
+            if k < len(widths) - 2:
+                self.factors.append(nn.Parameter(torch.zeros(channels, widths[k + 1], 1)))
+
+    def cdf_logits(self, values: torch.Tensor) -> torch.Tensor:
+        x = values.unsqueeze(1)  # (C, 1, N)
+        for k, (weight, bias) in enumerate(zip(self.weights, self.biases, strict=True)):
+            x = torch.matmul(F.softplus(weight), x) + bias
+            if k < len(self.factors):
+                x = x + torch.tanh(self.factors[k]) * torch.tanh(x)
+        return x.squeeze(1)
+
+
+class DiscretizedLaplacian(EntropyModel):
+    """A zero-mean Laplacian per channel with a learned scale b_c: logit F_c(v) in closed form,
+    F(v) = 1/2 exp(v / b) below 0 and 1 - 1/2 exp(-v / b) above."""
+
+    def __init__(self, channels: int, init_scale: float = 2.0):
+        super().__init__(channels)
+        self.log_scale = nn.Parameter(torch.full((channels,), math.log(init_scale)))
+
+    def cdf_logits(self, values: torch.Tensor) -> torch.Tensor:
+        t = values.abs() / self.log_scale.exp().unsqueeze(1)
+        # logit(1 - e^-t / 2) = log(2 e^t - 1) = t + log(2 - e^-t); odd in v.
+        return torch.sign(values) * (t + torch.log(2 - torch.exp(-t)))
+
+
+def build(kind: str, channels: int) -> EntropyModel:
+    """The entropy model of a given kind ("factorized" or "laplacian") for C channels."""
+    if kind == "factorized":
+        return FactorizedDensity(channels)
+    if kind == "laplacian":
+        return DiscretizedLaplacian(channels)
+    raise ValueError(f"unknown entropy model {kind!r}; known: {list(KINDS)}")
+
+
+def fit(model: EntropyModel, symbols: torch.Tensor, max_symbol: int, steps: int = 500,
+        lr: float = 0.05) -> float:
+    """Fit `model` to integer symbols (N, C) (one column per channel) by minimising their
+    estimated bits with Adam; returns the final estimate in bits. Works on each channel's
+    histogram, so the cost does not grow with N."""
+    if symbols.dim() != 2 or symbols.shape[1] != model.channels:
+        raise ValueError(f"symbols must be (N, {model.channels}), got {tuple(symbols.shape)}")
+    size = 2 * max_symbol + 1
+    shifted = symbols.long().clamp(-max_symbol, max_symbol) + max_symbol
+    counts = torch.stack([torch.bincount(column, minlength=size) for column in shifted.T])
+    grid = torch.arange(-max_symbol, max_symbol + 1, dtype=torch.float32)
+    grid = grid.expand(model.channels, -1)[None, :, :, None]  # a (1, C, S, 1) "latent"
+    counts = counts.to(torch.float32)[None, :, :, None]
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        total = -(torch.log2(model.likelihoods(grid)) * counts).sum()
+        total.backward()
+        optimizer.step()
+    with torch.no_grad():
+        return float(-(torch.log2(model.likelihoods(grid)) * counts).sum())
