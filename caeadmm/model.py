@@ -26,6 +26,7 @@ from caeadmm.layers import GDN
 # alphabet stays small, and trained latents sit far inside it (O(1-10) with BatchNorm before
 # the rounding; the rate term keeps them small without it).
 LATENT_MAX = 127
+BN_EPS = 1e-5  # nn.BatchNorm2d's default eps, used when folding a BatchNorm into a convolution
 
 
 class InputShapeError(ValueError):
@@ -182,6 +183,24 @@ class CAE(nn.Module):
         so that loading works whether or not this module had a mask before."""
         self.set_mask(state_dict.get(prefix + "mask"))
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def fold_latent_batchnorm(self, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Weights of a model with `latent_norm: batchnorm`, made to fit this one with
+        `latent_norm: none`: the last encoder BatchNorm (eval statistics) folded into the
+        biased convolution that replaces it, so the encoder computes the same latent.
+
+        Lets a rate-aware model start from a shipped model's exact function. Returns
+        `weights` unchanged when there is nothing to fold.
+        """
+        last = f"encoder.{len(self.encoder) - 1}"
+        bn = f"{last}.2"
+        if self.config.latent_norm != "none" or f"{bn}.running_var" not in weights:
+            return weights
+        scale = weights[f"{bn}.weight"] / torch.sqrt(weights[f"{bn}.running_var"] + BN_EPS)
+        folded = {k: v for k, v in weights.items() if not k.startswith(f"{bn}.")}
+        folded[f"{last}.1.weight"] = weights[f"{last}.1.weight"] * scale.view(-1, 1, 1, 1)
+        folded[f"{last}.1.bias"] = weights[f"{bn}.bias"] - weights[f"{bn}.running_mean"] * scale
+        return folded
 
     # -- training path -------------------------------------------------------------------------
 

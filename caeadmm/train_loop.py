@@ -48,9 +48,10 @@ import torch.distributed as dist
 from torch import nn
 
 import coding
+from caeadmm import zoo
 from caeadmm.admm import ADMM
 from caeadmm.checkpoint import load_checkpoint, restore_training_state, save_checkpoint
-from caeadmm.config import ConfigError, TrainConfig
+from caeadmm.config import ConfigError, ModelConfig, TrainConfig
 from caeadmm.images import to_uint8
 from caeadmm.losses import compute_loss, per_image_mse, psnr_of_mse
 from caeadmm.metrics import PSNR_CAP_DB, quality_metrics
@@ -138,8 +139,9 @@ def train(
         start = restore_training_state(resume, model=net, admm=admm, restore_rng=rank == 0)
         summary = resume["extra"].get("summary", {})
     elif cfg.init_from:
-        net.load_state_dict(init_weights(cfg, device))
-        log(f"initialised weights from {cfg.init_from}")
+        fresh = load_into(net, init_weights(cfg, device))
+        log(f"initialised weights from {cfg.init_from}"
+            + (f"; new (not in it): {', '.join(fresh)}" if fresh else ""))
     if world > 1 and (resume is None or rank > 0):
         # Each rank its own stochastic-rounding stream; rank 0 of a resumed run keeps its own.
         torch.manual_seed(_seed(cfg.seed, rank, start))
@@ -282,16 +284,47 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
+# The model-config fields that set the network's tensor shapes: init_from must match them.
+SHAPE_FIELDS = ("preset", "width", "n_blocks", "latent_channels", "patch_size", "norm")
+
+
 def init_weights(cfg: TrainConfig, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-    """The weights (and mask) of `cfg.init_from`, a checkpoint or an exported model; raises
-    ConfigError when its model config is not this run's."""
-    init = load_checkpoint(cfg.init_from, map_location=device)
-    if init["model_config"] != cfg.model.to_dict():
+    """The weights (and mask) of `cfg.init_from`: a checkpoint, an exported model, or the name
+    of a registered model (so training continues from the shipped weights).
+
+    Raises ConfigError when its network's shape (SHAPE_FIELDS) is not this run's. Its other
+    model fields (quantizer and rate options) may differ: `load_into` then keeps what fits.
+    """
+    path = Path(cfg.init_from)
+    if not path.exists():
+        registered = {m.name: m for m in zoo.list_models()}
+        if cfg.init_from not in registered:
+            raise ConfigError(
+                f"init_from={cfg.init_from} is neither a file nor a registered model "
+                f"({', '.join(registered) or 'none registered'})"
+            )
+        path = registered[cfg.init_from].file
+    init = load_checkpoint(path, map_location=device)
+    theirs, ours = ModelConfig.from_dict(init["model_config"]), cfg.model
+    differ = [f for f in SHAPE_FIELDS if getattr(theirs, f) != getattr(ours, f)]
+    if differ:
         raise ConfigError(
             f"init_from={cfg.init_from} holds a model of config {init['model_config']}, but "
-            f"this run trains {cfg.model.to_dict()}"
+            f"this run trains {cfg.model.to_dict()} ({', '.join(differ)} differ)"
         )
     return init["model"]
+
+
+def load_into(net: CAE, weights: dict[str, torch.Tensor]) -> list[str]:
+    """Load every tensor of `weights` whose name and shape fit `net` (the mask included);
+    returns the names of `net`'s tensors that start fresh (e.g. a new entropy model)."""
+    own = net.state_dict()
+    weights = net.fold_latent_batchnorm(weights)
+    fitting = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
+    if "mask" in weights:
+        fitting["mask"] = weights["mask"]
+    net.load_state_dict(fitting, strict=False)
+    return sorted(k for k in own if k not in fitting)
 
 
 def train_step(

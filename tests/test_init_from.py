@@ -1,0 +1,56 @@
+"""init_from: continuing from a registered model by name, and from a model whose quantizer
+options differ (a rate-aware model started from a shipped one computes the same latent)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from caeadmm import zoo
+from caeadmm.config import ConfigError, ModelConfig, TrainConfig
+from caeadmm.model import CAE
+from caeadmm.train_loop import init_weights, load_into
+
+SHIPPED = zoo.list_models()[0].name
+
+
+def _rate_config(source: CAE, **changes) -> ModelConfig:
+    fields = {**source.config.to_dict(), "latent_norm": "none", "entropy_model": "factorized",
+              "train_rounding": "mixed", **changes}
+    return ModelConfig.from_dict(fields)
+
+
+def test_init_from_a_registered_name_loads_its_weights():
+    source = zoo.load(SHIPPED)
+    cfg = TrainConfig(model=source.config, init_from=SHIPPED, pruning_ratio=0.0)
+    weights = init_weights(cfg)
+    net = CAE(source.config)
+    assert load_into(net, weights) == []
+    assert net.fingerprint() == source.fingerprint()
+
+
+def test_init_from_unknown_name_says_what_is_registered():
+    cfg = TrainConfig(init_from="no-such-model", pruning_ratio=0.0)
+    with pytest.raises(ConfigError, match=f"neither a file nor a registered model.*{SHIPPED}"):
+        init_weights(cfg)
+
+
+def test_rate_aware_model_from_a_shipped_one_encodes_and_decodes_the_same():
+    source = zoo.load(SHIPPED)
+    net = CAE(_rate_config(source)).eval()
+    fresh = load_into(net, source.state_dict())
+    assert fresh and all(name.startswith("entropy.") for name in fresh)  # only the new model
+    torch.manual_seed(0)
+    x = torch.rand(2, 3, 128, 128)
+    symbols = source.encode(x)
+    assert torch.equal(net.encode(x), symbols)  # the BatchNorm folded into the convolution
+    assert torch.equal(net.decode(symbols), source.decode(symbols))
+    assert torch.equal(net.mask, source.mask)
+
+
+def test_init_from_refuses_another_network_shape():
+    source = zoo.load(SHIPPED)
+    cfg = TrainConfig(model=_rate_config(source, width=32), rate_lambda=1.0, init_from=SHIPPED,
+                      pruning_ratio=0.0)
+    with pytest.raises(ConfigError, match="width differ"):
+        init_weights(cfg)
