@@ -68,18 +68,27 @@ GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 ALPHA_MODES = {"RGBA", "LA", "La", "RGBa", "PA"}
 
 
-def compress(image: np.ndarray, model: CAE, *, tile: int | None = TILE) -> bytes:
+def compress(
+    image: np.ndarray, model: CAE, *, tile: int | None = TILE, layout: str | None = None
+) -> bytes:
     """Encode a uint8 image, (H, W, 3) RGB or (H, W) grayscale, into a .cae stream.
 
     tile: core side in pixels of the windows the network runs over (a multiple of 8; None:
     one window for the whole image). It bounds memory and does not change the stream.
+    layout: None picks "channels" when the model's mask allows it, else "tiles"; "tiles"
+    forces independent tiles (version 1's layout, for comparisons).
     """
+    if layout not in (None, "tiles", "channels"):
+        raise ValueError(f"layout must be None, 'tiles' or 'channels', got {layout!r}")
     image, mode = _check_image(image)
     height, width = image.shape[:2]
     kept = kept_channels(model)
+    if layout == "channels" and kept is None:
+        raise ValueError("the 'channels' layout needs a mask that is the same at every "
+                         "latent position (prune_structure: channel)")
     fingerprint = model.fingerprint()[: bitstream.FINGERPRINT_BYTES]
     channels = model.config.latent_channels
-    if kept is None:
+    if kept is None or layout == "tiles":
         symbols, layout = _encode_tiles(image, model), "tiles"
         kept_count, tile_size = int(_kept_slots(model).sum()), model.config.patch_size
     else:

@@ -246,6 +246,22 @@ def test_tiles_grayscale(slot_model):
     np.testing.assert_array_equal(decoded, (rgb.astype(np.uint16).sum(axis=2) + 1) // 3)
 
 
+def test_tiles_layout_can_be_forced_for_a_channel_mask(model):
+    """Version 1's layout on demand (for comparisons): its decoding is the tile-by-tile one."""
+    image = test_image(70, 40)
+    data = image_codec.compress(image, model, layout="tiles")
+    assert parse(data)[0].layout == "tiles"
+    np.testing.assert_array_equal(image_codec.decompress(data, model),
+                                  tile_reconstruction(image, model))
+
+
+def test_channels_layout_needs_a_channel_mask(slot_model):
+    with pytest.raises(ValueError, match="same at every latent position"):
+        image_codec.compress(test_image(20, 20), slot_model, layout="channels")
+    with pytest.raises(ValueError, match="layout must be"):
+        image_codec.compress(test_image(20, 20), slot_model, layout="strips")
+
+
 # -- refusals ------------------------------------------------------------------------------
 
 
