@@ -92,7 +92,7 @@ def compress(
         symbols, layout = _encode_tiles(image, model), "tiles"
         kept_count, tile_size = int(_kept_slots(model).sum()), model.config.patch_size
     else:
-        symbols = encode_latent(image, model, kept, tile)
+        symbols = _encode_channels(image, model, kept, tile)
         kept_count, tile_size, layout = len(kept), 0, "channels"
     payload = coding.encode(symbols.ravel())
     header = Header(
@@ -208,7 +208,7 @@ def kept_channels(model: CAE) -> torch.Tensor | None:
     return torch.nonzero(per_channel[:, 0]).flatten()
 
 
-def encode_latent(
+def _encode_channels(
     image: np.ndarray, model: CAE, kept: torch.Tensor, tile: int | None = TILE
 ) -> np.ndarray:
     """The kept channels of the whole image's quantized latent, int8 (K, H'/8, W'/8) where
