@@ -1,19 +1,21 @@
-"""Codec speed on Kodak: CAE encode/decode split into network and entropy coding, with
-Pillow JPEG and WebP timed on the same images in the same run (DESIGN.md section 4 target:
-under 1 s each way on 2 CPU cores, small preset, peak memory under 2 GB).
+"""Codec speed, memory and quality on Kodak: CAE version 2 (whole image, "channels"
+layout) next to version 1's layout (independent 128 px tiles), each split into network and
+entropy coding, with Pillow JPEG and WebP timed on the same images in the same run.
 
-    .venv/bin/python bench/image_codec.py [--kodak DIR] [--threads 2] [--repeats 3] [--model PATH]
-    .venv/bin/python bench/image_codec.py --large        # one synthetic 8000 x 6000 image instead
+    .venv/bin/python bench/image_codec.py [--kodak DIR] [--threads 2] [--repeats 3] [--model M]
+    .venv/bin/python bench/image_codec.py --large [--layout tiles]   # one 8000 x 6000 image
 
 Without --model the small preset runs with random weights: the time of a network does not
 depend on its weights, but the entropy coder's does on the symbols, so the random model's
 BatchNorm statistics are calibrated on noise images (never on Kodak) and its latent scaled so
-that symbols spread over about -10..10, with a random mask keeping 1 - pruning_ratio of the
-slots. Times start from decoded pixels in memory and end with bytes (and back): file I/O and
-PNG decoding are not included. Per image the median of --repeats runs; the table gives the
-median over the images (and the slowest image), in wall-clock seconds and in CPU seconds of
-this process (all threads: on a machine shared with other work, the CPU time is the steadier
-measure of the work done; wall time is at best CPU time / threads).
+that symbols spread over about -10..10, with a random channel mask keeping 1 - pruning_ratio
+of the channels. With a trained --model the table also gives bpp, PSNR and MS-SSIM of both
+layouts (caeadmm.metrics). Times start from decoded pixels in memory and end with bytes (and
+back): file I/O and PNG decoding are not included. Per image the median of --repeats runs;
+the table gives the median over the images (and the slowest image), in wall-clock seconds
+and in CPU seconds of this process (all threads: on a machine shared with other work, the
+CPU time is the steadier measure of the work done). --large reports the process's peak RSS
+for one layout (run it once per layout: the peak of a process only grows).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from caeadmm import image_codec  # noqa: E402
 from caeadmm.bitstream import parse  # noqa: E402
 from caeadmm.config import ModelConfig  # noqa: E402
 from caeadmm.images import list_images, load_rgb  # noqa: E402
+from caeadmm.metrics import quality_metrics  # noqa: E402
 from caeadmm.model import CAE  # noqa: E402
 from caeadmm.zoo import load  # noqa: E402
 
@@ -54,7 +57,8 @@ def random_model(pruning_ratio: float, seed: int = 0) -> CAE:
         for _ in range(4):
             model(torch.rand(8, 3, 128, 128))
     model.encoder[-1][-1].weight.data.fill_(4.0)
-    model.set_mask(torch.rand(model.config.latent_shape()) >= pruning_ratio)
+    keep = torch.rand(model.config.latent_channels) >= pruning_ratio
+    model.set_mask(keep[:, None, None].expand(model.config.latent_shape()).clone())
     return model.eval()
 
 
@@ -73,21 +77,28 @@ def minus(a: tuple[float, float], b: tuple[float, float]) -> tuple[float, float]
     return a[0] - b[0], a[1] - b[1]
 
 
+LAYOUTS = {"v2": None, "v1": "tiles"}  # row prefix -> compress(layout=...)
+
+
 def measure_image(image: np.ndarray, model: CAE, repeats: int) -> dict[str, tuple]:
     pixels = image.shape[0] * image.shape[1]
-    t_enc, data = timed(lambda: image_codec.compress(image, model), repeats)
-    t_dec, _ = timed(lambda: image_codec.decompress(data, model), repeats)
-    _, payload = parse(data)
-    symbols = coding.decode(payload)
-    t_ent_enc, _ = timed(lambda: coding.encode(symbols), repeats)
-    t_ent_dec, _ = timed(lambda: coding.decode(payload), repeats)
-    t_enc8, _ = timed(lambda: image_codec.compress(image, model, batch_tiles=8), repeats)
-    row = {
-        "cae_bpp": 8 * len(data) / pixels,
-        "cae_enc": t_enc, "cae_enc_net": minus(t_enc, t_ent_enc), "cae_enc_ent": t_ent_enc,
-        "cae_dec": t_dec, "cae_dec_net": minus(t_dec, t_ent_dec), "cae_dec_ent": t_ent_dec,
-        "cae_enc_b8": t_enc8,
-    }
+    row = {}
+    for name, layout in LAYOUTS.items():
+        t_enc, data = timed(lambda layout=layout: image_codec.compress(image, model,
+                                                                      layout=layout), repeats)
+        t_dec, decoded = timed(lambda data=data: image_codec.decompress(data, model), repeats)
+        _, payload = parse(data)
+        symbols = coding.decode(payload)
+        t_ent_enc, _ = timed(lambda symbols=symbols: coding.encode(symbols), repeats)
+        t_ent_dec, _ = timed(lambda payload=payload: coding.decode(payload), repeats)
+        row.update({
+            f"{name}_bpp": 8 * len(data) / pixels,
+            f"{name}_enc": t_enc, f"{name}_enc_net": minus(t_enc, t_ent_enc),
+            f"{name}_enc_ent": t_ent_enc,
+            f"{name}_dec": t_dec, f"{name}_dec_net": minus(t_dec, t_ent_dec),
+            f"{name}_dec_ent": t_ent_dec,
+            **{f"{name}_{k}": v for k, v in quality_metrics(image, decoded).items()},
+        })
     pil = Image.fromarray(image)
     for name, fmt in (("jpeg", "JPEG"), ("webp", "WEBP")):
         def save(fmt=fmt) -> bytes:
@@ -123,23 +134,34 @@ def table(rows: list[dict[str, tuple]], random_weights: bool) -> str:
     lines = [
         "| codec | step | median wall s | slowest wall s | median CPU s |",
         "|---|---|---|---|---|",
-        f"| CAE (small) | encode total | {stat('cae_enc')} |",
-        f"| | - network (tiling, encoder, gather) | {stat('cae_enc_net')} |",
-        f"| | - entropy coding | {stat('cae_enc_ent')} |",
-        f"| | decode total | {stat('cae_dec')} |",
-        f"| | - network (scatter, decoder, crop) | {stat('cae_dec_net')} |",
-        f"| | - entropy decoding | {stat('cae_dec_ent')} |",
-        f"| | encode, batch_tiles=8 (for comparison) | {stat('cae_enc_b8')} |",
+    ]
+    for name, what in (("v2", "CAE v2 (whole image)"), ("v1", "CAE v1 layout (tiles)")):
+        lines += [
+            f"| {what} | encode total | {stat(f'{name}_enc')} |",
+            f"| | - network | {stat(f'{name}_enc_net')} |",
+            f"| | - entropy coding | {stat(f'{name}_enc_ent')} |",
+            f"| | decode total | {stat(f'{name}_dec')} |",
+            f"| | - network | {stat(f'{name}_dec_net')} |",
+            f"| | - entropy decoding | {stat(f'{name}_dec_ent')} |",
+        ]
+    lines += [
         f"| Pillow JPEG q75 | encode | {stat('jpeg_enc')} |",
         f"| | decode | {stat('jpeg_dec')} |",
         f"| Pillow WebP q75 | encode | {stat('webp_enc')} |",
         f"| | decode | {stat('webp_dec')} |",
+        "",
     ]
-    bpp = {k: statistics.mean(r[f"{k}_bpp"] for r in rows) for k in ("cae", "jpeg", "webp")}
-    lines.append("")
-    note = "the CAE weights are random" if random_weights else "different qualities"
-    lines.append(f"mean bpp (not a rate comparison: {note}): "
-                 + ", ".join(f"{k} {v:.3f}" for k, v in bpp.items()))
+    if random_weights:
+        bpp = {k: statistics.mean(r[f"{k}_bpp"] for r in rows) for k in ("v2", "v1", "jpeg")}
+        lines.append("mean bpp (not a rate comparison: the CAE weights are random): "
+                     + ", ".join(f"{k} {v:.3f}" for k, v in bpp.items()))
+        return "\n".join(lines)
+    lines += ["| layout | mean bpp | mean PSNR dB | mean MS-SSIM |", "|---|---|---|---|"]
+    for name in LAYOUTS:
+        mean = {k: statistics.mean(r[f"{name}_{k}"] for r in rows)
+                for k in ("bpp", "psnr", "ms_ssim")}
+        lines.append(f"| {name} | {mean['bpp']:.4f} | {mean['psnr']:.2f} | "
+                     f"{mean['ms_ssim']:.4f} |")
     return "\n".join(lines)
 
 
@@ -152,21 +174,26 @@ def main() -> None:
     parser.add_argument("--pruning-ratio", type=float, default=0.5)
     parser.add_argument("--limit", type=int, help="only the first N images (a quick check)")
     parser.add_argument("--large", action="store_true", help="one 8000 x 6000 image instead")
+    parser.add_argument("--layout", choices=["channels", "tiles"], default="channels",
+                        help="--large: the layout to measure (default: channels, version 2)")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
     model = load(args.model) if args.model else random_model(args.pruning_ratio)
-    kept = "all" if model.mask is None else int(model.mask.sum())
+    kept = "all" if model.mask is None else int(model.mask[:, 0, 0].sum())
     print(f"model: {args.model or 'small preset, random weights'}; config {model.config}; "
-          f"kept slots per tile {kept}; torch threads {torch.get_num_threads()}; "
+          f"kept channels {kept}; torch threads {torch.get_num_threads()}; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     if args.large:
         image = synthetic_image(6000, 8000)
         rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        (t_enc, _), data = timed(lambda: image_codec.compress(image, model), 1)
+        (t_enc, _), data = timed(
+            lambda: image_codec.compress(image, model, layout=args.layout), 1)
+        after_encode = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         (t_dec, _), _ = timed(lambda: image_codec.decompress(data, model), 1)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(f"8000 x 6000: encode {t_enc:.1f} s, decode {t_dec:.1f} s, "
+        print(f"8000 x 6000, layout {args.layout}: encode {t_enc:.1f} s (peak RSS "
+              f"{after_encode:.0f} MB), decode {t_dec:.1f} s, "
               f"{8 * len(data) / 48e6:.3f} bpp; peak RSS {peak:.0f} MB "
               f"(before the codec ran, with the image in memory: {rss_before:.0f} MB)")
         return
@@ -177,8 +204,8 @@ def main() -> None:
     rows = []
     for path in paths:
         rows.append(measure_image(load_rgb(path), model, args.repeats))
-        print(f"  {path.name}: encode {rows[-1]['cae_enc'][0]:.3f} s, "
-              f"decode {rows[-1]['cae_dec'][0]:.3f} s", file=sys.stderr)
+        print(f"  {path.name}: encode {rows[-1]['v2_enc'][0]:.3f} s, "
+              f"decode {rows[-1]['v2_dec'][0]:.3f} s", file=sys.stderr)
     print(f"{len(rows)} images from {args.kodak}, median of {args.repeats} runs each\n")
     print(table(rows, random_weights=not args.model))
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -1,10 +1,14 @@
-"""The .cae file format, version 1: a fixed 52-byte header followed by one coded payload.
+"""The .cae file format: a fixed 52-byte header followed by one coded payload.
 
 The header says everything a decoder must check before it allocates anything: which model
-the stream needs, how large the image is, how the tiles were cut and how many symbols the
+the stream needs, how large the image is, how its symbols are laid out and how many the
 payload holds. `parse` validates every field, the total length and a CRC32 over header and
 payload, and raises BitstreamError (a ValueError) for anything wrong, so that callers see one
 error type for every malformed file. docs/bitstream.md is the specification.
+
+Version 2 (written) has a layout byte: "channels" (the whole image through the network, the
+kept latent channels coded) or "tiles" (independent P x P tiles, version 1's layout, for
+models whose mask is not channel-structured). Version 1 streams (always "tiles") are read.
 """
 
 from __future__ import annotations
@@ -14,20 +18,28 @@ import zlib
 from dataclasses import dataclass
 
 MAGIC = b"\x89CAE"
-VERSION = 1
+VERSION = 2
+READABLE_VERSIONS = (1, 2)
 FINGERPRINT_BYTES = 16  # leading bytes of the model's sha256 fingerprint
 MODES = {0: "RGB", 1: "L"}
 MODE_CODES = {name: code for code, name in MODES.items()}
+# Symbol layouts (and payload kinds). A new payload, e.g. one code table per channel, is a
+# new code here, not a new version.
+LAYOUTS = {0: "tiles", 1: "channels"}
+LAYOUT_CODES = {name: code for code, name in LAYOUTS.items()}
 
-# magic, version, mode, tile size, latent channels, reserved, width, height,
-# kept slots per tile, model fingerprint, payload length, CRC32.
-_HEADER = struct.Struct("<4sBBHHHIII16sQI")
+# magic, version, mode, tile size, latent channels, layout, reserved, width, height,
+# kept (slots per tile or channels), model fingerprint, payload length, CRC32.
+_HEADER = struct.Struct("<4sBBHHBBIII16sQI")
 HEADER_BYTES = _HEADER.size  # 52
 
 # Default limit on the pixels a stream may declare (2**27, e.g. 16384 x 8192); callers that
 # need larger images pass their own `max_pixels`.
 DEFAULT_MAX_PIXELS = 1 << 27
 _MAX_TILE = 4096  # a tile larger than this is certainly not a real model's
+_MAX_CHANNELS = 1024
+LATENT_STRIDE = 8  # image pixels per latent position, each way
+MIN_SIDE = 16  # the network's smallest input side
 
 
 class BitstreamError(ValueError):
@@ -46,40 +58,53 @@ class ModelMismatchError(BitstreamError):
         )
 
 
+def padded_side(n: int) -> int:
+    """The side the network sees for an image side of n pixels ("channels" layout): the
+    next multiple of 8, at least 16 (the image is replicate-padded at the bottom/right)."""
+    return max(MIN_SIDE, -(-n // LATENT_STRIDE) * LATENT_STRIDE)
+
+
 @dataclass(frozen=True)
 class Header:
-    """The decoded header fields of a v1 stream."""
+    """The decoded header fields of a stream."""
 
     width: int
     height: int
     mode: str  # "RGB" or "L": the mode the image had, and the one decompress returns
-    tile_size: int
+    layout: str  # "channels" or "tiles"
     latent_channels: int
-    kept_per_tile: int  # transmitted (unpruned) latent slots per tile
+    kept: int  # "channels": kept latent channels; "tiles": kept latent slots per tile
     fingerprint: bytes  # first FINGERPRINT_BYTES bytes of the model fingerprint
     payload_length: int
+    tile_size: int = 0  # "tiles" only: the tile side P; 0 for "channels"
     version: int = VERSION
 
     @property
     def tiles(self) -> tuple[int, int]:
-        """(rows, columns) of tiles covering the image after padding."""
+        """"tiles" layout: (rows, columns) of tiles covering the image after padding."""
         return -(-self.height // self.tile_size), -(-self.width // self.tile_size)
 
     @property
+    def latent_size(self) -> tuple[int, int]:
+        """"channels" layout: (rows, columns) of the whole image's latent."""
+        return (padded_side(self.height) // LATENT_STRIDE,
+                padded_side(self.width) // LATENT_STRIDE)
+
+    @property
     def n_symbols(self) -> int:
-        rows, cols = self.tiles
-        return rows * cols * self.kept_per_tile
+        rows, cols = self.tiles if self.layout == "tiles" else self.latent_size
+        return rows * cols * self.kept
 
 
 def pack(header: Header, payload: bytes) -> bytes:
-    """Build a complete stream from its header fields and its coded payload."""
+    """Build a complete stream (the current VERSION) from its header fields and payload."""
     if len(payload) != header.payload_length:
         raise ValueError("payload_length does not match the payload")
     _check_fields(header, max_pixels=None)
     fields = (
-        MAGIC, VERSION, MODE_CODES[header.mode], header.tile_size, header.latent_channels, 0,
-        header.width, header.height, header.kept_per_tile, header.fingerprint,
-        header.payload_length,
+        MAGIC, VERSION, MODE_CODES[header.mode], header.tile_size, header.latent_channels,
+        LAYOUT_CODES[header.layout], 0, header.width, header.height, header.kept,
+        header.fingerprint, header.payload_length,
     )
     head = _HEADER.pack(*fields, 0)[:-4]
     crc = zlib.crc32(payload, zlib.crc32(head))
@@ -92,20 +117,27 @@ def read_header(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Hea
         raise BitstreamError(
             f"truncated: {len(data)} bytes is shorter than the {HEADER_BYTES}-byte header"
         )
-    (magic, version, mode, tile, channels, reserved, width, height, kept, fingerprint,
+    (magic, version, mode, tile, channels, layout, reserved, width, height, kept, fingerprint,
      payload_length, _crc) = _HEADER.unpack_from(data)
     if magic != MAGIC:
         raise BitstreamError("not a .cae stream (bad magic number)")
-    if version != VERSION:
-        raise BitstreamError(f"unsupported format version {version} (this decoder reads {VERSION})")
+    if version not in READABLE_VERSIONS:
+        raise BitstreamError(
+            f"unsupported format version {version} (this decoder reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))})"
+        )
     if mode not in MODES:
         raise BitstreamError(f"unknown image mode code {mode}")
-    if reserved != 0:
+    # Version 1 had two reserved bytes where version 2 has the layout and a reserved byte:
+    # a version 1 stream is a "tiles" stream with both zero.
+    if reserved != 0 or (version == 1 and layout != 0):
         raise BitstreamError("reserved header field is not zero")
+    if layout not in LAYOUTS:
+        raise BitstreamError(f"unknown symbol layout code {layout}")
     header = Header(
-        width=width, height=height, mode=MODES[mode], tile_size=tile, latent_channels=channels,
-        kept_per_tile=kept, fingerprint=fingerprint, payload_length=payload_length,
-        version=version,
+        width=width, height=height, mode=MODES[mode], layout=LAYOUTS[layout],
+        latent_channels=channels, kept=kept, fingerprint=fingerprint,
+        payload_length=payload_length, tile_size=tile, version=version,
     )
     _check_fields(header, max_pixels)
     return header
@@ -137,16 +169,26 @@ def _check_fields(header: Header, max_pixels: int | None) -> None:
             f"image of {header.width}x{header.height} = {header.width * header.height} pixels "
             f"exceeds the limit of {max_pixels}"
         )
-    tile = header.tile_size
-    if not (16 <= tile <= _MAX_TILE and tile % 8 == 0):
-        raise BitstreamError(f"bad tile size {tile} (a multiple of 8 from 16 to {_MAX_TILE})")
-    if not 1 <= header.latent_channels <= 1024:
+    if not 1 <= header.latent_channels <= _MAX_CHANNELS:
         raise BitstreamError(f"bad latent channel count {header.latent_channels}")
-    slots = header.latent_channels * (tile // 8) ** 2
-    if not 0 <= header.kept_per_tile <= slots:
-        raise BitstreamError(
-            f"{header.kept_per_tile} kept slots per tile, but a tile has only {slots}"
-        )
+    tile = header.tile_size
+    if header.layout == "tiles":
+        if not (16 <= tile <= _MAX_TILE and tile % 8 == 0):
+            raise BitstreamError(f"bad tile size {tile} (a multiple of 8 from 16 to {_MAX_TILE})")
+        slots = header.latent_channels * (tile // 8) ** 2
+        if not 0 <= header.kept <= slots:
+            raise BitstreamError(
+                f"{header.kept} kept slots per tile, but a tile has only {slots}"
+            )
+    elif header.layout == "channels":
+        if tile != 0:
+            raise BitstreamError(f"tile size {tile} in a whole-image stream (must be 0)")
+        if not 0 <= header.kept <= header.latent_channels:
+            raise BitstreamError(
+                f"{header.kept} kept channels, but the latent has only {header.latent_channels}"
+            )
+    else:
+        raise BitstreamError(f"unknown symbol layout {header.layout!r}")
     if header.mode not in MODE_CODES:
         raise BitstreamError(f"unknown image mode {header.mode!r}")
     if len(header.fingerprint) != FINGERPRINT_BYTES:

@@ -1,77 +1,104 @@
-"""Whole images to .cae streams and back, tile by tile (DESIGN.md section 2, "Whole images").
+"""Whole images to .cae streams and back (the format: docs/bitstream.md).
 
-compress: pad the image to a multiple of the tile size P by repeating its edge pixels
-(replicate padding: defined for every size down to 1x1, and a flat border costs few bits),
-encode the tiles `batch_tiles` at a time (bounded memory for any image size), keep only the
-mask's slots of every tile, and code all kept symbols in one `coding` stream.
-decompress reverses it: decode the stream, scatter each tile's symbols into a zero latent,
-decode the tiles `batch_tiles` at a time and crop the padding.
+Channel-masked models (`prune_structure: channel`, or no mask) use the "channels" layout:
+the mask is the same at every latent position, so the network runs over the whole image,
+replicate-padded at the bottom and right to a multiple of 8 (at least 16), the kept latent
+channels are coded (channel, then row, then column), and the decoder reconstructs the whole
+image and crops the padding. Models with any other mask (`prune_structure: slot`) keep the
+"tiles" layout of version 1: independent P x P tiles, each coded as its kept mask slots.
 
-Symbol order in the stream: tiles in raster order (left to right, then top to bottom);
-within a tile, the kept slots in C order of the (C, P/8, P/8) mask (channel, row, column).
+Bounded memory: the network runs over overlapping windows of at most (TILE + 2 halo)^2
+pixels. The halo covers the receptive field derived from the layers (`encoder_reach`,
+`decoder_reach`), windows at the image's border end at the true border (so the network's
+reflection padding sees what it sees on the whole image), and of each window only its core,
+whose inputs all lie inside it, is kept: the result is that of one pass over the whole image.
+The largest buffers are the image, the output image and the symbols (one byte each while
+encoding, four while decoding).
 
 Pixels: uint8 v becomes v / 255 for the network; the network's output x in [0, 1] becomes
 round(255 x) (half to even). Grayscale input (H, W) is replicated to RGB for the network and
 recorded as mode L; decompress then returns (H, W), the rounded mean of the three decoded
 channels. Everything else is (H, W, 3) RGB.
 
-Determinism: the same input, model and machine give identical bytes (eval mode, deterministic
-rounding, contiguous NCHW tensors, any thread count). The convolution library's float
-results for a tile can differ in the last bits with the size of the batch it runs in, enough
-to flip a rounded symbol now and then; so on the CPU tiles run one at a time (batch_tiles=1,
-within about 10 % of batching there: bench/codec.py), and each tile's symbols and pixels
-depend on that tile alone. On a GPU tiles run in batches of 32 for speed: still deterministic
-for a given image. Other hardware may round a few symbols differently; any decoder still
-reads any stream.
+Determinism: PyTorch runs a float32 CPU convolution on oneDNN, whose result at a position
+depends only on the inputs it reads (not on the tensor's shape, the position or the thread
+count: tests/test_codec.py), except that a small input (about 20,000 values) with a kernel of
+at most 3 x 3 goes to PyTorch's own im2col + BLAS path, whose float rounding differs. So a
+window smaller than SMALL_WINDOW pixels runs as a batch of two copies of itself, which always
+takes oneDNN; then every window gives the bits the whole-image pass gives, and the stream
+does not depend on TILE or the thread count. Another CPU or a GPU may round a few symbols
+differently; any decoder still reads any stream.
 """
 
 from __future__ import annotations
 
 import io
+import math
 import os
+import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
+from fractions import Fraction
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+from torch import nn
 
 import coding
 from caeadmm import bitstream
-from caeadmm.bitstream import DEFAULT_MAX_PIXELS, BitstreamError, Header, ModelMismatchError
+from caeadmm.bitstream import (
+    DEFAULT_MAX_PIXELS,
+    LATENT_STRIDE,
+    BitstreamError,
+    Header,
+    ModelMismatchError,
+    padded_side,
+)
 from caeadmm.files import write_atomic
 from caeadmm.images import load_rgb, to_uint8
-from caeadmm.model import CAE
+from caeadmm.model import CAE, LATENT_MAX, quantize
 from coding.format import unpack_header
 
-GPU_BATCH_TILES = 32
+TILE = 512  # pixels: the core side of a network window (a multiple of 8)
+SMALL_WINDOW = 1 << 16  # pixels: smaller windows run as a batch of two (see above)
+GPU_BATCH_TILES = 32  # "tiles" layout on a GPU: tiles per network call
 GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+ALPHA_MODES = {"RGBA", "LA", "La", "RGBa", "PA"}
 
 
-def compress(image: np.ndarray, model: CAE, *, batch_tiles: int | None = None) -> bytes:
+def compress(
+    image: np.ndarray, model: CAE, *, tile: int | None = TILE, layout: str | None = None
+) -> bytes:
     """Encode a uint8 image, (H, W, 3) RGB or (H, W) grayscale, into a .cae stream.
 
-    batch_tiles: tiles per network call; None: 1 on the CPU, GPU_BATCH_TILES on a GPU.
+    tile: core side in pixels of the windows the network runs over (a multiple of 8; None:
+    one window for the whole image). It bounds memory and does not change the stream.
+    layout: None picks "channels" when the model's mask allows it, else "tiles"; "tiles"
+    forces independent tiles (version 1's layout, for comparisons).
     """
-    rgb, mode = _as_rgb(image)
-    height, width = rgb.shape[:2]
-    tile = model.config.patch_size
-    padded = _pad(rgb, tile)
-    kept = _kept_slots(model)
-    device = _device(model)
-    batch_tiles = batch_tiles or _default_batch(device)
-    symbols = []
-    with torch.inference_mode():
-        for batch in _tile_batches(padded, tile, batch_tiles):
-            x = torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous().to(device)
-            latent = model.encode(x.float() / 255)
-            symbols.append(latent.cpu()[:, kept].numpy())
-    payload = coding.encode(np.concatenate(symbols).ravel())
+    if layout not in (None, "tiles", "channels"):
+        raise ValueError(f"layout must be None, 'tiles' or 'channels', got {layout!r}")
+    image, mode = _check_image(image)
+    height, width = image.shape[:2]
+    kept = kept_channels(model)
+    if layout == "channels" and kept is None:
+        raise ValueError("the 'channels' layout needs a mask that is the same at every "
+                         "latent position (prune_structure: channel)")
+    fingerprint = model.fingerprint()[: bitstream.FINGERPRINT_BYTES]
+    channels = model.config.latent_channels
+    if kept is None or layout == "tiles":
+        symbols, layout = _encode_tiles(image, model), "tiles"
+        kept_count, tile_size = int(_kept_slots(model).sum()), model.config.patch_size
+    else:
+        symbols = _encode_channels(image, model, kept, tile)
+        kept_count, tile_size, layout = len(kept), 0, "channels"
+    payload = coding.encode(symbols.ravel())
     header = Header(
-        width=width, height=height, mode=mode, tile_size=tile,
-        latent_channels=model.config.latent_channels, kept_per_tile=int(kept.sum()),
-        fingerprint=model.fingerprint()[: bitstream.FINGERPRINT_BYTES],
-        payload_length=len(payload),
+        width=width, height=height, mode=mode, layout=layout, latent_channels=channels,
+        kept=kept_count, fingerprint=fingerprint, payload_length=len(payload),
+        tile_size=tile_size,
     )
     return bitstream.pack(header, payload)
 
@@ -81,7 +108,7 @@ def decompress(
     model: CAE,
     *,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
-    batch_tiles: int | None = None,
+    tile: int | None = TILE,
 ) -> np.ndarray:
     """Decode a .cae stream into uint8 pixels: (H, W, 3) RGB, or (H, W) for mode L streams.
 
@@ -89,8 +116,7 @@ def decompress(
     when `model` is not the one that wrote it; both before any image-sized allocation.
     """
     header, payload = bitstream.parse(data, max_pixels)
-    kept = _kept_slots(model)
-    _check_model(header, model, kept)
+    _check_model(header, model)
     try:
         # The payload's own symbol count (its first bytes) is checked before anything is
         # decoded: a crafted count must not size an allocation.
@@ -102,26 +128,237 @@ def decompress(
         symbols = coding.decode(payload)
     except coding.CorruptStreamError as exc:
         raise BitstreamError(f"corrupt payload: {exc}") from exc
-    rows, cols = header.tiles
-    tile = header.tile_size
-    symbols = symbols.reshape(rows * cols, header.kept_per_tile)
-    out = np.empty((rows * tile, cols * tile, 3), dtype=np.uint8)
+    shape = (header.height, header.width) + (() if header.mode == "L" else (3,))
+    out = np.empty(shape, np.uint8)
+    if header.layout == "channels":
+        rows, cols = header.latent_size
+        latent = symbols.reshape(header.kept, rows, cols)
+        _decode_channels(latent, model, kept_channels(model), tile, out)
+    else:
+        _decode_tiles(symbols.reshape(-1, header.kept), model, out)
+    return out
+
+
+# -- receptive fields ----------------------------------------------------------------------
+
+
+def encoder_reach(model: CAE) -> int:
+    """Pixels each way an encoder output reads: latent position j (per axis) depends on input
+    pixels 8 j - reach .. 8 j + reach and no others. Derived from the layers: every
+    convolution (centred by its padding) adds its half kernel times the stride so far."""
+    reach, stride = 0, 1
+    for layer in _centred_convs(model.encoder):
+        reach += (layer.kernel_size[0] - 1) // 2 * layer.dilation[0] * stride
+        stride *= layer.stride[0]
+    if stride != LATENT_STRIDE:
+        raise ValueError(f"encoder stride {stride}, the format needs {LATENT_STRIDE}")
+    return reach
+
+
+def decoder_reach(model: CAE) -> int:
+    """Latent positions each way a decoded pixel reads beyond its own: the pixels of latent
+    position j depend on latent positions j - reach .. j + reach only. Each convolution adds
+    its half kernel in latent units (divided by the pixel-shuffle factor so far), rounded up."""
+    reach, scale = Fraction(0), 1
+    for layer in model.decoder.modules():
+        if isinstance(layer, nn.Conv2d):
+            if layer.stride != (1, 1):
+                raise ValueError("a strided convolution in the decoder: derive its reach by hand")
+            reach += Fraction((layer.kernel_size[0] - 1) // 2 * layer.dilation[0], scale)
+        elif isinstance(layer, nn.PixelShuffle):
+            scale *= layer.upscale_factor
+    if scale != LATENT_STRIDE:
+        raise ValueError(f"decoder upscales by {scale}, the format needs {LATENT_STRIDE}")
+    return math.ceil(reach)
+
+
+def _centred_convs(network: nn.Module) -> Iterator[nn.Conv2d]:
+    """The convolutions in execution order, checked to be square and centred (reflection pad
+    plus own padding = half the kernel), the form the reach formulas assume."""
+    pad = 0
+    for layer in network.modules():
+        if isinstance(layer, nn.ReflectionPad2d):
+            pad = layer.padding[0]
+        elif isinstance(layer, nn.Conv2d):
+            k, d = layer.kernel_size[0], layer.dilation[0]
+            total = pad + layer.padding[0]
+            if layer.kernel_size[1] != k or k % 2 == 0 or total != (k - 1) // 2 * d:
+                raise ValueError(f"{layer} is not square and centred: derive its reach by hand")
+            pad = 0
+            yield layer
+
+
+def _halos(model: CAE) -> tuple[int, int]:
+    """(encoder halo, decoder halo) in latent positions."""
+    return -(-encoder_reach(model) // LATENT_STRIDE), decoder_reach(model)
+
+
+# -- the "channels" layout: the whole image, in windows --------------------------------------
+
+
+def kept_channels(model: CAE) -> torch.Tensor | None:
+    """Indices of the kept latent channels (all for an unpruned model), or None when the
+    mask is not channel-structured (not the same at every latent position)."""
+    mask = getattr(model, "mask", None)
+    if mask is None:
+        return torch.arange(model.config.latent_channels)
+    per_channel = mask.detach().to("cpu", torch.bool).flatten(1)
+    if not (per_channel.all(1) | ~per_channel.any(1)).all():
+        return None
+    return torch.nonzero(per_channel[:, 0]).flatten()
+
+
+def _encode_channels(
+    image: np.ndarray, model: CAE, kept: torch.Tensor, tile: int | None = TILE
+) -> np.ndarray:
+    """The kept channels of the whole image's quantized latent, int8 (K, H'/8, W'/8) where
+    H', W' = padded_side(H), padded_side(W); computed window by window."""
+    rows, cols = (padded_side(n) // LATENT_STRIDE for n in image.shape[:2])
+    symbols = np.empty((len(kept), rows, cols), np.int8)
+    halo = _halos(model)[0]
     device = _device(model)
-    batch_tiles = batch_tiles or _default_batch(device)
+    with _inference(model):
+        for (r0, r1, s0, s1), (c0, c1, t0, t1) in _windows(rows, cols, tile, halo):
+            crop = _window_pixels(image, s0, s1, t0, t1)
+            x = torch.from_numpy(crop).permute(2, 0, 1)[None].to(device).float() / 255
+            latent = quantize(_run(model.encoder, x, x.shape[-2] * x.shape[-1]), stochastic=False)
+            core = latent[0, kept.to(device), r0 - s0 : r1 - s0, c0 - t0 : c1 - t0]
+            symbols[:, r0:r1, c0:c1] = core.to(torch.int8).cpu().numpy()
+    return symbols
+
+
+def _decode_channels(
+    symbols: np.ndarray, model: CAE, kept: torch.Tensor, tile: int | None, out: np.ndarray
+) -> None:
+    """Decode (K, h, w) symbols window by window into `out`, (H, W, 3) or (H, W) for L."""
+    _, rows, cols = symbols.shape
+    height, width = out.shape[:2]
+    halo = _halos(model)[1]
+    device = _device(model)
+    dtype = next(model.parameters()).dtype
+    shape = (1, model.config.latent_channels)
+    with _inference(model):
+        for (r0, r1, s0, s1), (c0, c1, t0, t1) in _windows(rows, cols, tile, halo):
+            y0, x0 = LATENT_STRIDE * r0, LATENT_STRIDE * c0
+            if y0 >= height or x0 >= width:  # a core of padding alone
+                continue
+            latent = torch.zeros((*shape, s1 - s0, t1 - t0), dtype=dtype, device=device)
+            window = torch.from_numpy(symbols[:, s0:s1, t0:t1]).to(device, dtype)
+            latent[0, kept.to(device)] = window.clamp(-LATENT_MAX, LATENT_MAX)
+            pixels = _run(model.decoder, latent, latent[0, 0].numel() * LATENT_STRIDE**2)
+            decoded = to_uint8((torch.tanh(pixels) + 1) / 2)[0]
+            y1, x1 = min(LATENT_STRIDE * r1, height), min(LATENT_STRIDE * c1, width)
+            top, left = LATENT_STRIDE * (r0 - s0), LATENT_STRIDE * (c0 - t0)
+            _put(out, y0, x0, decoded[top : top + y1 - y0, left : left + x1 - x0])
+
+
+def _windows(
+    rows: int, cols: int, tile: int | None, halo: int
+) -> Iterator[tuple[tuple[int, int, int, int], tuple[int, int, int, int]]]:
+    """Per window ((core rows, window rows), (core columns, window columns)) in latent
+    positions, each as (core start, core end, window start, window end), raster order."""
+    core = None if tile is None else max(1, tile // LATENT_STRIDE)
+    row_spans = list(_spans(rows, core, halo))
+    col_spans = list(_spans(cols, core, halo))
+    for row_span in row_spans:
+        for col_span in col_spans:
+            yield row_span, col_span
+
+
+def _spans(n: int, core: int | None, halo: int) -> Iterator[tuple[int, int, int, int]]:
+    """Cores of `core` positions covering 0..n, each in a window that reaches `halo` beyond
+    it or ends at the true border. All windows have the same length, min(n, core + 2 halo):
+    one at the border is moved inward rather than cut, so that no window is needlessly small."""
+    core = n if core is None else core
+    length = min(n, core + 2 * halo)
+    for start in range(0, n, core):
+        window = min(max(start - halo, 0), n - length)
+        yield start, min(start + core, n), window, window + length
+
+
+def _window_pixels(image: np.ndarray, r0: int, r1: int, c0: int, c1: int) -> np.ndarray:
+    """Pixels of latent rows r0..r1 and columns c0..c1 as (h, w, 3) uint8, with the image
+    replicate-padded (its last row and column repeated) wherever the window passes it."""
+    height, width = image.shape[:2]
+    ys = np.minimum(np.arange(LATENT_STRIDE * r0, LATENT_STRIDE * r1), height - 1)
+    xs = np.minimum(np.arange(LATENT_STRIDE * c0, LATENT_STRIDE * c1), width - 1)
+    crop = image[np.ix_(ys, xs)]
+    return np.repeat(crop[..., None], 3, axis=2) if crop.ndim == 2 else crop
+
+
+def _run(network: nn.Module, x: torch.Tensor, pixels: int) -> torch.Tensor:
+    """network(x) for a batch of one; a window under SMALL_WINDOW pixels runs as a batch of
+    two copies so that every convolution takes oneDNN (see the module docstring)."""
+    if pixels < SMALL_WINDOW and x.device.type == "cpu":
+        return network(torch.cat([x, x]))[:1]
+    return network(x)
+
+
+def _put(out: np.ndarray, y0: int, x0: int, pixels: np.ndarray) -> None:
+    """Write decoded RGB pixels into `out` at (y0, x0); into a grayscale `out` as the rounded
+    mean of the three channels."""
+    h, w = pixels.shape[:2]
+    if out.ndim == 2:
+        pixels = ((pixels.astype(np.uint16).sum(axis=2) + 1) // 3).astype(np.uint8)
+    out[y0 : y0 + h, x0 : x0 + w] = pixels
+
+
+# -- the "tiles" layout: independent P x P tiles (slot masks, version 1 streams) -------------
+
+
+def _encode_tiles(image: np.ndarray, model: CAE) -> np.ndarray:
+    """The kept slots of every tile, tiles in raster order: int32 (tiles, K)."""
+    tile = model.config.patch_size
+    step = tile // LATENT_STRIDE
+    rows, cols = -(-image.shape[0] // tile), -(-image.shape[1] // tile)
+    kept = _kept_slots(model)
+    device = _device(model)
+    batch = _tiles_per_call(device)
+    symbols = []
+    with torch.inference_mode():
+        for start in range(0, rows * cols, batch):
+            positions = (divmod(i, cols) for i in range(start, min(start + batch, rows * cols)))
+            crops = [
+                _window_pixels(image, r * step, (r + 1) * step, c * step, (c + 1) * step)
+                for r, c in positions
+            ]
+            x = torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).contiguous().to(device)
+            symbols.append(model.encode(x.float() / 255).cpu()[:, kept].numpy())
+    return np.concatenate(symbols)
+
+
+def _decode_tiles(symbols: np.ndarray, model: CAE, out: np.ndarray) -> None:
+    """Decode (tiles, K) symbols tile by tile into `out`, cropping the padding."""
+    tile = model.config.patch_size
+    height, width = out.shape[:2]
+    cols = -(-width // tile)
+    kept = _kept_slots(model)
+    device = _device(model)
+    batch = _tiles_per_call(device)
     latent_shape = model.config.latent_shape()
     with torch.inference_mode():
-        for start in range(0, rows * cols, batch_tiles):
-            chunk = torch.from_numpy(symbols[start : start + batch_tiles])
+        for start in range(0, len(symbols), batch):
+            chunk = torch.from_numpy(symbols[start : start + batch])
             latent = torch.zeros((len(chunk), *latent_shape), dtype=torch.int32)
             latent[:, kept] = chunk
             pixels = to_uint8(model.decode(latent.to(device)))
             for i, tile_pixels in enumerate(pixels):
                 r, c = divmod(start + i, cols)
-                out[r * tile : (r + 1) * tile, c * tile : (c + 1) * tile] = tile_pixels
-    image = out[: header.height, : header.width]
-    if header.mode == "L":
-        return ((image.astype(np.uint16).sum(axis=2) + 1) // 3).astype(np.uint8)
-    return np.ascontiguousarray(image)
+                y0, x0 = r * tile, c * tile
+                _put(out, y0, x0, tile_pixels[: height - y0, : width - x0])
+
+
+def _kept_slots(model: CAE) -> torch.Tensor:
+    """Boolean (C, P/8, P/8) on the CPU: the mask, or every slot for an unpruned model."""
+    mask = getattr(model, "mask", None)
+    if mask is None:
+        return torch.ones(model.config.latent_shape(), dtype=torch.bool)
+    return mask.detach().to("cpu", torch.bool)
+
+
+def _tiles_per_call(device: torch.device) -> int:
+    """1 on the CPU (a tile's result then depends on that tile alone), more on a GPU."""
+    return 1 if device.type == "cpu" else GPU_BATCH_TILES
 
 
 # -- files: the form the CLI and the batch job share ------------------------------------------
@@ -131,11 +368,15 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     """Read an image file for `compress`: (H, W) if the file is grayscale, else (H, W, 3).
 
     Pixels come from images.load_rgb (the project's one decoder); only the file's mode is
-    looked up here, so that grayscale files round-trip as grayscale.
+    looked up here, so that grayscale files round-trip as grayscale. An alpha channel is
+    composited over white and dropped, with a warning.
     """
     rgb = load_rgb(path)
     with Image.open(path) as img:
         gray = img.mode in GRAY_MODES
+        alpha = img.mode in ALPHA_MODES or (img.mode == "P" and "transparency" in img.info)
+    if alpha:
+        warnings.warn(f"{path}: alpha channel dropped (composited over white)", stacklevel=2)
     return rgb[..., 0].copy() if gray else rgb
 
 
@@ -165,66 +406,55 @@ def compress_file(
 # -- helpers ------------------------------------------------------------------------------
 
 
-def _as_rgb(image: np.ndarray) -> tuple[np.ndarray, str]:
+def _check_image(image: np.ndarray) -> tuple[np.ndarray, str]:
+    """(image as (H, W, 3) or (H, W) uint8, its mode "RGB" or "L"); ValueError otherwise."""
     image = np.asarray(image)
     if image.dtype != np.uint8:
         raise ValueError(f"images must be uint8, got {image.dtype}")
     if image.ndim == 3 and image.shape[2] == 1:
         image = image[..., 0]
-    if image.ndim == 2:
-        mode, image = "L", np.repeat(image[..., None], 3, axis=2)
-    elif image.ndim == 3 and image.shape[2] == 3:
-        mode = "RGB"
-    else:
+    if not (image.ndim == 2 or (image.ndim == 3 and image.shape[2] == 3)):
         raise ValueError(f"images must be (H, W, 3) RGB or (H, W) grayscale, got {image.shape}")
     if image.shape[0] < 1 or image.shape[1] < 1:
         raise ValueError(f"image is empty: {image.shape}")
-    return image, mode
+    return image, "L" if image.ndim == 2 else "RGB"
 
 
-def _pad(image: np.ndarray, tile: int) -> np.ndarray:
-    """Replicate the last row and column up to the next multiple of the tile size."""
-    h, w = image.shape[:2]
-    return np.pad(image, ((0, -h % tile), (0, -w % tile), (0, 0)), mode="edge")
-
-
-def _tile_batches(padded: np.ndarray, tile: int, batch_tiles: int) -> Iterator[np.ndarray]:
-    """(B, P, P, 3) batches of tiles in raster order; only one batch is copied at a time."""
-    cols = padded.shape[1] // tile
-    n = (padded.shape[0] // tile) * cols
-    for start in range(0, n, batch_tiles):
-        yield np.stack([
-            padded[r * tile : (r + 1) * tile, c * tile : (c + 1) * tile]
-            for r, c in (divmod(i, cols) for i in range(start, min(start + batch_tiles, n)))
-        ])
-
-
-def _kept_slots(model: CAE) -> torch.Tensor:
-    """Boolean (C, P/8, P/8) on the CPU: the mask, or every slot for an unpruned model."""
-    mask = getattr(model, "mask", None)
-    if mask is None:
-        return torch.ones(model.config.latent_shape(), dtype=torch.bool)
-    return mask.detach().to("cpu", torch.bool)
+@contextmanager
+def _inference(model: CAE) -> Iterator[None]:
+    """Inference mode with the model in eval mode (BatchNorm running statistics), restored."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            yield
+    finally:
+        model.train(was_training)
 
 
 def _device(model: CAE) -> torch.device:
     return next(model.parameters()).device
 
 
-def _default_batch(device: torch.device) -> int:
-    return 1 if device.type == "cpu" else GPU_BATCH_TILES
-
-
-def _check_model(header: Header, model: CAE, kept: torch.Tensor) -> None:
+def _check_model(header: Header, model: CAE) -> None:
     """The stream must come from this model; check the fingerprint, then the shapes it
     implies (a crafted header with a matching fingerprint must not size buffers either)."""
     given = model.fingerprint()
     if not given.startswith(header.fingerprint):
         raise ModelMismatchError(header.fingerprint, given)
-    expected = (model.config.patch_size, model.config.latent_channels, int(kept.sum()))
-    found = (header.tile_size, header.latent_channels, header.kept_per_tile)
+    channels = model.config.latent_channels
+    if header.layout == "channels":
+        kept = kept_channels(model)
+        if kept is None:
+            raise BitstreamError("a whole-image stream, but the model's mask is not the same "
+                                 "at every latent position")
+        expected, found = (channels, len(kept)), (header.latent_channels, header.kept)
+        what = "{} channels, {} kept"
+    else:
+        expected = (model.config.patch_size, channels, int(_kept_slots(model).sum()))
+        found = (header.tile_size, header.latent_channels, header.kept)
+        what = "tile {}, {} channels, {} kept slots"
     if found != expected:
         raise BitstreamError(
-            f"header says tile {found[0]}, {found[1]} channels, {found[2]} kept slots; "
-            f"the model has {expected[0]}, {expected[1]}, {expected[2]}"
+            f"header says {what.format(*found)}; the model has {what.format(*expected)}"
         )

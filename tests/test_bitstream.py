@@ -1,4 +1,5 @@
-"""The .cae v1 container: header packing, every validation rule, and parser fuzzing.
+"""The .cae container (version 2, and version 1 read): header packing, every validation rule,
+and parser fuzzing of both layouts.
 
 The fuzzing of the whole decoder (container, coded payload, model checks) lives in
 test_codec.py; here the container alone is checked against arbitrary bytes.
@@ -20,15 +21,29 @@ PAYLOAD = bytes(range(256)) * 3
 
 
 def make_header(**changes) -> Header:
+    """A whole-image ("channels") header."""
     fields = dict(
-        width=127, height=129, mode="RGB", tile_size=32, latent_channels=8, kept_per_tile=70,
+        width=127, height=129, mode="RGB", layout="channels", latent_channels=8, kept=5,
         fingerprint=bytes(range(16)), payload_length=len(PAYLOAD),
     )
     return Header(**{**fields, **changes})
 
 
+def make_tile_header(**changes) -> Header:
+    return make_header(**{"layout": "tiles", "tile_size": 32, "kept": 70, **changes})
+
+
 def stream() -> bytes:
     return bitstream.pack(make_header(), PAYLOAD)
+
+
+def tile_stream() -> bytes:
+    return bitstream.pack(make_tile_header(), PAYLOAD)
+
+
+def as_v1(data: bytes) -> bytes:
+    """A "tiles" stream rewritten as version 1 (version byte 1, layout byte 0)."""
+    return with_field(with_field(data, 4, "<B", 1), 10, "<B", 0)
 
 
 def with_field(data: bytes, offset: int, fmt: str, value: int, fix_crc: bool = True) -> bytes:
@@ -43,30 +58,41 @@ def with_field(data: bytes, offset: int, fmt: str, value: int, fix_crc: bool = T
 
 
 def test_round_trip_of_all_fields():
-    header = make_header(mode="L", width=1, height=1)
-    parsed, payload = bitstream.parse(bitstream.pack(header, PAYLOAD))
-    assert parsed == header
-    assert payload == PAYLOAD
-    assert parsed.tiles == (1, 1)
-    assert parsed.n_symbols == 70
+    for header in (make_header(mode="L", width=1, height=1), make_tile_header(mode="L")):
+        parsed, payload = bitstream.parse(bitstream.pack(header, PAYLOAD))
+        assert parsed == header
+        assert payload == PAYLOAD
 
 
 def test_layout_is_the_documented_one():
     data = stream()
     assert HEADER_BYTES == 52
-    assert data[:4] == b"\x89CAE" and data[4] == 1
-    assert struct.unpack_from("<II", data, 12) == (127, 129)
+    assert data[:4] == b"\x89CAE" and data[4] == 2
+    assert struct.unpack_from("<BHHBB", data, 5) == (0, 0, 8, 1, 0)  # mode, tile, C, layout
+    assert struct.unpack_from("<III", data, 12) == (127, 129, 5)
     assert struct.unpack_from("<Q", data, 40) == (len(PAYLOAD),)
     assert len(data) == HEADER_BYTES + len(PAYLOAD)
+    assert struct.unpack_from("<HHB", tile_stream(), 6) == (32, 8, 0)
 
 
-def test_tiles_round_up():
-    assert make_header(width=33, height=64).tiles == (2, 2)
-    assert make_header(width=33, height=64).n_symbols == 4 * 70
+def test_version_1_streams_are_read_as_tiles():
+    header, payload = bitstream.parse(as_v1(tile_stream()))
+    assert header == make_tile_header(version=1)
+    assert payload == PAYLOAD
+    with pytest.raises(BitstreamError, match="reserved"):
+        bitstream.parse(with_field(stream(), 4, "<B", 1))  # layout byte set in version 1
+
+
+def test_symbol_counts():
+    assert make_header(width=33, height=64).latent_size == (8, 5)
+    assert make_header(width=1, height=1).latent_size == (2, 2)  # padded to 16 x 16
+    assert make_header(width=1, height=5000).n_symbols == 625 * 2 * 5
+    assert make_tile_header(width=33, height=64).tiles == (2, 2)
+    assert make_tile_header(width=33, height=64).n_symbols == 4 * 70
 
 
 def test_empty_payload_is_valid():
-    header = make_header(kept_per_tile=0, payload_length=0)
+    header = make_header(kept=0, payload_length=0)
     assert bitstream.parse(bitstream.pack(header, b""))[1] == b""
 
 
@@ -76,18 +102,24 @@ def test_empty_payload_is_valid():
         (b"", "truncated"),
         (stream()[:HEADER_BYTES - 1], "truncated"),
         (b"GIF89a" + stream()[6:], "magic"),
-        (with_field(stream(), 4, "<B", 2), "version 2"),
+        (with_field(stream(), 4, "<B", 3), "version 3"),
+        (with_field(stream(), 4, "<B", 0), "version 0"),
         (with_field(stream(), 5, "<B", 9), "mode"),
-        (with_field(stream(), 10, "<H", 1), "reserved"),
-        (with_field(stream(), 6, "<H", 0), "tile size"),
-        (with_field(stream(), 6, "<H", 12), "tile size"),
-        (with_field(stream(), 6, "<H", 8), "tile size"),
-        (with_field(stream(), 6, "<H", 65528), "tile size"),
+        (with_field(stream(), 10, "<B", 2), "layout code 2"),
+        (with_field(stream(), 11, "<B", 1), "reserved"),
+        (with_field(stream(), 6, "<H", 32), "tile size 32 in a whole-image"),
+        (with_field(stream(), 20, "<I", 9), "9 kept channels"),
+        (with_field(tile_stream(), 6, "<H", 0), "tile size"),
+        (with_field(tile_stream(), 6, "<H", 12), "tile size"),
+        (with_field(tile_stream(), 6, "<H", 8), "tile size"),
+        (with_field(tile_stream(), 6, "<H", 65528), "tile size"),
+        (with_field(as_v1(tile_stream()), 6, "<H", 0), "tile size"),
+        (with_field(tile_stream(), 20, "<I", 8 * 16 + 1), "kept slots"),
         (with_field(stream(), 8, "<H", 0), "channel"),
+        (with_field(stream(), 8, "<H", 1025), "channel"),
         (with_field(stream(), 12, "<I", 0), "size"),
         (with_field(stream(), 16, "<I", 0), "size"),
         (with_field(stream(), 12, "<I", 2**32 - 1), "exceeds the limit"),
-        (with_field(stream(), 20, "<I", 8 * 16 + 1), "kept slots"),
         (with_field(stream(), 40, "<Q", 2**64 - 1), "truncated"),
         (with_field(stream(), 40, "<Q", 3), "trailing bytes"),
         (stream()[:-1], "truncated"),
@@ -123,7 +155,9 @@ def test_pack_checks_its_arguments():
     with pytest.raises(ValueError, match="payload_length"):
         bitstream.pack(make_header(payload_length=1), PAYLOAD)
     with pytest.raises(ValueError, match="tile size"):
-        bitstream.pack(make_header(tile_size=20), PAYLOAD)
+        bitstream.pack(make_tile_header(tile_size=20), PAYLOAD)
+    with pytest.raises(ValueError, match="tile size"):
+        bitstream.pack(make_header(tile_size=32), PAYLOAD)
 
 
 def test_model_mismatch_names_both_fingerprints():
@@ -135,6 +169,7 @@ def test_model_mismatch_names_both_fingerprints():
 # -- fuzzing --------------------------------------------------------------------------------
 
 VALID = stream()
+STREAMS = (VALID, tile_stream(), as_v1(tile_stream()))
 
 
 def _check(data: bytes) -> None:
@@ -159,31 +194,34 @@ def test_fuzz_truncation(length):
         bitstream.parse(VALID[:length])
 
 
-def _flip(bits: list[int]) -> bytes:
-    data = bytearray(VALID)
+def _flip(valid: bytes, bits: list[int]) -> bytes:
+    data = bytearray(valid)
     for bit in bits:
         data[bit // 8] ^= 1 << (bit % 8)
     return bytes(data)
 
 
 @settings(max_examples=400, deadline=2000)
-@given(st.lists(st.integers(0, 8 * len(VALID) - 1), min_size=1, max_size=3, unique=True))
-def test_fuzz_few_bit_flips_are_always_detected(bits):
+@given(st.sampled_from(STREAMS),
+       st.lists(st.integers(0, 8 * len(VALID) - 1), min_size=1, max_size=3, unique=True))
+def test_fuzz_few_bit_flips_are_always_detected(valid, bits):
     # CRC-32 has Hamming distance >= 4 at this length: every 1- to 3-bit error is caught.
     with pytest.raises(BitstreamError):
-        bitstream.parse(_flip(bits))
+        bitstream.parse(_flip(valid, bits))
 
 
 @settings(max_examples=200, deadline=2000)
-@given(st.lists(st.integers(0, 8 * len(VALID) - 1), min_size=4, max_size=64, unique=True))
-def test_fuzz_many_bit_flips(bits):
-    _check(_flip(bits))
+@given(st.sampled_from(STREAMS),
+       st.lists(st.integers(0, 8 * len(VALID) - 1), min_size=4, max_size=64, unique=True))
+def test_fuzz_many_bit_flips(valid, bits):
+    _check(_flip(valid, bits))
 
 
 @settings(max_examples=400, deadline=2000)
-@given(st.integers(0, HEADER_BYTES - 5), st.binary(min_size=1, max_size=8), st.booleans())
-def test_fuzz_header_edits(offset, patch, fix_crc):
-    data = bytearray(VALID)
+@given(st.sampled_from(STREAMS), st.integers(0, HEADER_BYTES - 5),
+       st.binary(min_size=1, max_size=8), st.booleans())
+def test_fuzz_header_edits(valid, offset, patch, fix_crc):
+    data = bytearray(valid)
     data[offset : offset + len(patch)] = patch
     if fix_crc:
         crc = zlib.crc32(data[HEADER_BYTES:], zlib.crc32(data[: HEADER_BYTES - 4]))

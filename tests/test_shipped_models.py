@@ -1,17 +1,25 @@
 """The models shipped inside the package load, match their sha256, and decode the committed
-reference stream to the committed reference image (scripts/ship_model.py writes both)."""
+reference streams to the committed reference images: the current format (tests/data/NAME.cae,
+written by scripts/ship_model.py) and version 1 (tests/data/v1/, written before version 2).
+A shipped model's windows give the one-pass result, and a fresh process decodes as a warm one."""
 
 from __future__ import annotations
 
 import hashlib
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import test_image
 from PIL import Image
 
+import coding
 from caeadmm import image_codec, zoo
+from caeadmm.bitstream import parse
 
+ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).parent / "data"
 MODELS = zoo.list_models()
 
@@ -21,13 +29,63 @@ def test_registry_has_a_default_model():
     assert sum(m.default for m in MODELS) == 1
 
 
+def assert_decodes_reference(stream: Path, expected: Path, model) -> None:
+    decoded = image_codec.decompress(stream.read_bytes(), model)
+    expected = np.asarray(Image.open(expected).convert("RGB"))
+    assert decoded.shape == expected.shape
+    assert np.abs(decoded.astype(int) - expected.astype(int)).max() <= 1
+
+
 @pytest.mark.parametrize("info", MODELS, ids=[m.name for m in MODELS])
 def test_shipped_model_matches_registry_and_decodes_reference(info):
     assert info.size is not None and info.size <= 10 * 1024 * 1024
     assert hashlib.sha256(info.file.read_bytes()).hexdigest() == info.sha256
     model = zoo.load(info.name)
     assert model.fingerprint().hex() == info.fingerprint
-    decoded = image_codec.decompress((DATA / f"{info.name}.cae").read_bytes(), model)
-    expected = np.asarray(Image.open(DATA / f"{info.name}.png").convert("RGB"))
-    assert decoded.shape == expected.shape
-    assert np.abs(decoded.astype(int) - expected.astype(int)).max() <= 1
+    header, _ = parse((DATA / f"{info.name}.cae").read_bytes())
+    assert (header.version, header.layout) == (2, "channels")
+    assert_decodes_reference(DATA / f"{info.name}.cae", DATA / f"{info.name}.png", model)
+    v1 = DATA / "v1" / f"{info.name}.cae"
+    assert parse(v1.read_bytes())[0].version == 1
+    assert_decodes_reference(v1, DATA / "v1" / f"{info.name}.png", model)
+
+
+@pytest.fixture(scope="module")
+def default_model():
+    return zoo.load(next(m.name for m in MODELS if m.default))
+
+
+def test_shipped_model_windows_give_the_one_pass_result(default_model):
+    """512 x 768 through the default model in 128-pixel windows and in one pass: identical
+    symbols, and pixels within one level (in practice identical)."""
+    image = test_image(512, 768, seed=11)
+    data = image_codec.compress(image, default_model, tile=128)
+    one_pass = image_codec.compress(image, default_model, tile=None)
+    np.testing.assert_array_equal(coding.decode(parse(data)[1]), coding.decode(parse(one_pass)[1]))
+    tiled = image_codec.decompress(data, default_model, tile=128).astype(int)
+    whole = image_codec.decompress(data, default_model, tile=None).astype(int)
+    assert np.abs(tiled - whole).max() <= 1
+
+
+FRESH_DECODE = """
+import sys, numpy as np
+from caeadmm import image_codec, zoo
+model = zoo.load(sys.argv[1])
+np.save(sys.argv[3], image_codec.decompress(open(sys.argv[2], "rb").read(), model))
+"""
+
+
+def test_first_decode_in_a_fresh_process_equals_later_ones(default_model, tmp_path):
+    """Decoding must not depend on what ran before in the process: the first decode in a
+    fresh process, with 1 and with 2 threads, equals a decode after many others here."""
+    name = next(m.name for m in MODELS if m.default)
+    data = image_codec.compress(test_image(300, 420, seed=12), default_model)
+    stream = tmp_path / "a.cae"
+    stream.write_bytes(data)
+    warm = image_codec.decompress(data, default_model)
+    for threads in ("1", "2"):
+        out = tmp_path / f"fresh{threads}.npy"
+        env = {"OMP_NUM_THREADS": threads, "PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
+        subprocess.run([sys.executable, "-c", FRESH_DECODE, name, str(stream), str(out)],
+                       cwd=ROOT, env=env, check=True, timeout=600)
+        np.testing.assert_array_equal(np.load(out), warm)

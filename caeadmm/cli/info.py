@@ -46,16 +46,26 @@ def describe(name: str, header: Header, size: int) -> list[tuple[str, str]]:
         registered = find_by_fingerprint(header.fingerprint)
     except ModelLoadError:
         registered = None
-    rows, cols = header.tiles
-    slots = header.latent_channels * (header.tile_size // 8) ** 2
     pixels = header.width * header.height
+    if header.layout == "tiles":
+        rows, cols = header.tiles
+        slots = header.latent_channels * (header.tile_size // 8) ** 2
+        layout = [
+            ("layout", f"tiles of {header.tile_size} ({rows}x{cols} tiles)"),
+            ("latent channels", str(header.latent_channels)),
+            ("kept slots", f"{header.kept} of {slots} per tile"),
+        ]
+    else:
+        rows, cols = header.latent_size
+        layout = [
+            ("layout", f"whole image (latent {cols}x{rows})"),
+            ("latent channels", f"{header.kept} of {header.latent_channels} kept"),
+        ]
     return [
         ("file", name),
         ("format version", str(header.version)),
         ("image", f"{header.width}x{header.height} {header.mode}"),
-        ("tile size", f"{header.tile_size} ({rows}x{cols} tiles)"),
-        ("latent channels", str(header.latent_channels)),
-        ("kept slots", f"{header.kept_per_tile} of {slots} per tile"),
+        *layout,
         ("symbols", str(header.n_symbols)),
         ("model fingerprint", header.fingerprint.hex()
          + (f" (registered model {registered.name})" if registered else " (not registered)")),
