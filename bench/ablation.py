@@ -38,7 +38,7 @@ CROP = 64
 EVAL_SIDE = 256
 POOL_IMAGES = 160
 CROPS_PER_IMAGE = 16
-BASE = {"preset": "small", "width": 32, "n_blocks": 1, "latent_channels": 16, "patch_size": 64}
+BASE = {"preset": "custom", "width": 32, "n_blocks": 1, "latent_channels": 16, "patch_size": 64}
 RATE = {"latent_norm": "none", "entropy_model": "factorized"}
 # name: (model overrides, rate_lambda)
 VARIANTS: dict[str, tuple[dict, float]] = {

@@ -23,15 +23,21 @@ class ConfigError(ValueError):
     """A configuration file or override is malformed, unknown or out of range."""
 
 
-# Fields a preset sets; anything not named keeps the dataclass default.
+# The network sizes each preset fixes (a config may not contradict them), and the per-model
+# sizes it suggests (latent channels and patch size stay free). "custom" fixes nothing: it
+# names a network of other sizes, so that no preset name labels a network it does not build.
 PRESETS: dict[str, dict[str, int]] = {
     # Sized to train on a 2-core CPU (see docs/training.md for the measured throughput).
     "small": {"width": 64, "n_blocks": 3},
     # The paper's network, for GPUs.
     "paper": {"width": 128, "n_blocks": 15},
     # For tests and smoke runs only: too small to compress well.
-    "tiny": {"width": 16, "n_blocks": 1, "latent_channels": 8, "patch_size": 48},
+    "tiny": {"width": 16, "n_blocks": 1},
+    # Any width and depth, given explicitly.
+    "custom": {},
 }
+PRESET_SUGGESTS: dict[str, dict[str, int]] = {"tiny": {"latent_channels": 8, "patch_size": 48}}
+SIZE_DEFAULTS = {"latent_channels": 32, "patch_size": 128}
 
 
 # The choices of ModelConfig's string fields (docs/rate.md describes each).
@@ -57,10 +63,11 @@ class ModelConfig:
     """
 
     preset: str = "small"
-    width: int = 64
-    n_blocks: int = 3
-    latent_channels: int = 32
-    patch_size: int = 128
+    # None: the preset's value (width, n_blocks) or its suggestion / SIZE_DEFAULTS.
+    width: int | None = None
+    n_blocks: int | None = None
+    latent_channels: int | None = None
+    patch_size: int | None = None
     # "batchnorm": BatchNorm + PReLU after the convolutions; "gdn": GDN in the encoder and
     # IGDN in the decoder in their place.
     norm: str = "batchnorm"
@@ -78,6 +85,7 @@ class ModelConfig:
     train_rounding: str = "stochastic"
 
     def __post_init__(self) -> None:
+        self._apply_preset()
         _check_types(self)
         if self.width < 1 or self.n_blocks < 0 or self.latent_channels < 1:
             raise ConfigError(f"model sizes must be positive: {self}")
@@ -91,12 +99,28 @@ class ModelConfig:
                     f"model.{name} must be one of {list(choices)}, got {getattr(self, name)!r}"
                 )
 
+    def _apply_preset(self) -> None:
+        """Fill the sizes left None from the preset; refuse sizes that contradict it."""
+        if self.preset not in PRESETS:
+            raise ConfigError(f"unknown model preset {self.preset!r}; known: {sorted(PRESETS)}")
+        fixed = PRESETS[self.preset]
+        sizes = {**SIZE_DEFAULTS, **PRESET_SUGGESTS.get(self.preset, {}), **fixed}
+        for name in ("width", "n_blocks", "latent_channels", "patch_size"):
+            value = getattr(self, name)
+            if value is None and name not in sizes:
+                raise ConfigError(f"model preset 'custom' needs model.{name}")
+            if value is None:
+                setattr(self, name, sizes[name])
+            elif name in fixed and value != fixed[name]:
+                raise ConfigError(
+                    f"model.{name} = {value} contradicts preset {self.preset!r} ({name} "
+                    f"{fixed[name]}); for other sizes use model.preset: custom"
+                )
+
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> ModelConfig:
-        """The preset's sizes with `overrides` applied on top."""
-        if name not in PRESETS:
-            raise ConfigError(f"unknown model preset {name!r}; known: {sorted(PRESETS)}")
-        return cls.from_dict({**PRESETS[name], **overrides, "preset": name})
+        """The preset's network with `overrides` (latent channels, patch size, options)."""
+        return cls.from_dict({**overrides, "preset": name})
 
     def latent_shape(self) -> tuple[int, int, int]:
         """(C, P/8, P/8): the shape of one patch's latent, and of the ADMM tensors and mask."""
@@ -237,9 +261,8 @@ class TrainConfig:
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
     """Read a YAML config (None: all defaults) and apply `key=value` / `a.b=value` overrides.
 
-    The model section names a preset and, optionally, fields that override the preset's
-    sizes; an override `model.preset=paper` therefore switches the sizes too unless the
-    file also pins them.
+    The model section names a preset, which fixes the network's width and depth (preset
+    `custom` takes them from the config), and the per-model sizes and options.
     """
     data: dict[str, Any] = {}
     if path is not None:

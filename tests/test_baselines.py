@@ -164,7 +164,8 @@ def test_cae_with_the_real_codec(monkeypatch):
     from caeadmm.config import ModelConfig
     from caeadmm.model import CAE
 
-    model = CAE(ModelConfig(width=8, n_blocks=0, latent_channels=4, patch_size=16)).eval()
+    config = ModelConfig(preset="custom", width=8, n_blocks=0, latent_channels=4, patch_size=16)
+    model = CAE(config).eval()
     zoo = types.ModuleType("caeadmm.zoo")
     zoo.load = lambda name: model
     monkeypatch.setitem(sys.modules, "caeadmm.zoo", zoo)

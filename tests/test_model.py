@@ -326,3 +326,15 @@ def test_gdn_parameters_stay_non_negative_under_gradient_steps():
     assert torch.isfinite(y).all()
     # |y_i| <= |x_i| / sqrt(beta_min): beta never falls below its floor
     assert (y.abs() <= x.abs() / gdn.beta_min**0.5 + 1e-3).all()
+
+
+def test_a_preset_name_always_builds_its_sizes():
+    assert (ModelConfig(preset="paper").width, ModelConfig(preset="paper").n_blocks) == (128, 15)
+    assert ModelConfig().to_dict() == {  # the shipped models' canonical config, unchanged
+        "preset": "small", "width": 64, "n_blocks": 3, "latent_channels": 32, "patch_size": 128,
+    }
+    with pytest.raises(ConfigError, match="contradicts preset 'paper'.*preset: custom"):
+        ModelConfig(preset="paper", width=64)
+    with pytest.raises(ConfigError, match="'custom' needs model.width"):
+        ModelConfig(preset="custom", n_blocks=1)
+    assert ModelConfig(preset="custom", width=24, n_blocks=2).width == 24
