@@ -50,7 +50,7 @@ def test_rate_aware_model_from_a_shipped_one_encodes_and_decodes_the_same():
 
 def test_init_from_refuses_another_network_shape():
     source = zoo.load(SHIPPED)
-    cfg = TrainConfig(model=_rate_config(source, preset="custom", width=32), rate_lambda=1.0, init_from=SHIPPED,
-                      pruning_ratio=0.0)
+    model = _rate_config(source, preset="custom", width=32)
+    cfg = TrainConfig(model=model, rate_lambda=1.0, init_from=SHIPPED, pruning_ratio=0.0)
     with pytest.raises(ConfigError, match=r"\(preset, width differ\)"):
         init_weights(cfg)
