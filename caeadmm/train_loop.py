@@ -279,9 +279,20 @@ def new_admm(cfg: TrainConfig, device: torch.device | str = "cpu") -> ADMM:
     )
 
 
+# The entropy model learns at this multiple of the network's learning rate: its estimate
+# must follow the latent closely for the rate term to mean the bits the coder will spend.
+ENTROPY_LR_SCALE = 10.0
+
+
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """Adam over all parameters; the learning rate is set per step by train_step."""
-    return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    """Adam over all parameters (the entropy model's at ENTROPY_LR_SCALE x the rate); the
+    learning rate is set per step by train_step."""
+    named = list(model.named_parameters())
+    entropy = [p for n, p in named if ".entropy." in f".{n}"]
+    groups = [{"params": [p for n, p in named if ".entropy." not in f".{n}"], "lr_scale": 1.0}]
+    if entropy:
+        groups.append({"params": entropy, "lr_scale": ENTROPY_LR_SCALE})
+    return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 # The model-config fields that set the network's tensor shapes: init_from must match them.
@@ -346,7 +357,7 @@ def train_step(
     phase = schedule.phase(step)
     lr = schedule.lr_at(step)
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
     device = next(model.parameters()).device
     x = batch.to(device, non_blocking=True)
 

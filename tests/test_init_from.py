@@ -9,7 +9,14 @@ import torch
 from caeadmm import zoo
 from caeadmm.config import ConfigError, ModelConfig, TrainConfig
 from caeadmm.model import CAE
-from caeadmm.train_loop import init_weights, load_into
+from caeadmm.train_loop import (
+    ENTROPY_LR_SCALE,
+    init_weights,
+    load_into,
+    make_optimizer,
+    new_admm,
+    train_step,
+)
 
 SHIPPED = zoo.list_models()[0].name
 
@@ -54,3 +61,16 @@ def test_init_from_refuses_another_network_shape():
     cfg = TrainConfig(model=model, rate_lambda=1.0, init_from=SHIPPED, pruning_ratio=0.0)
     with pytest.raises(ConfigError, match=r"\(preset, width differ\)"):
         init_weights(cfg)
+
+
+def test_the_entropy_model_learns_at_a_higher_rate():
+    cfg = TrainConfig(model=ModelConfig.from_preset("tiny", latent_norm="none",
+                                                    entropy_model="factorized"),
+                      rate_lambda=1.0, pruning_ratio=0.0, warmup_steps=0, admm_steps=0,
+                      finetune_steps=2, lr=1e-3)
+    net = CAE(cfg.model)
+    optimizer = make_optimizer(net, cfg)
+    net_group, entropy_group = optimizer.param_groups
+    assert {id(p) for p in entropy_group["params"]} == {id(p) for p in net.entropy.parameters()}
+    train_step(net, new_admm(cfg), optimizer, torch.rand(2, 3, 48, 48), 0, cfg)
+    assert entropy_group["lr"] == ENTROPY_LR_SCALE * net_group["lr"] > 0
