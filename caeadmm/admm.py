@@ -1,43 +1,19 @@
-"""ADMM on the latent code: every image's latent keeps only k slots, the same k for all.
+"""ADMM on the latent code: every image's latent keeps one shared support of k channels.
 
-Problem: min distortion subject to all training latents c_i sharing one support of k slots
-(DESIGN.md: "at most k slots of the mean training latent may be non-zero", made a
-constraint on each image's code, which is what the hard prune enforces). Scaled-form ADMM
-with a target Z and a dual U of one patch's latent shape (C, P/8, P/8), shared by all images:
+Scaled-form ADMM with a target Z and a dual U of one latent's shape, shared by all images
+and all workers (docs/method.md explains the method and its departures from the paper):
 
-- every step the loss gains `penalty(latent)`;
-- every `admm_every` steps the caller takes the sums gathered by `accumulate` (`pending()`:
-  the sum of the latents and of their squares, and the count), all-reduces them over the
-  workers if there are several, and calls `update(sums, count)`. With c_bar the mean latent
-  and S the support, the projection of every c_i + U onto "support S, shared" is
-  (c_i + U) on S and 0 elsewhere, and the best S holds the k slots of largest energy
-  E[(c + U)^2]. So: S = top k of E[(c + U)^2]; Z = (c_bar + U) on S, 0 elsewhere (the mean
-  of the projected latents); U += c_bar - Z. Every worker then holds the same Z, U and S.
-- The penalty rho/2 * mean_i ||c_i - Z_i + U||^2 is then zero on S (there Z_i = c_i + U)
-  and rho/2 * mean_i ||c_i + U||^2 off S: it pulls every image's pruned slots to zero and
-  leaves the kept slots free, so the hard prune at the end of the phase costs little.
+- every step the loss gains `penalty(latent)`: rho/2 times the per-entry mean of
+  (c_i + U)^2 over the pruned entries (zero on the kept ones);
+- every `admm_every` steps the caller takes `pending()` (the sum of the latents, of their
+  squares, and the count), all-reduces it over the workers if there are several, and calls
+  `update(sums, count)`: the support S = the k channels (or slots) of largest energy
+  E[(c + U)^2], Z = (c_bar + U) on S and 0 elsewhere, U += c_bar - Z. Every worker then
+  holds the same Z, U and S;
+- `mask()` is the support as the boolean mask the hard prune freezes into the model.
 
-Two departures from DESIGN.md's literal rule (Z = top k of |c_bar + U| by magnitude, penalty
-on all slots), both measured in docs/training.md ("ADMM and rho"): ranking by the
-mean c_bar picks slots by their offset, not by the information they carry (BatchNorm centres
-the latent, so c_bar is near 0 everywhere), and a penalty on the kept slots pulls every
-image's code towards the mean, i.e. shrinks the information that is meant to survive.
-
-Structure of the support (`structure`): "channel" (the default) keeps whole channels, the
-k_c = (1 - ratio) * C of largest energy (k = k_c * h * w slots); "slot" keeps any k slots.
-A convolutional encoder computes every position of a channel with the same weights, so it
-cannot make some positions of a channel sparse and leave others: with "slot", 97-100 % of
-the kept set changed at every update on real images. The mask stays a boolean over the
-C x h x w slots either way, so the codec and the bitstream do not change.
-
-Penalty normalisation: rho multiplies the PER-SLOT mean of the squared residual over the
-batch, rho/2 * mean_i ||.||^2 / (C*h*w), so rho means the same for any C and patch size
-(DESIGN.md's sum over 8,192 slots with rho = 0.1 swamped the distortion).
-
-Deliberately unlike the authors' code (DESIGN.md): slots are ranked by energy, never by
-signed value, with ties broken by the lower index (exactly k slots kept, identically on
-every worker); means divide by the number of latents really summed; the penalty is a
-squared norm averaged over the batch; Z, U, S and the pending sums are in state_dict.
+Ties are broken by the lower index, so exactly k entries are kept, identically everywhere.
+Z, U, S and the pending sums are in `state_dict`.
 """
 
 from __future__ import annotations

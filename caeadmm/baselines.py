@@ -3,7 +3,7 @@
 A codec turns a uint8 RGB image (H, W, 3) and one *setting* (a quality, a target rate, or for
 the CAE a model) into the bytes of a whole file, and those bytes back into pixels. The four
 baselines go through Pillow, configured as strong as Pillow allows, because a weak baseline is
-an unfair one (DESIGN.md section 3):
+an unfair one (docs/evaluation.md):
 
 - JPEG: libjpeg-turbo, optimized Huffman tables (`optimize=True`), 4:2:0 chroma subsampling.
 - WebP: libwebp, `method=6` (slowest, best; Pillow's default is 4).

@@ -1,7 +1,7 @@
 """Image quality and rate metrics, computed the same way for every codec.
 
 All metrics compare two uint8 RGB images of shape (H, W, 3) on the full image, in the 8-bit
-range (data_range = 255), as DESIGN.md section 3 asks:
+range (data_range = 255), as the evaluation protocol (docs/evaluation.md) asks:
 
 - PSNR on 8-bit RGB: 10 log10(255^2 / MSE), the MSE taken over every pixel and channel.
   Identical images give `math.inf`; averaging code (caeadmm.rd) caps it, see `PSNR_CAP_DB`.

@@ -180,7 +180,7 @@ def read_json(path: str | os.PathLike, published: bool = False) -> Curve:
 
 
 def published_references() -> list[Curve]:
-    """The published curves shipped in caeadmm/references/ (DESIGN.md section 3)."""
+    """The published curves shipped in caeadmm/references/ (docs/evaluation.md lists them)."""
     return [read_json(p, published=True) for p in sorted(REFERENCES_DIR.glob("*.json"))]
 
 
