@@ -4,8 +4,9 @@
 
 Every variant trains from the same seed on the same batches of random 64 px crops of
 /work/shared/data/train (minus the held-out split) for the same number of Adam steps, with
-the paper's mixed distortion and, where the variant has one, rate_lambda * estimated bpp
-(no ADMM: the baseline's channel counts stand in for pruned models). Evaluation: a fixed
+the paper's mixed distortion and, where the variant has one, rate_lambda * estimated bpp,
+through the project's one training loop (caeadmm.train_loop, as `caeadmm train` runs it;
+no ADMM: the baseline's channel counts stand in for pruned models). Evaluation: a fixed
 split of HELD_OUT training-corpus images never trained on (never Kodak), their central
 256 x 256 crops, coded with the real coder (`coding.encode` of all symbols); the table gives
 real bpp, the rate estimate over real bits, PSNR and MS-SSIM. One thread, as the machine is
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,9 +28,10 @@ import torch
 # shadow the `coding` package: look in the repository root instead.
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 import coding  # noqa: E402
+from caeadmm import train_loop  # noqa: E402
+from caeadmm.checkpoint import load_model  # noqa: E402
 from caeadmm.config import TrainConfig  # noqa: E402
 from caeadmm.images import list_images, load_rgb, to_uint8  # noqa: E402
-from caeadmm.losses import compute_loss  # noqa: E402
 from caeadmm.metrics import ms_ssim, psnr  # noqa: E402
 from caeadmm.model import CAE  # noqa: E402
 
@@ -88,20 +91,22 @@ def held_out(images: list[Path]) -> list[np.ndarray]:
     return out
 
 
-def train(cfg: TrainConfig, pool: torch.Tensor, steps: int) -> CAE:
-    torch.manual_seed(cfg.seed)
-    model = CAE(cfg.model).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+def train(cfg: TrainConfig, pool: torch.Tensor) -> CAE:
+    """Train `cfg` through the project's one training loop on random batches of `pool` (the
+    same batches for every variant); returns the final model in eval mode."""
     order = torch.Generator().manual_seed(cfg.seed)
-    rate = cfg.rate_lambda > 0
-    for _ in range(steps):
-        x = pool[torch.randint(len(pool), (cfg.batch_size,), generator=order)]
-        out = model(x, rate=rate)
-        loss, _ = compute_loss(out[0], x, cfg, bits=out[2] if rate else None)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-    return model.eval()
+    batches = (pool[torch.randint(len(pool), (cfg.batch_size,), generator=order)]
+               for _ in range(cfg.total_steps()))
+    with tempfile.TemporaryDirectory() as tmp:
+        final = Path(tmp) / "final.pt"
+
+        def report(step: int, metrics: dict, save) -> None:
+            if step == cfg.total_steps() and save is not None:
+                save(final)
+
+        train_loop.train(cfg, batches, device=torch.device("cpu"), val=None, report=report,
+                         log_path=None, log=lambda line: None)
+        return load_model(final)
 
 
 @torch.no_grad()
@@ -155,10 +160,12 @@ def main() -> None:
         overrides, rate_lambda = VARIANTS[name]
         cfg = TrainConfig.from_dict({
             "model": {**BASE, **overrides}, "rate_lambda": rate_lambda,
-            "batch_size": args.batch, "pruning_ratio": 0.0,
+            "batch_size": args.batch, "pruning_ratio": 0.0, "warmup_steps": 0,
+            "admm_steps": 0, "finetune_steps": args.steps, "lr_final_scale": 1.0,
+            "checkpoint_every": 0, "log_every": args.steps, "threads": 1,
         })
         start = time.perf_counter()
-        model = train(cfg, pool, args.steps)
+        model = train(cfg, pool)
         seconds = time.perf_counter() - start
         r = evaluate(model, images)
         print(f"| {name} | {rate_lambda:g} | {r['bpp']:.3f} | {r['est/real']:.3f} | "
