@@ -198,3 +198,14 @@ def test_ctrl_c_writes_the_manifest_of_what_finished(checkpoint, many, tmp_path)
     rows = pq.read_table(out / "manifest.parquet").to_pylist()
     assert sorted(Path(r["output"]).name for r in rows) == done
     assert not [p.name for p in out.iterdir() if is_temp_file(p.name)]
+
+
+def test_old_flag_spellings_still_work_with_a_note(capsys):
+    job = load_job()
+    args = job.build_parser().parse_args(["in", "-o", "/out", "--no-progress"])
+    assert args.quiet is True
+    assert "--no-progress is deprecated and goes in the next release; use --quiet" in (
+        capsys.readouterr().err)
+    with pytest.raises(SystemExit) as exit_info:
+        job.build_parser().parse_args(["--version"])
+    assert exit_info.value.code == 0
