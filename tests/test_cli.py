@@ -334,7 +334,8 @@ def test_ctrl_c_prints_one_line_and_exits_130(checkpoint, big_corpus, tmp_path, 
     assert wait_until_gone(proc.pid, 10) == []
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
     done = int(last.split("; ")[1].split()[0])
-    assert done == len(list(out.glob("*.cae"))) < 24
+    # N counts the files reported done; a worker may finish one as the interruption lands.
+    assert done <= len(list(out.glob("*.cae"))) <= done + int(workers) - 1 < 24
 
 
 def test_one_flag_style(checkpoint, corpus, tmp_path, capsys, monkeypatch):

@@ -126,6 +126,10 @@ def compress_corpus(
         rows += _finished_unreported(todo, rows)  # written by an actor, not yet collected
         _write_manifest(manifest, rows)
         raise Interrupted(sum(r["status"] == "ok" for r in rows), len(pairs), manifest) from None
+    except BaseException:
+        bar.close(summary=False)
+        _write_manifest(manifest, rows)  # what finished before the error
+        raise
     bar.close()
     _write_manifest(manifest, rows)
     failed = sum(r["status"] == "failed" for r in rows)
