@@ -37,6 +37,15 @@ def test_image(height: int, width: int, seed: int = 0) -> np.ndarray:
 test_image.__test__ = False  # a helper, not a test
 
 
+def write_images(root, count: int, height: int, width: int) -> None:
+    """`count` PNG test images im00.png, im01.png, ... in a new folder `root`."""
+    from PIL import Image
+
+    root.mkdir(parents=True)
+    for i in range(count):
+        Image.fromarray(test_image(height, width, seed=i)).save(root / f"im{i:02d}.png")
+
+
 def session_processes(session: int) -> list[str]:
     """Live processes (not zombies) of a session, as "PID NAME"; read from /proc (Linux)."""
     import os

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from helpers import test_image, tiny_model
+from helpers import test_image, tiny_model, write_images
 from PIL import Image
 
 from caeadmm import image_codec
@@ -153,11 +153,8 @@ def _alive(pids: set[int]) -> list[str]:
 
 @pytest.fixture
 def many(tmp_path) -> Path:
-    root = tmp_path / "many"
-    root.mkdir()
-    for i in range(24):
-        Image.fromarray(test_image(120, 160, seed=i)).save(root / f"im{i:02d}.png")
-    return root
+    write_images(tmp_path / "many", 24, 120, 160)
+    return tmp_path / "many"
 
 
 def _wait_for_first_output(proc: subprocess.Popen, out: Path) -> None:

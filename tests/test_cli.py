@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import test_image, tiny_model, wait_until_gone
+from helpers import test_image, tiny_model, wait_until_gone, write_images
 from PIL import Image
 
 import caeadmm
@@ -291,11 +291,8 @@ def _run_cli_in_session(args: list[str], tmp_path: Path) -> subprocess.Popen:
 @pytest.fixture
 def big_corpus(tmp_path) -> Path:
     """Enough work that a run with two workers is still busy when the test stops it."""
-    root = tmp_path / "many"
-    root.mkdir()
-    for i in range(24):
-        Image.fromarray(test_image(160, 200, seed=i)).save(root / f"im{i:02d}.png")
-    return root
+    write_images(tmp_path / "many", 24, 160, 200)
+    return tmp_path / "many"
 
 
 def _first_output_line(proc: subprocess.Popen) -> str:
