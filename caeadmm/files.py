@@ -3,7 +3,8 @@
 Every file the project writes for a user (.cae streams, decoded images, checkpoints,
 manifests) goes through `write_atomic`: the bytes go to a hidden temporary file in the
 same directory, named with TEMP_PREFIX so that clean-up code can tell ours from a user's,
-are flushed to disk, then renamed over the target in one step.
+are flushed to disk, then renamed over the target in one step. `remove_partial_files`
+deletes this process's unfinished temporary files, for a worker that must exit at once.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import BinaryIO
 
 TEMP_PREFIX = ".caeadmm-tmp."  # every temporary file this project creates starts with it
 TEMP_SUFFIX = ".part"
+_writing: set[Path] = set()  # temporary files this process has open for writing
 
 
 def temp_path(path: Path) -> Path:
@@ -43,6 +45,7 @@ def write_atomic(
         raise FileExistsError(f"{path} exists (use --force to overwrite)")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_path(path)
+    _writing.add(tmp)  # before the file exists: an exit in between finds nothing to remove
     try:
         with open(tmp, "xb") as fh:
             if isinstance(data, (bytes, bytearray, memoryview)):
@@ -55,4 +58,15 @@ def write_atomic(
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+    finally:
+        _writing.discard(tmp)
     return path
+
+
+def remove_partial_files() -> None:
+    """Delete the temporary files of writes in progress in this process (before os._exit)."""
+    for tmp in list(_writing):
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass

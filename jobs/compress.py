@@ -5,8 +5,10 @@
         python jobs/compress.py /shared/photos -o /shared/cae --model NAME
 
 Runs on the Ray cluster named by --address or $RAY_ADDRESS, else on a local Ray of its own.
-Reruns skip what is done; bad images are listed in the manifest (status "failed") and do not
-fail the job. Exit code 0 once every file has been tried, 2 for bad arguments or no model.
+Reruns skip what is done (checked whole; damaged outputs are made again); bad images are
+listed in the manifest (status "failed") and do not fail the job. Under `ray job submit`
+the output must be an absolute path. Exit code 0 once every file has been tried, 2 for bad
+arguments or no model, 130 when interrupted (the manifest then lists what finished).
 See docs/cli.md ("Corpora on a Ray cluster") and caeadmm/distributed/batch_compress.py.
 """
 
@@ -15,7 +17,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from caeadmm.distributed.batch_compress import compress_corpus
+from caeadmm.cli import flags
+from caeadmm.distributed.batch_compress import Interrupted, compress_corpus
 from caeadmm.distributed.session import connect
 from caeadmm.zoo import ModelLoadError, load
 
@@ -23,7 +26,7 @@ from caeadmm.zoo import ModelLoadError, load
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("inputs", nargs="+", help="image files or directories (recursed)")
-    parser.add_argument("-o", "--output", required=True, help="output directory (tree mirrored)")
+    flags.add_output(parser, "output directory (tree mirrored)", required=True)
     parser.add_argument("--model", help="registered model name or checkpoint path "
                         "(default: the registry's default model)")
     parser.add_argument("--manifest", help="manifest path (default OUTPUT/manifest.parquet)")
@@ -31,29 +34,42 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cpus-per-actor", type=float, default=1.0, help="default 1")
     parser.add_argument("--gpus-per-actor", type=float,
                         help="default: 1 when the cluster has GPUs, else 0")
-    parser.add_argument("--force", action="store_true", help="recompress existing outputs")
-    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    flags.add_force(parser, "recompress existing outputs")
+    flags.add_quiet(parser, "no progress output (a bar on a terminal, else a line every 30 s)",
+                    old="--no-progress")
     parser.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else "
                         "a local Ray of its own)")
     parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (without a cluster)")
+    flags.add_version(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        output = flags.resolve_output(args.output)
+        manifest = args.manifest and flags.resolve_output(args.manifest, "--manifest")
         load(args.model)  # a missing or broken model fails here, not in every actor
-    except ModelLoadError as exc:
+    except (ValueError, ModelLoadError) as exc:
         print(f"compress: {exc}", file=sys.stderr)
         return 2
-    connect(args.address, args.num_cpus)
-    summary = compress_corpus(
-        args.inputs, args.output, args.model, manifest=args.manifest,
-        concurrency=args.concurrency, num_cpus=args.cpus_per_actor,
-        num_gpus=args.gpus_per_actor, force=args.force, progress=not args.no_progress,
-    )
-    print(f"compressed {summary.compressed}, already done {summary.skipped}, "
-          f"failed {summary.failed}; manifest: {summary.manifest}")
+    print(f"compress: outputs go to {output}", flush=True)
+    try:
+        connect(args.address, args.num_cpus)
+        summary = compress_corpus(
+            args.inputs, output, args.model, manifest=manifest,
+            concurrency=args.concurrency, num_cpus=args.cpus_per_actor,
+            num_gpus=args.gpus_per_actor, force=args.force, progress=not args.quiet,
+        )
+    except Interrupted as stop:
+        print(f"compress: {stop}; manifest: {stop.manifest}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # before any file was planned
+        print("compress: interrupted; nothing done", file=sys.stderr)
+        return 130
+    redone = f", {summary.redone} of them damaged ones made again" if summary.redone else ""
+    print(f"compressed {summary.compressed}{redone}, already done {summary.skipped}, "
+          f"failed {summary.failed}; outputs in {output}; manifest: {summary.manifest}")
     return 0
 
 

@@ -1,10 +1,11 @@
 """Cut image corpora into Parquet patch shards (a Ray Data job).
 
-    python jobs/prepare_data.py /data/photos s3://bucket/more --out runs/shards_p128
-    ray job submit --working-dir . -- python jobs/prepare_data.py ... --out s3://bucket/shards
+    python jobs/prepare_data.py /data/photos s3://bucket/more -o runs/shards_p128
+    ray job submit --working-dir . -- python jobs/prepare_data.py ... -o s3://bucket/shards
 
 Runs on the Ray cluster named by --address or $RAY_ADDRESS, else on a local Ray of its own.
-Prints a summary; the full record (shards, sources, rejected files with reasons) is the
+Under `ray job submit` a local output must be an absolute path. Prints a summary; the full
+record (shards, sources, rejected files with reasons) is the
 `_manifest.json` written beside the shards. See docs/data.md.
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from caeadmm.cli import flags
 from caeadmm.distributed.prepare import format_summary, prepare_patches
 from caeadmm.distributed.session import connect
 from caeadmm.patches import PatchSpec
@@ -23,7 +25,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "inputs", nargs="+", help="folders, image files or .txt/.lst path lists (local or URI)"
     )
-    parser.add_argument("--out", required=True, help="output folder for the shards (local or URI)")
+    flags.add_output(parser, "output folder for the shards (local or URI)", required=True,
+                     old="--out")
     parser.add_argument("--patch-size", type=int, default=128, help="patch side P (default 128)")
     parser.add_argument(
         "--crops", type=int, default=16, help="random crops per image (default 16)"
@@ -45,19 +48,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--compression", default="none", help="Parquet codec: none (default, fastest), zstd, ..."
     )
     parser.add_argument("--max-pixels", type=int, help="decompression-bomb pixel limit")
-    parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --out")
-    parser.add_argument("--no-progress", action="store_true", help="no progress display")
+    flags.add_force(parser, "replace a non-empty output folder", old="--overwrite")
+    flags.add_quiet(parser, "no progress display", old="--no-progress")
     parser.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else "
                         "a local Ray of its own)")
     parser.add_argument(
         "--num-cpus", type=int, help="CPUs of the local Ray, without a cluster (default: all cores)"
     )
+    flags.add_version(parser)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        output = flags.resolve_output(args.output)
+        print(f"prepare_data: shards go to {output}", flush=True)
         spec = PatchSpec(
             patch_size=args.patch_size,
             mode="grid" if args.grid else "random",
@@ -69,20 +75,20 @@ def main(argv: list[str] | None = None) -> int:
         connect(args.address, args.num_cpus)
         manifest = prepare_patches(
             args.inputs,
-            args.out,
+            output,
             spec,
             rows_per_shard=args.rows_per_shard,
             files_per_task=args.files_per_task,
             compression=args.compression,
             max_pixels=args.max_pixels,
-            overwrite=args.overwrite,
-            progress=not args.no_progress,
+            overwrite=args.force,
+            progress=not args.quiet,
         )
     except ValueError as exc:  # PatchSpec's checks, and ShardError for inputs and output
         print(f"prepare_data: {exc}", file=sys.stderr)
         return 2
     print(format_summary(manifest))
-    print(f"shards and _manifest.json in {args.out}")
+    print(f"shards and _manifest.json in {output}")
     return 0 if manifest["counts"]["patches"] else 1
 
 

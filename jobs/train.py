@@ -8,6 +8,7 @@ Runs on the Ray cluster named by --address or $RAY_ADDRESS (`ray job submit` set
 on an embedded local Ray with 2 logical CPUs per core, at least 4 (docs/distributed.md,
 "Small machines"). Any config field can be overridden as key=value or model.key=value.
 Submitting the same run_name and storage_path again resumes from the latest checkpoint.
+Under `ray job submit` a local storage_path must be absolute (storage_path=$PWD/runs).
 Exit status: 0 done, 1 the run failed, 2 bad configuration or data.
 """
 
@@ -19,6 +20,7 @@ import sys
 import ray
 from ray.train import TrainingFailedError
 
+from caeadmm.cli import flags
 from caeadmm.config import ConfigError, load_config
 from caeadmm.distributed.session import connect, local_cpus
 from caeadmm.distributed.shards import ShardError
@@ -51,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"checkpoints kept on storage (default {KEEP_CHECKPOINTS})",
     )
     parser.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS or local)")
+    flags.add_version(parser)
     return parser
 
 
@@ -59,7 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_intermixed_args(argv)  # overrides may come before or after options
     try:
         cfg = load_config(args.config, args.overrides)
-    except ConfigError as exc:
+        flags.resolve_output(cfg.storage_path, "storage_path=")  # refused when relative in a job
+    except (ConfigError, ValueError) as exc:
         print(f"[train] bad configuration: {exc}", file=sys.stderr)
         return 2
 

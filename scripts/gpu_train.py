@@ -51,7 +51,7 @@ def launch(
 ) -> subprocess.Popen:
     out.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "caeadmm", "train", "--config", config, "--images", images,
-           "--out", str(out), "--no-resume", *overrides]
+           "-o", str(out), "--no-resume", *overrides]
     log = (out / "console.log").open("w")
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
 

@@ -29,8 +29,8 @@ fi
 source "$HEAD_DIR/client.env"  # RAY_ADDRESS (the job server), token authentication
 
 step "2/6 Parquet patch shards from the bundled samples (jobs/prepare_data.py)"
-python jobs/prepare_data.py "$SAMPLES" --out "$OUT/shards" --patch-size 128 --crops 16 \
-    --address "127.0.0.1:$GCS_PORT" --no-progress
+python jobs/prepare_data.py "$SAMPLES" -o "$OUT/shards" --patch-size 128 --crops 16 \
+    --address "127.0.0.1:$GCS_PORT" --quiet
 
 step "3/6 short training run: ray job submit -- python jobs/train.py"
 # The job server answers before its agent is ready on a fresh head: retry the submission.
@@ -56,7 +56,7 @@ caeadmm info "$OUT/compressed"/*.cae
 
 step "5/6 rate-distortion evaluation against JPEG"
 DEFAULT_MODEL="$(python -c "from caeadmm import zoo; print(next(m.name for m in zoo.list_models() if m.default))")"
-caeadmm eval "$SAMPLES" --codecs "cae:$DEFAULT_MODEL,jpeg" --out "$OUT/eval" \
+caeadmm eval "$SAMPLES" --codecs "cae:$DEFAULT_MODEL,jpeg" -o "$OUT/eval" \
     --address "127.0.0.1:$GCS_PORT"
 
 step "6/6 outputs"

@@ -35,3 +35,42 @@ def test_image(height: int, width: int, seed: int = 0) -> np.ndarray:
 
 
 test_image.__test__ = False  # a helper, not a test
+
+
+def write_images(root, count: int, height: int, width: int) -> None:
+    """`count` PNG test images im00.png, im01.png, ... in a new folder `root`."""
+    from PIL import Image
+
+    root.mkdir(parents=True)
+    for i in range(count):
+        Image.fromarray(test_image(height, width, seed=i)).save(root / f"im{i:02d}.png")
+
+
+def session_processes(session: int) -> list[str]:
+    """Live processes (not zombies) of a session, as "PID NAME"; read from /proc (Linux)."""
+    import os
+
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue  # gone meanwhile
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()  # state, ppid, pgrp, session, ...
+        if int(fields[3]) == session and fields[0] not in "ZX":
+            found.append(f"{entry} {name}")
+    return found
+
+
+def wait_until_gone(session: int, seconds: float) -> list[str]:
+    """Poll until no process of `session` is alive or `seconds` pass; returns the survivors."""
+    import time
+
+    deadline = time.monotonic() + seconds
+    while (alive := session_processes(session)) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return alive

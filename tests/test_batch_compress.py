@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import importlib.util
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from helpers import test_image, tiny_model
+from helpers import test_image, tiny_model, write_images
 from PIL import Image
 
 from caeadmm import image_codec
 from caeadmm.checkpoint import load_model, save_checkpoint
 from caeadmm.config import TrainConfig
-from caeadmm.distributed.batch_compress import compress_corpus
+from caeadmm.distributed.batch_compress import Interrupted, compress_corpus
 from caeadmm.files import is_temp_file, temp_path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,23 +64,32 @@ def test_interrupted_run_and_rerun(ray_local, checkpoint, corpus, tmp_path, caps
         if len(rows) == 2:
             raise KeyboardInterrupt
 
-    with pytest.raises(KeyboardInterrupt):
+    with pytest.raises(Interrupted) as stopped:
         compress_corpus([root], out, str(checkpoint), on_row=interrupt_after_two)
     partial = pq.read_table(out / "manifest.parquet").to_pylist()
-    assert len(partial) == 2  # the manifest lists what was done before the interruption
+    # The manifest lists what was done: the two rows seen, and any output finished meanwhile.
+    ok = [r for r in partial if r["status"] == "ok"]
+    assert len(partial) >= 2 and all(Path(r["output"]).is_file() for r in ok)
+    assert (stopped.value.done, stopped.value.total) == (len(ok), len(good) + 1)
+    time.sleep(2)  # the fixture's Ray goes on: let its actors finish what they hold
     written = {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in out.rglob("*.cae")}
-    assert written, "the first run wrote nothing before it was interrupted"
     # What a run killed in the middle of a write leaves behind:
     temp_path(out / "a" / "img2.cae").write_bytes(b"partial")
     users_own = out / "a" / ".notes.abcdef12.part"  # not ours: it must stay
     users_own.write_bytes(b"notes")
+    # An output cut short by something else: counted done by its header alone, before.
+    cut = sorted(written)[0]
+    cut.write_bytes(cut.read_bytes()[:60])
+    del written[cut]
 
     job = load_job()
     capsys.readouterr()
     assert job.main([str(root), "-o", str(out), "--model", str(checkpoint)]) == 0
     done = len(written)
-    summary = f"compressed {len(good) - done}, already done {done}, failed 1"
-    assert summary in capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert (f"compressed {len(good) - done}, 1 of them damaged ones made again, already done "
+            f"{done}, failed 1") in captured.out
+    assert f"{cut} is damaged (truncated: header says" in captured.err
 
     manifest = {Path(r["source"]).name: r for r in pq.read_table(out / "manifest.parquet")
                 .to_pylist()}
@@ -97,3 +111,98 @@ def test_interrupted_run_and_rerun(ray_local, checkpoint, corpus, tmp_path, caps
     assert not [p for p in out.rglob("*") if is_temp_file(p.name)]
     assert users_own.read_bytes() == b"notes"
     assert len(list(out.rglob("*.cae"))) == len(good)
+
+
+def _start_job(args: list[str]) -> subprocess.Popen:
+    """jobs/compress.py in a session of its own, as a terminal would run it."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("RAY_ADDRESS", None)
+    return subprocess.Popen([sys.executable, str(ROOT / "jobs" / "compress.py"), *args],
+                            env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+
+
+def _descendants(root: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(int(entry))
+    found, todo = set(), [root]
+    while todo:
+        pid = todo.pop()
+        found.add(pid)
+        todo += children.get(pid, [])
+    return found
+
+
+def _alive(pids: set[int]) -> list[str]:
+    alive = []
+    for pid in pids:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        if stat.rsplit(")", 1)[1].split()[0] not in "ZX":
+            alive.append(stat[: stat.index(")") + 1])
+    return alive
+
+
+@pytest.fixture
+def many(tmp_path) -> Path:
+    write_images(tmp_path / "many", 24, 120, 160)
+    return tmp_path / "many"
+
+
+def _wait_for_first_output(proc: subprocess.Popen, out: Path) -> None:
+    deadline = time.monotonic() + 300
+    while not list(out.glob("*.cae")):
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_killed_driver_leaves_no_process_and_no_partial_file(checkpoint, many, tmp_path):
+    out = tmp_path / "out"
+    proc = _start_job([str(many), "-o", str(out), "--model", str(checkpoint), "--num-cpus", "2"])
+    _wait_for_first_output(proc, out)
+    run = _descendants(proc.pid)  # Ray's GCS, raylet, agents, actors
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.communicate()
+    deadline = time.monotonic() + 10
+    while _alive(run) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert _alive(run) == []
+    assert not [p.name for p in out.iterdir() if is_temp_file(p.name)]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_ctrl_c_writes_the_manifest_of_what_finished(checkpoint, many, tmp_path):
+    out = tmp_path / "out"
+    proc = _start_job([str(many), "-o", str(out), "--model", str(checkpoint), "--num-cpus", "2"])
+    _wait_for_first_output(proc, out)
+    os.killpg(proc.pid, signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert "Traceback" not in stderr and " E " not in stderr  # nor Ray's core_worker errors
+    done = sorted(p.name for p in out.glob("*.cae"))
+    assert stderr.strip().splitlines()[-1] == (
+        f"compress: interrupted; {len(done)} of 24 done; manifest: {out / 'manifest.parquet'}")
+    rows = pq.read_table(out / "manifest.parquet").to_pylist()
+    assert sorted(Path(r["output"]).name for r in rows) == done
+    assert not [p.name for p in out.iterdir() if is_temp_file(p.name)]
+
+
+def test_old_flag_spellings_still_work_with_a_note(capsys):
+    job = load_job()
+    args = job.build_parser().parse_args(["in", "-o", "/out", "--no-progress"])
+    assert args.quiet is True
+    assert "--no-progress is deprecated and goes in the next release; use --quiet" in (
+        capsys.readouterr().err)
+    with pytest.raises(SystemExit) as exit_info:
+        job.build_parser().parse_args(["--version"])
+    assert exit_info.value.code == 0

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import test_image, tiny_model
+from helpers import test_image, tiny_model, wait_until_gone, write_images
 from PIL import Image
 
+import caeadmm
 from caeadmm import image_codec
 from caeadmm.checkpoint import save_checkpoint
-from caeadmm.cli import main
+from caeadmm.cli import flags, main
 from caeadmm.cli.common import cached_model
 from caeadmm.config import TrainConfig
 
@@ -116,7 +121,11 @@ def test_no_overwrite_without_force(checkpoint, corpus, tmp_path, capsys):
     args = ["compress", str(corpus / "a.png"), "-o", str(dst), "--model", str(checkpoint)]
     assert main(args) == 1
     assert dst.read_bytes() == b"precious"
-    assert "exists (use --force to overwrite)" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "exists (use --force to overwrite, --skip-existing to keep it)" in err
+    assert main([*args, "--skip-existing"]) == 1  # not a .cae stream: not ours to replace
+    assert "is not an output of ours" in capsys.readouterr().err
+    assert dst.read_bytes() == b"precious"
     assert main([*args, "--force"]) == 0
     assert dst.read_bytes()[:4] == b"\x89CAE"
 
@@ -230,3 +239,126 @@ def test_colliding_outputs_are_refused(checkpoint, corpus, tmp_path, capsys):
                  "--model", str(checkpoint)]) == 1
     assert "is also the output of" in capsys.readouterr().err
     assert (out / "a.cae").is_file()
+
+
+def test_skip_existing_keeps_good_outputs_and_redoes_damaged_ones(
+    checkpoint, corpus, tmp_path, capsys
+):
+    (corpus / "broken.png").unlink()
+    out = tmp_path / "out"
+    args = ["compress", str(corpus), "-o", str(out), "--model", str(checkpoint)]
+    assert main(args) == 0
+    good = {p: p.read_bytes() for p in out.rglob("*.cae")}
+    kept = out / "a.cae"
+    stamp = kept.stat().st_mtime_ns
+    cut = out / "gray.cae"
+    cut.write_bytes(good[cut][:60])  # header whole, payload cut short
+    flipped = out / "sub" / "b.cae"
+    flipped.write_bytes(good[flipped][:-1] + bytes([good[flipped][-1] ^ 1]))  # checksum fails
+    capsys.readouterr()
+    assert main([*args, "--skip-existing"]) == 0
+    captured = capsys.readouterr()
+    assert f"{kept}: already done (checked), skipped" in captured.out
+    assert "replaced a damaged output: truncated" in captured.out
+    assert "replaced a damaged output: checksum mismatch" in captured.out
+    assert "1 already done, 2 damaged and made again" in captured.err
+    assert kept.stat().st_mtime_ns == stamp  # not written again
+    assert {p: p.read_bytes() for p in out.rglob("*.cae")} == good
+    with pytest.raises(SystemExit):  # one or the other
+        main([*args, "--skip-existing", "--force"])
+
+    back = tmp_path / "back"
+    dargs = ["decompress", str(out), "-o", str(back), "--model", str(checkpoint)]
+    assert main(dargs) == 0
+    (back / "a.png").write_bytes((back / "a.png").read_bytes()[:100])
+    capsys.readouterr()
+    assert main([*dargs, "--skip-existing"]) == 0
+    captured = capsys.readouterr()
+    assert "2 already done, 1 damaged and made again" in captured.err
+    assert Image.open(back / "a.png").size == (50, 40)
+
+
+def _run_cli_in_session(args: list[str], tmp_path: Path) -> subprocess.Popen:
+    """The CLI in a process of its own session (as a terminal's job), Python's output unbuffered."""
+    registry = tmp_path / "empty-registry.json"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+           "PYTHONUNBUFFERED": "1", "CAEADMM_REGISTRY": str(registry)}
+    return subprocess.Popen([sys.executable, "-m", "caeadmm", *args], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True)
+
+
+@pytest.fixture
+def big_corpus(tmp_path) -> Path:
+    """Enough work that a run with two workers is still busy when the test stops it."""
+    write_images(tmp_path / "many", 24, 160, 200)
+    return tmp_path / "many"
+
+
+def _first_output_line(proc: subprocess.Popen) -> str:
+    for line in proc.stdout:
+        if " -> " in line:
+            return line
+    pytest.fail(f"the run ended before writing anything: {proc.stderr.read()}")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_workers_die_with_a_killed_parent(checkpoint, big_corpus, tmp_path):
+    out = tmp_path / "out"
+    proc = _run_cli_in_session(["compress", str(big_corpus), "-o", str(out), "--model",
+                                str(checkpoint), "--workers", "2"], tmp_path)
+    _first_output_line(proc)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert wait_until_gone(proc.pid, 10) == []  # workers and multiprocessing's tracker
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]  # no partial file
+    assert len(list(out.glob("*.cae"))) < 24
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_ctrl_c_prints_one_line_and_exits_130(checkpoint, big_corpus, tmp_path, workers):
+    out = tmp_path / "out"
+    proc = _run_cli_in_session(["compress", str(big_corpus), "-o", str(out), "--model",
+                                str(checkpoint), "--workers", workers], tmp_path)
+    _first_output_line(proc)
+    os.killpg(proc.pid, signal.SIGINT)  # what Ctrl-C sends: the whole foreground group
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert "Traceback" not in stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("caeadmm compress: interrupted; ") and last.endswith(" of 24 done")
+    assert wait_until_gone(proc.pid, 10) == []
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
+    done = int(last.split("; ")[1].split()[0])
+    # N counts the files reported done; a worker may finish one as the interruption lands.
+    assert done <= len(list(out.glob("*.cae"))) <= done + int(workers) - 1 < 24
+
+
+def test_one_flag_style(checkpoint, corpus, tmp_path, capsys, monkeypatch):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out.strip() == f"caeadmm {caeadmm.__version__}"
+    # -o x.cae with two inputs: refused, and no directory named x.cae
+    target = tmp_path / "x.cae"
+    assert main(["compress", str(corpus / "a.png"), str(corpus / "gray.png"), "-o", str(target),
+                 "--model", str(checkpoint)]) == 2
+    assert "looks like a file name" in capsys.readouterr().err
+    assert not target.exists()
+    assert main(["compress", str(corpus / "a.png"), str(corpus / "gray.png"), "-o",
+                 f"{target}/", "--model", str(checkpoint), "--quiet"]) == 0
+    assert (target / "a.cae").is_file()  # asked for with a trailing /
+
+
+def test_outputs_of_submitted_jobs_must_be_absolute(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv(flags.SUBMITTED_JOB_ENV, raising=False)
+    assert flags.resolve_output("runs/x") == str(tmp_path / "runs" / "x")
+    assert flags.resolve_output("s3://bucket/x") == "s3://bucket/x"
+    monkeypatch.setenv(flags.SUBMITTED_JOB_ENV, "{}")  # what `ray job submit` sets
+    assert flags.resolve_output("/abs/x") == "/abs/x"
+    with pytest.raises(ValueError, match=r"pass an absolute path, e.g. `--output \$PWD/runs/x`"):
+        flags.resolve_output("runs/x")
+    with pytest.raises(ValueError, match=r"`storage_path=\$PWD/runs`"):
+        flags.resolve_output("runs", "storage_path=")

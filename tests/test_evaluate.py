@@ -112,3 +112,49 @@ def test_cli_eval_with_no_images(tmp_path, capsys):
     code = cli_main(["eval", str(tmp_path / "empty"), "--out", str(tmp_path / "x")])
     assert code == 2
     assert "no image files" in capsys.readouterr().err
+
+
+def test_cli_eval_refuses_a_non_empty_output_without_force(dataset, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "avif.json").write_text("{}")  # an earlier run's codec, not in this one
+    (out / "notes.txt").write_text("mine")
+    args = ["eval", str(dataset), "--codecs", "jpeg:50", "-o", str(out), "--quiet"]
+    assert cli_main(args) == 2
+    assert "is not empty; pass --force" in capsys.readouterr().err
+    assert (out / "avif.json").exists()
+
+
+def test_cli_eval_force_replaces_an_earlier_run(ray_local, dataset, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "avif.json").write_text("{}")
+    (out / "notes.txt").write_text("mine")
+    assert cli_main(["eval", str(dataset), "--codecs", "jpeg:50", "--out", str(out),
+                     "--no-published", "--quiet", "--force"]) == 0
+    err = capsys.readouterr().err
+    assert "--out is deprecated and goes in the next release; use -o/--output" in err
+    assert "removed 1 result files of an earlier run" in err
+    assert not (out / "avif.json").exists() and (out / "notes.txt").read_text() == "mine"
+    assert (out / "jpeg.json").exists()
+
+
+def test_cli_eval_interrupted_writes_what_was_measured(ray_local, dataset, tmp_path, capsys,
+                                                       monkeypatch):
+    real_wait = evaluate.ray.wait
+    calls = []
+
+    def wait_then_interrupt(refs, **kwargs):
+        calls.append(1)
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        return real_wait(refs, num_returns=1)
+
+    monkeypatch.setattr(evaluate.ray, "wait", wait_then_interrupt)
+    out = tmp_path / "out"
+    code = cli_main(["eval", str(dataset), "--codecs", "jpeg:20+50+80", "-o", str(out),
+                     "--no-published", "--quiet"])
+    assert code == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == f"caeadmm eval: interrupted; 1 of 9 points done; partial results in {out}/"
+    assert len(pd.read_csv(out / "per_image.csv")) == 1

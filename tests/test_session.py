@@ -96,3 +96,23 @@ def test_quiet_data_silences_the_console_and_puts_everything_back():
         logger.removeHandler(console)
         logger.removeHandler(log_file)
         log_file.close()
+
+
+def test_a_submitted_training_job_refuses_a_relative_storage_path(monkeypatch, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    from caeadmm.cli import flags
+
+    path = Path(__file__).resolve().parents[1] / "jobs" / "train.py"
+    spec = importlib.util.spec_from_file_location("jobs_train", path)
+    job = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(job)
+    except ImportError as exc:  # the training layer it imports is absent from this tree
+        pytest.skip(f"jobs/train.py cannot be imported here: {exc}")
+    monkeypatch.setenv(flags.SUBMITTED_JOB_ENV, "{}")
+    monkeypatch.setattr(job, "connect", lambda *a, **k: pytest.fail("must not start Ray"))
+    assert job.main(["storage_path=runs"]) == 2
+    err = capsys.readouterr().err
+    assert "storage_path=runs is relative" in err and "`storage_path=$PWD/runs`" in err

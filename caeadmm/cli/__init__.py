@@ -11,6 +11,8 @@ import argparse
 import importlib
 import sys
 
+from caeadmm.cli import flags
+
 # (module under caeadmm.cli, present once the feature exists)
 SUBCOMMANDS = ["compress", "decompress", "info", "models", "train", "eval"]
 
@@ -20,6 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="caeadmm",
         description="CAE-ADMM sparse-latent learned image codec.",
     )
+    flags.add_version(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in SUBCOMMANDS:
         try:
@@ -38,7 +41,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:  # commands that count files report "N of M done" themselves
+        print(f"caeadmm {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -2,25 +2,45 @@
 
 `compress` and `decompress` plan (source, output) pairs with `plan`, run a task on each with
 `execute` (N worker processes, a progress bar, one line per failure) and return its exit
-code: 0 all ok, 1 some files failed, 2 usage or no model. torch and the codec are imported
-inside the functions: the dispatcher imports every subcommand module to build its parser,
-and `caeadmm --help` should not wait for torch.
+code: 0 all ok, 1 some files failed, 2 usage or no model, 130 interrupted (Ctrl-C). Worker
+processes stop as soon as their parent is gone (killed or interrupted) and leave no
+temporary file behind. torch and the codec are imported inside the functions: the
+dispatcher imports every subcommand module to build its parser, and `caeadmm --help`
+should not wait for torch.
 """
 
 from __future__ import annotations
 
 import argparse
 import concurrent.futures as cf
+import contextlib
 import functools
 import multiprocessing
 import os
+import signal
 import sys
-from collections.abc import Callable, Iterable
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 from tqdm import tqdm
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+from caeadmm.cli import flags
+from caeadmm.lifeline import die_with_parent, exit_now
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+# What to do with an output that exists: "refuse" (a per-file error), "force" (replace it),
+# "skip" (keep it when it checks out as complete, redo it when it is damaged).
+EXISTING_MODES = ("refuse", "force", "skip")
+
+
+class Done(NamedTuple):
+    """What a task did with one file: kind "written", "skipped" or "redone", and its line."""
+
+    kind: str
+    line: str
 
 
 class UsageError(Exception):
@@ -31,7 +51,19 @@ def add_common_options(p: argparse.ArgumentParser, model_help: str) -> None:
     p.add_argument("--model", metavar="NAME|PATH", help=model_help)
     p.add_argument("--workers", type=_positive_int, default=1, metavar="N",
                    help="worker processes (default 1)")
-    p.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    flags.add_quiet(p, "no progress bar")
+    existing = p.add_mutually_exclusive_group()
+    existing.add_argument("--force", action="store_true", help="overwrite existing outputs")
+    existing.add_argument(
+        "--skip-existing", action="store_true",
+        help="keep outputs that exist and check out as complete (resume an interrupted run); "
+        "damaged ones are made again",
+    )
+
+
+def existing_mode(args: argparse.Namespace) -> str:
+    """The EXISTING_MODES entry that --force / --skip-existing ask for."""
+    return "force" if args.force else "skip" if args.skip_existing else "refuse"
 
 
 @functools.lru_cache(maxsize=8)
@@ -61,6 +93,10 @@ def plan(
         return plan_outputs(inputs, suffix, list_dir, output_file=output)
     if output is not None and Path(output).is_file():
         raise UsageError(f"{output} is a file, but the outputs need a directory")
+    if output is not None and not _names_dir(output) and _looks_like_file(output, suffix):
+        raise UsageError(f"-o {output} looks like a file name, but the outputs of several "
+                         "files need a directory; end it with / to make a directory of that "
+                         "name")
     return plan_outputs(inputs, suffix, list_dir, output_dir=output)
 
 
@@ -68,26 +104,81 @@ def execute(
     command: str,
     pairs: list[tuple[Path, Path]],
     errors: list[tuple[Path, str]],
-    task: Callable[[Path, Path], str],
+    task: Callable[[Path, Path], Done],
     workers: int,
+    quiet: bool = False,
 ) -> int:
-    """Run `task(src, dst)` for every pair, report each failure on one line, return the code."""
+    """Run `task(src, dst)` for every pair, report each failure on one line, return the code.
+
+    Ctrl-C stops the workers (their unfinished outputs are removed) and prints one line,
+    "interrupted; N of M done"; the exit code is then 130.
+    """
     failed = len(errors)
     for src, message in errors:
         report_failure(command, src, message)
-    with tqdm(total=len(pairs), unit="file", file=sys.stderr,
-              disable=None if len(pairs) > 1 else True) as bar:
-        for src, (ok, text) in _results(pairs, task, workers):
-            if ok:
-                tqdm.write(text, file=sys.stdout)
-            else:
-                failed += 1
-                report_failure(command, src, text)
-            bar.update()
+    counts = dict.fromkeys(("written", "skipped", "redone"), 0)
+    bar = tqdm(total=len(pairs), unit="file", file=sys.stderr,
+               disable=True if quiet or len(pairs) < 2 else None)
+    try:
+        with contextlib.closing(_results(pairs, task, workers)) as results:
+            for src, (ok, outcome) in results:
+                if ok:
+                    counts[outcome.kind] += 1
+                    tqdm.write(outcome.line, file=sys.stdout)
+                else:
+                    failed += 1
+                    report_failure(command, src, outcome)
+                bar.update()
+    except KeyboardInterrupt:
+        bar.close()
+        print(f"caeadmm {command}: interrupted; {sum(counts.values())} of {len(pairs)} done",
+              file=sys.stderr)
+        return EXIT_INTERRUPTED
+    bar.close()
+    if counts["skipped"] or counts["redone"]:
+        print(f"caeadmm {command}: {counts['skipped']} already done, {counts['redone']} damaged "
+              "and made again", file=sys.stderr)
     if failed and len(pairs) + len(errors) > 1:
         print(f"caeadmm {command}: {failed} of {len(pairs) + len(errors)} files failed",
               file=sys.stderr)
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def check_existing(dst: Path, existing: str, check: Callable[[Path], object]) -> str | None:
+    """Apply the EXISTING_MODES policy to `dst` before a task writes it.
+
+    Returns None when the task should write `dst` (overwriting it when `existing` is
+    "force"), "ok" when a complete output is there to keep, or the reason it is damaged
+    (write it again, overwriting). Raises FileExistsError for an output the policy keeps
+    off limits. `check` is `caeadmm.resume.check_stream` or `check_image`.
+    """
+    if existing == "force" or not dst.exists():
+        return None
+    if existing == "refuse":
+        raise FileExistsError(f"{dst} exists (use --force to overwrite, --skip-existing to "
+                              "keep it)")
+    state = check(dst)
+    if state.state == "ok":
+        return "ok"
+    if state.state == "damaged":
+        return state.reason
+    raise FileExistsError(f"{dst} exists and is not an output of ours ({state.reason}); "
+                          "use --force to replace it")
+
+
+def run_task(
+    src: Path, dst: Path, existing: str, check: Callable[[Path], object],
+    write: Callable[[bool], str],
+) -> Done:
+    """One file under the EXISTING_MODES policy: `write(overwrite)` makes the output and
+    returns its summary line."""
+    state = check_existing(dst, existing, check)
+    if state == "ok":
+        return Done("skipped", f"{src} -> {dst}: already done (checked), skipped")
+    line = write(existing == "force" or state is not None)
+    if state is None:
+        return Done("written", line)
+    return Done("redone", f"{line} (replaced a damaged output: {state})")
 
 
 def report_failure(command: str, src: Path, message: str) -> None:
@@ -100,9 +191,9 @@ def usage_error(command: str, message: str) -> int:
 
 
 def _results(
-    pairs: list[tuple[Path, Path]], task: Callable[[Path, Path], str], workers: int
-) -> Iterable[tuple[Path, tuple[bool, str]]]:
-    """(source, (ok, summary line or error message)) per pair, in completion order."""
+    pairs: list[tuple[Path, Path]], task: Callable[[Path, Path], Done], workers: int
+) -> Iterator[tuple[Path, tuple[bool, Done | str]]]:
+    """(source, (ok, Done or error message)) per pair, in completion order."""
     if workers == 1 or len(pairs) < 2:
         for src, dst in pairs:
             yield src, _guarded(task, src, dst)
@@ -111,26 +202,56 @@ def _results(
     context = multiprocessing.get_context("spawn")
     threads = max(1, (os.cpu_count() or 1) // workers)
     with cf.ProcessPoolExecutor(workers, mp_context=context, initializer=_init_worker,
-                                initargs=(threads,)) as pool:
-        futures = {pool.submit(_guarded, task, src, dst): src for src, dst in pairs}
-        for future in cf.as_completed(futures):
-            yield futures[future], future.result()
+                                initargs=(threads, os.getpid())) as pool:
+        with _sigint_ignored():  # workers start with Ctrl-C ignored: the parent handles it
+            futures = {pool.submit(_guarded, task, src, dst): src for src, dst in pairs}
+        try:
+            for future in cf.as_completed(futures):
+                yield futures[future], future.result()
+        except BaseException:  # Ctrl-C, or the caller stopped early (GeneratorExit)
+            # No future.cancel(): the pool then marks the rest broken, and Python 3.11's pool
+            # thread fails on futures that are both cancelled and broken.
+            for child in multiprocessing.active_children():
+                child.terminate()  # SIGTERM: exit_now removes the partial output and exits
+            raise
 
 
-def _guarded(task: Callable[[Path, Path], str], src: Path, dst: Path) -> tuple[bool, str]:
+def _guarded(task: Callable[[Path, Path], Done], src: Path, dst: Path) -> tuple[bool, Done | str]:
     """Files fail for reasons of their own (ValueError: unreadable image, corrupt stream, wrong
     model; OSError: existing output, permissions); anything else is a bug and propagates.
-    Returns plain strings, which cross process boundaries where some exceptions cannot."""
+    Returns plain data, which crosses process boundaries where some exceptions cannot."""
     try:
         return True, task(src, dst)
     except (ValueError, OSError) as exc:
         return False, " ".join(str(exc).split()) or type(exc).__name__
 
 
-def _init_worker(threads: int) -> None:
+@contextlib.contextmanager
+def _sigint_ignored() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _init_worker(threads: int, parent: int) -> None:
     import torch
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, exit_now)
+    die_with_parent(parent)
     torch.set_num_threads(threads)
+
+
+def _looks_like_file(output: str, suffix: str) -> bool:
+    """Whether a path that does not exist yet ends like an output file (x.cae, x.png)."""
+    from caeadmm.images import IMAGE_EXTENSIONS
+
+    return Path(output).suffix.lower() in {suffix, ".cae", *IMAGE_EXTENSIONS}
 
 
 def _names_dir(output: str) -> bool:

@@ -1,4 +1,4 @@
-"""`caeadmm compress INPUT... [-o FILE|DIR] [--model M] [--workers N] [--force]`."""
+"""`caeadmm compress INPUT... [-o FILE|DIR] [--model M] [--workers N] [--force|--skip-existing]`."""
 
 from __future__ import annotations
 
@@ -35,12 +35,17 @@ def run(args: argparse.Namespace) -> int:
         common.cached_model(args.model)  # fail early, once, if the model is unusable
     except (common.UsageError, ModelLoadError) as exc:
         return common.usage_error("compress", str(exc))
-    task = functools.partial(compress_one, model=args.model, overwrite=args.force)
-    return common.execute("compress", pairs, errors, task, args.workers)
+    task = functools.partial(compress_one, model=args.model, existing=common.existing_mode(args))
+    return common.execute("compress", pairs, errors, task, args.workers,
+                          quiet=args.quiet)
 
 
-def compress_one(src: Path, dst: Path, model: str | None, overwrite: bool) -> str:
+def compress_one(src: Path, dst: Path, model: str | None, existing: str) -> common.Done:
     from caeadmm.image_codec import compress_file
+    from caeadmm.resume import check_stream
 
-    nbytes, bpp = compress_file(src, dst, common.cached_model(model), overwrite=overwrite)
-    return f"{src} -> {dst}: {nbytes} bytes, {bpp:.4f} bpp"
+    def write(overwrite: bool) -> str:
+        nbytes, bpp = compress_file(src, dst, common.cached_model(model), overwrite=overwrite)
+        return f"{src} -> {dst}: {nbytes} bytes, {bpp:.4f} bpp"
+
+    return common.run_task(src, dst, existing, check_stream, write)

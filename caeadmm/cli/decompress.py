@@ -1,4 +1,4 @@
-"""`caeadmm decompress FILE... [-o FILE|DIR] [--model M] [--workers N] [--force]`.
+"""`caeadmm decompress FILE... [-o FILE|DIR] [--model M] [--workers N] [--force|--skip-existing]`.
 
 Without --model each stream picks the registered model whose fingerprint it names. Outputs
 are PNG unless -o names a file with another image extension; grayscale streams give
@@ -43,19 +43,27 @@ def run(args: argparse.Namespace) -> int:
             common.cached_model(args.model)  # fail early, once, if the model is unusable
     except (common.UsageError, ModelLoadError) as exc:
         return common.usage_error("decompress", str(exc))
-    task = functools.partial(decompress_one, model=args.model, overwrite=args.force,
-                             max_pixels=args.max_pixels)
-    return common.execute("decompress", pairs, errors, task, args.workers)
+    task = functools.partial(decompress_one, model=args.model,
+                             existing=common.existing_mode(args), max_pixels=args.max_pixels)
+    return common.execute("decompress", pairs, errors, task, args.workers,
+                          quiet=args.quiet)
 
 
 def decompress_one(
-    src: Path, dst: Path, model: str | None, overwrite: bool, max_pixels: int
-) -> str:
+    src: Path, dst: Path, model: str | None, existing: str, max_pixels: int
+) -> common.Done:
+    from caeadmm.resume import check_image
+
+    def write(overwrite: bool) -> str:
+        return _decompress(src, dst, model, overwrite, max_pixels)
+
+    return common.run_task(src, dst, existing, check_image, write)
+
+
+def _decompress(src: Path, dst: Path, model: str | None, overwrite: bool, max_pixels: int) -> str:
     from caeadmm import bitstream, zoo
     from caeadmm.image_codec import decompress, save_image
 
-    if not overwrite and dst.exists():
-        raise FileExistsError(f"{dst} exists (use --force to overwrite)")
     data = src.read_bytes()
     if model is None:
         header = bitstream.read_header(data, max_pixels)

@@ -1,4 +1,4 @@
-"""`caeadmm eval DATASET --codecs cae:MODEL,jpeg,webp,jpeg2000,avif --out DIR`.
+"""`caeadmm eval DATASET --codecs cae:MODEL,jpeg,webp,jpeg2000,avif -o DIR`.
 
 Rate-distortion evaluation of codecs over an image set, spread over the Ray cluster named by
 --address or RAY_ADDRESS, else over a local Ray of its own. See docs/evaluation.md for the
@@ -11,7 +11,13 @@ import argparse
 import sys
 from pathlib import Path
 
+from caeadmm.cli import flags
+
 DEFAULT_CODECS = "jpeg,webp,jpeg2000,avif"
+# What a run writes into the output folder (`rd.write_report`, failures.csv): what --force
+# removes from an earlier run, so that no old codec's JSON stays beside the new ones.
+RESULT_PATTERNS = ("per_image.csv", "per_image.parquet", "summary.csv", "summary.md",
+                   "bd_rate.md", "failures.csv", "rd_*.png", "*.json")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,7 +28,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="comma list of NAME or NAME:S1+S2+...; NAME in jpeg, webp, jpeg2000, avif, cae; "
         "cae needs models, e.g. cae:small-k3+small-k6 (default: %(default)s)",
     )
-    parser.add_argument("--out", required=True, type=Path, help="output folder")
+    flags.add_output(parser, "output folder (created; must be empty unless --force)",
+                     required=True, old="--out", metavar="DIR")
+    flags.add_force(parser, "write into a non-empty output folder, removing an earlier run's "
+                    "results there first")
     parser.add_argument(
         "--references", action="append", type=Path, default=[], metavar="JSON",
         help="extra reference curve (CompressAI results JSON) to plot; repeatable",
@@ -37,11 +46,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (without a cluster)")
     parser.add_argument("--cpus-per-task", type=float, default=1.0, help="(default: 1)")
     parser.add_argument("--max-bpp", type=float, default=2.0, help="plot range (default: 2)")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    flags.add_quiet(parser, "no progress output (a bar on a terminal, else a line every 30 s)")
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the evaluation; exit code 0 if every point was measured, 1 if some failed, 2 if none."""
+    """Run the evaluation; exit code 0 if every point was measured, 1 if some failed, 2 if none
+    (or bad arguments), 130 if interrupted (the points measured by then are written)."""
     from caeadmm import baselines, rd
     from caeadmm.distributed import evaluate
 
@@ -49,15 +59,31 @@ def run(args: argparse.Namespace) -> int:
         codecs = baselines.parse_codecs(args.codecs)
         references = [] if args.no_published else rd.published_references()
         references += [rd.read_json(p, published=True) for p in args.references]
+    except (baselines.CodecError, rd.ResultsFormatError) as exc:
+        print(f"caeadmm eval: {exc}", file=sys.stderr)
+        return 2
+    try:
+        out = Path(flags.resolve_output(args.output))
+        _clear_output(out, args.force)
+    except ValueError as exc:
+        print(f"caeadmm eval: {exc}", file=sys.stderr)
+        return 2
+    print(f"caeadmm eval: results go to {out}/", file=sys.stderr, flush=True)
+    try:
         outcome = evaluate.run(
-            args.dataset, codecs, args.out, references=references, address=args.address,
+            args.dataset, codecs, out, references=references, address=args.address,
             num_cpus=args.num_cpus, cpus_per_task=args.cpus_per_task, max_bpp=args.max_bpp,
             progress=not args.quiet,
         )
-    except (baselines.CodecError, rd.ResultsFormatError, evaluate.EvaluationError) as exc:
+    except evaluate.EvaluationError as exc:
         print(f"caeadmm eval: {exc}", file=sys.stderr)
         return 2
-    print(f"{len(outcome.rows)} points measured; results in {args.out}/")
+    if outcome.unfinished:
+        written = f"; partial results in {out}/" if outcome.paths else ""
+        print(f"caeadmm eval: interrupted; {len(outcome.rows) + len(outcome.failures)} of "
+              f"{outcome.total} points done{written}", file=sys.stderr)
+        return 130
+    print(f"{len(outcome.rows)} points measured; results in {out}/")
     for name in ("summary_md", "bd_md", "plot_psnr", "plot_ms_ssim_db"):
         print(f"  {outcome.paths[name]}")
     if len(outcome.failures):
@@ -70,6 +96,24 @@ def run(args: argparse.Namespace) -> int:
         )
         return 1
     return 0
+
+
+def _clear_output(out: Path, force: bool) -> None:
+    """Refuse a non-empty output folder (ValueError) unless `force`; with it, remove the
+    result files of an earlier run there (other files stay) and say so."""
+    if not out.is_dir() or not any(out.iterdir()):
+        if out.exists() and not out.is_dir():
+            raise ValueError(f"{out} is a file; -o needs a folder")
+        return
+    if not force:
+        raise ValueError(f"{out} is not empty; pass --force to replace an earlier run's "
+                         "results there, or name another folder with -o")
+    old = sorted({p for pattern in RESULT_PATTERNS for p in out.glob(pattern) if p.is_file()})
+    for path in old:
+        path.unlink()
+    if old:
+        print(f"caeadmm eval: --force: removed {len(old)} result files of an earlier run "
+              f"from {out}/", file=sys.stderr)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:

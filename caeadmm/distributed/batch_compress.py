@@ -4,11 +4,13 @@ Ray Data spreads the file list over a pool of actors; each actor loads the model
 a GPU when it was given one) and compresses its files with `image_codec.compress_file`, which
 writes every .cae atomically. The driver collects one manifest row per file (source,
 output, bytes, bpp, status, error) and writes the manifest Parquet atomically at the end,
-also when interrupted, so it lists what was done.
+also when interrupted (`Interrupted`), so it lists what was done.
 
-Reruns: an output that exists is complete (atomic writes), so it is skipped and its row
-rebuilt from its header; files that failed are tried again; leftover temporary files of an
-interrupted run are removed. Bad images become "failed" rows, never a failed job.
+Reruns: an existing output is checked whole (`caeadmm.resume.check_stream`: header, payload
+length against the file size, checksum); a complete one is skipped and its row rebuilt from
+its header, a damaged one is compressed again and reported. Files that failed are tried
+again; leftover temporary files of an interrupted run (ours only, `caeadmm.files.TEMP_PREFIX`)
+are removed. Bad images become "failed" rows, never a failed job.
 On a multi-node cluster the inputs, the output directory and the model must be at the same
 paths on every node (shared storage), or the model a registered name.
 """
@@ -18,7 +20,8 @@ from __future__ import annotations
 import io
 import os
 import sys
-from collections.abc import Callable, Iterable
+import warnings
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,13 +29,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
-from tqdm import tqdm
 
-from caeadmm import bitstream, image_codec, zoo
-from caeadmm.distributed.session import connect, quiet_data
+from caeadmm import image_codec, zoo
+from caeadmm.distributed.session import connect, quiet_data, shutdown_own_ray
 from caeadmm.files import is_temp_file, write_atomic
 from caeadmm.images import list_images
 from caeadmm.inputs import plan_outputs
+from caeadmm.lifeline import die_with_parent
+from caeadmm.progress import Progress
+from caeadmm.resume import check_stream
 
 MANIFEST_SCHEMA = pa.schema([
     ("source", pa.string()),
@@ -50,6 +55,16 @@ class Summary:
     skipped: int  # already done by an earlier run
     failed: int
     manifest: Path
+    redone: int = 0  # damaged outputs of an earlier run, compressed again
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (or an `on_row` that raised KeyboardInterrupt) stopped the run; the manifest
+    lists what finished. `done` of `total` input files have an output."""
+
+    def __init__(self, done: int, total: int, manifest: Path):
+        super().__init__(f"interrupted; {done} of {total} done")
+        self.done, self.total, self.manifest = done, total, manifest
 
 
 def compress_corpus(
@@ -81,28 +96,45 @@ def compress_corpus(
     )
     rows = [_row(str(src), "", error=message) for src, message in errors]
     _remove_temp_files({dst.parent for _, dst in pairs})
-    todo = []
+    todo, redone = [], 0
     for src, dst in pairs:
-        done = None if force else _done_row(src, dst)
-        if done is None:
-            todo.append({"source": str(src), "output": str(dst)})
-        else:
+        done, damage = (None, None) if force else _done_row(src, dst)
+        if done is not None:
             rows.append(done)
+            continue
+        if damage is not None:
+            redone += 1
+            print(f"[compress] {dst} is damaged ({damage}); compressing it again",
+                  file=sys.stderr, flush=True)
+        todo.append({"source": str(src), "output": str(dst), "replace": damage is not None})
     skipped = len(rows) - sum(r["status"] == "failed" for r in rows)
     compressed = 0
-    bar = tqdm(total=len(todo), unit="file", file=sys.stderr, disable=not progress)
+    bar = Progress(len(todo), "compress", "file", enabled=progress)
+    results = _run_actors(todo, model, concurrency, num_cpus, num_gpus, force)
     try:
-        for row in _run_actors(todo, model, concurrency, num_cpus, num_gpus, force):
+        for row in results:
             rows.append(row)
             compressed += row["status"] == "ok"
             bar.update()
             if on_row is not None:
                 on_row(row)
-    finally:
-        bar.close()
+    except KeyboardInterrupt:
+        bar.close(summary=False)
+        results.close()  # Ray Data stops the actors, in its own time ...
+        shutdown_own_ray()  # ... or at once, when this process started Ray
+        _remove_temp_files({dst.parent for _, dst in pairs})  # of actors stopped mid-write
+        rows += _finished_unreported(todo, rows)  # written by an actor, not yet collected
         _write_manifest(manifest, rows)
+        raise Interrupted(sum(r["status"] == "ok" for r in rows), len(pairs), manifest) from None
+    except BaseException:
+        bar.close(summary=False)
+        _write_manifest(manifest, rows)  # what finished before the error
+        raise
+    bar.close()
+    _write_manifest(manifest, rows)
     failed = sum(r["status"] == "failed" for r in rows)
-    return Summary(compressed=compressed, skipped=skipped, failed=failed, manifest=manifest)
+    return Summary(compressed=compressed, skipped=skipped, failed=failed, manifest=manifest,
+                   redone=redone)
 
 
 class _Compressor:
@@ -111,6 +143,7 @@ class _Compressor:
     def __init__(self, model: str | None, overwrite: bool, threads: int):
         import torch
 
+        die_with_parent(os.getppid(), kernel_signal=False)  # the raylet: gone with the driver
         torch.set_num_threads(threads)
         self.model = zoo.load(model)
         if torch.cuda.is_available():  # true only when Ray gave this actor a GPU
@@ -118,13 +151,14 @@ class _Compressor:
         self.overwrite = overwrite
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
-        rows = [self._one(str(s), str(d)) for s, d in zip(batch["source"], batch["output"],
-                                                              strict=True)]
+        rows = [self._one(str(s), str(d), bool(r)) for s, d, r in
+                zip(batch["source"], batch["output"], batch["replace"], strict=True)]
         return pa.Table.from_pylist(rows, schema=MANIFEST_SCHEMA)
 
-    def _one(self, src: str, dst: str) -> dict:
+    def _one(self, src: str, dst: str, replace: bool) -> dict:
         try:
-            nbytes, bpp = image_codec.compress_file(src, dst, self.model, overwrite=self.overwrite)
+            nbytes, bpp = image_codec.compress_file(src, dst, self.model,
+                                                    overwrite=self.overwrite or replace)
         except Exception as exc:  # a bad file must never stop the corpus
             return _row(src, "", error=f"{type(exc).__name__}: {' '.join(str(exc).split())}")
         return _row(src, dst, nbytes, bpp)
@@ -133,39 +167,65 @@ class _Compressor:
 def _run_actors(
     todo: list[dict], model: str | None, concurrency: int, num_cpus: float, num_gpus: float | None,
     overwrite: bool,
-) -> Iterable[dict]:
+) -> Iterator[dict]:
     if not todo:
         return
     connect()  # nothing to do when the caller (or jobs/compress.py) is connected already
     if num_gpus is None:
         num_gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
     ds = ray.data.from_items(todo, override_num_blocks=min(len(todo), 2000))
-    ds = ds.map_batches(
+    with warnings.catch_warnings():
+        # max_restarts has no named parameter in Ray 2.60, so it goes through the deprecated
+        # ray_remote_args; this run asks for it on purpose.
+        warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated")
+        ds = _map(ds, model, concurrency, num_cpus, num_gpus, overwrite, len(todo))
+    with quiet_data():
+        yield from ds.iter_rows()
+
+
+def _map(ds: ray.data.Dataset, model: str | None, concurrency: int, num_cpus: float,
+         num_gpus: float, overwrite: bool, n: int) -> ray.data.Dataset:
+    return ds.map_batches(
         _Compressor,
         fn_constructor_kwargs={
             "model": model, "overwrite": overwrite, "threads": max(1, int(num_cpus)),
         },
         batch_size=1,
-        concurrency=min(concurrency, len(todo)),
+        compute=ray.data.ActorPoolStrategy(size=min(concurrency, n)),
         num_cpus=num_cpus,
         num_gpus=num_gpus,
+        # No actor restarts: Ray Data passes its actors' arguments through the object store,
+        # where a restart may not find them (Ray logs a core_worker error line saying so).
+        # An actor that dies ends the job; a rerun resumes where it stopped.
+        max_restarts=0,
     )
-    with quiet_data():
-        yield from ds.iter_rows()
 
 
-def _done_row(src: Path, dst: Path) -> dict | None:
-    """The manifest row of an output an earlier run wrote, None if there is none."""
-    try:
-        with open(dst, "rb") as f:
-            header = bitstream.read_header(f.read(bitstream.HEADER_BYTES), max_pixels=None)
-        size = dst.stat().st_size
-    except FileNotFoundError:
-        return None
-    except (OSError, bitstream.BitstreamError) as exc:
-        return _row(str(src), "", error=f"{dst} exists and is not a .cae file ({exc}); "
-                    "rerun with force to replace it")
-    return _row(str(src), str(dst), size, 8 * size / (header.width * header.height))
+def _done_row(src: Path, dst: Path) -> tuple[dict | None, str | None]:
+    """(the manifest row of a complete output an earlier run wrote, None) when there is one;
+    (None, why) for a damaged output of ours; (None, None) when there is none."""
+    existing = check_stream(dst)
+    if existing.state == "missing":
+        return None, None
+    if existing.state == "damaged":
+        return None, existing.reason
+    if existing.state == "foreign":
+        return _row(str(src), "", error=f"{dst} exists and is not a .cae file "
+                    f"({existing.reason}); rerun with --force to replace it"), None
+    header, size = existing.header, existing.size
+    return _row(str(src), str(dst), size, 8 * size / (header.width * header.height)), None
+
+
+def _finished_unreported(todo: list[dict], rows: list[dict]) -> list[dict]:
+    """Rows for outputs of `todo` that are complete on disk but not among `rows`."""
+    reported = {r["source"] for r in rows}
+    found = []
+    for item in todo:
+        if item["source"] not in reported:
+            row, _ = _done_row(Path(item["source"]), Path(item["output"]))
+            if row is not None and row["status"] == "ok":
+                found.append(row)
+    return found
 
 
 def _remove_temp_files(directories: set[Path]) -> None:

@@ -2,8 +2,9 @@
 
 The driver reads each image file's bytes once and puts them in Ray's object store, so only the
 driver needs the data set on disk; tasks decode the image, run `baselines.measure` and return
-one result row. Rows come back as they finish (a tqdm bar over `ray.wait`), then
-`rd.write_report` writes the tables, JSON files, plots and BD-rate tables.
+one result row. Rows come back as they finish (progress over `ray.wait`), then
+`rd.write_report` writes the tables, JSON files, plots and BD-rate tables. Stopped with
+Ctrl-C, the run cancels the points still pending and reports the ones measured.
 
 Each task asks for `cpus_per_task` CPUs (1 by default) and limits torch and the AVIF codec to
 that many threads, so timings are comparable and tasks do not oversubscribe a node. Connected to
@@ -26,12 +27,12 @@ import pandas as pd
 import ray
 import torch
 from PIL import AvifImagePlugin
-from tqdm import tqdm
 
 from caeadmm import rd
 from caeadmm.baselines import Setting, measure
 from caeadmm.distributed.session import connect
 from caeadmm.images import list_images, load_rgb
+from caeadmm.progress import Progress
 
 
 class EvaluationError(RuntimeError):
@@ -45,6 +46,8 @@ class Outcome:
     rows: pd.DataFrame
     failures: pd.DataFrame
     paths: dict[str, Path] = field(default_factory=dict)
+    total: int = 0  # points asked for
+    unfinished: int = 0  # points not measured because the run was interrupted
 
 
 def _limit_threads(cpus: float) -> None:
@@ -73,11 +76,12 @@ def evaluate(
     roots: Sequence[Path] = (),
     cpus_per_task: float = 1.0,
     progress: bool = True,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
+) -> tuple[pd.DataFrame, pd.DataFrame, int]:
     """Measure every image at every codec setting on the connected Ray cluster.
 
-    Returns (rows, failures): the per-image result rows (columns of `baselines.measure`) and one
-    row per failed point (image, codec, setting, error).
+    Returns (rows, failures, unfinished): the per-image result rows (columns of
+    `baselines.measure`), one row per failed point (image, codec, setting, error), and how
+    many points were left unmeasured because Ctrl-C stopped the run (their tasks cancelled).
     """
     if not images:
         raise EvaluationError("no images to evaluate")
@@ -86,19 +90,20 @@ def evaluate(
     twice = sorted(n for n, count in Counter(names).items() if count > 1)
     if twice:
         raise EvaluationError(f"two images share a name: {', '.join(twice[:5])}")
+    total = len(images) * sum(len(settings) for settings in codecs.values())
     pending: dict[ray.ObjectRef, tuple[str, str, Setting]] = {}
-    for path, name in zip(images, names, strict=True):
-        try:
-            data_ref = ray.put(Path(path).read_bytes())
-        except OSError as exc:
-            raise EvaluationError(f"cannot read {path}: {exc}") from exc
-        for codec, settings in codecs.items():
-            for setting in settings:
-                ref = task.remote(name, data_ref, codec, setting, cpus_per_task)
-                pending[ref] = (name, codec, setting)
-
     rows, failures = [], []
-    with tqdm(total=len(pending), desc="eval", unit="pt", disable=not progress) as bar:
+    bar = Progress(total, "eval", "point", enabled=progress)
+    try:
+        for path, name in zip(images, names, strict=True):
+            try:
+                data_ref = ray.put(Path(path).read_bytes())
+            except OSError as exc:
+                raise EvaluationError(f"cannot read {path}: {exc}") from exc
+            for codec, settings in codecs.items():
+                for setting in settings:
+                    ref = task.remote(name, data_ref, codec, setting, cpus_per_task)
+                    pending[ref] = (name, codec, setting)
         waiting = list(pending)
         while waiting:
             done, waiting = ray.wait(waiting, num_returns=len(waiting), timeout=0.5)
@@ -113,8 +118,14 @@ def evaluate(
                          "error": f"{type(cause).__name__}: {cause}"}
                     )
             bar.update(len(done))
+    except KeyboardInterrupt:
+        bar.close(summary=False)
+        for ref in pending:
+            ray.cancel(ref)  # a no-op for finished tasks
+    else:
+        bar.close()
     failure_frame = pd.DataFrame(failures, columns=["image", "codec", "setting", "error"])
-    return pd.DataFrame(rows), failure_frame
+    return pd.DataFrame(rows), failure_frame, total - len(rows) - len(failures)
 
 
 def _order(rows: pd.DataFrame, codecs: Mapping[str, Sequence[Setting]]) -> pd.DataFrame:
@@ -150,12 +161,15 @@ def run(
         raise EvaluationError(f"no image files under {', '.join(map(str, dataset))}")
     started = connect(address, num_cpus)
     try:
-        rows, failures = evaluate(
+        rows, failures, unfinished = evaluate(
             images, codecs, roots=roots, cpus_per_task=cpus_per_task, progress=progress
         )
     finally:
         if started:
             ray.shutdown()
+    total = len(rows) + len(failures) + unfinished
+    if unfinished and rows.empty:
+        return Outcome(rows, failures, total=total, unfinished=unfinished)
     if rows.empty:
         first = failures["error"].iloc[0] if len(failures) else "no result"
         raise EvaluationError(f"every point failed; first error: {first}")
@@ -165,4 +179,4 @@ def run(
     if len(failures):
         paths["failures_csv"] = Path(out_dir) / "failures.csv"
         failures.to_csv(paths["failures_csv"], index=False)
-    return Outcome(rows, failures, paths)
+    return Outcome(rows, failures, paths, total=total, unfinished=unfinished)

@@ -3,6 +3,11 @@
 `connect` joins the cluster the user names (an address, or $RAY_ADDRESS, which `ray job
 submit` sets) or else starts a local Ray of this process's own (`address="local"`): never
 one that something else started on this machine. It says on stderr which one it uses.
+
+A local Ray's GCS and raylet die with this process, but the raylet's agents (dashboard
+agent, runtime-env agent) would outlive a killed driver by about a minute: they try to
+report the raylet's death to the dead GCS with a 60 s timeout. A small reaper process
+(`_start_reaper`) waits for this process to end and then kills those agents.
 """
 
 from __future__ import annotations
@@ -10,8 +15,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import subprocess
 import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import ray
 from ray.data import DataContext
@@ -45,10 +52,71 @@ def connect(
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **quiet)
         gcs = ray.get_runtime_context().gcs_address
         where = f"a local Ray of its own at {gcs} (stops with this process)"
+        _start_reaper()
+        _own_ray.append(gcs)
     if announce is not None:
         cpus = int(ray.cluster_resources().get("CPU", 0))
         announce(f"[ray] using {where}: {cpus} logical CPUs")
     return True
+
+
+def shutdown_own_ray() -> None:
+    """Stop the local Ray that `connect` started in this process, if it is the one connected
+    (an interrupted run stops its actors this way before it lists what they finished)."""
+    if ray.is_initialized() and ray.get_runtime_context().gcs_address in _own_ray:
+        ray.shutdown()
+
+
+# The reaper: reads its stdin (a pipe only the driver holds) until EOF, then kills each
+# process it was given as "PID START_TIME" (the start time guards against a reused pid).
+_REAPER = """
+import os, signal, sys
+targets = [line.split() for line in sys.argv[1:]]
+sys.stdin.buffer.read()
+for pid, start in targets:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            if f.read().rsplit(")", 1)[1].split()[19] == start:
+                os.kill(int(pid), signal.SIGKILL)
+    except (OSError, ValueError, IndexError):
+        pass
+"""
+
+_own_ray: list[str] = []  # GCS addresses of the local Rays `connect` started
+_reapers: list[subprocess.Popen] = []  # kept referenced: their stdin is the driver's lifeline
+
+
+def _start_reaper() -> None:
+    """Kill the local raylet's child processes once this process ends (Linux only)."""
+    raylet = _local_raylet_pid()
+    if raylet is None or not Path("/proc").is_dir():
+        return
+    targets = [f"{pid} {start}" for pid, start in _children(raylet)]
+    if targets:
+        _reapers.append(subprocess.Popen(
+            [sys.executable, "-c", _REAPER, *targets], stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        ))
+
+
+def _local_raylet_pid() -> int | None:
+    node = getattr(ray._private.worker.global_worker, "node", None)
+    processes = getattr(node, "all_processes", {}).get("raylet") or []
+    return processes[0].process.pid if processes else None
+
+
+def _children(parent: int) -> list[tuple[int, str]]:
+    """(pid, start time) of the processes whose parent is `parent`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == parent:
+                found.append((int(entry), fields[19]))
+    return found
 
 
 @contextlib.contextmanager
