@@ -4,6 +4,7 @@ entropy coding, with Pillow JPEG and WebP timed on the same images in the same r
 
     .venv/bin/python bench/image_codec.py [--kodak DIR] [--threads 2] [--repeats 3] [--model M]
     .venv/bin/python bench/image_codec.py --large [--layout tiles]   # one 8000 x 6000 image
+    .venv/bin/python bench/image_codec.py --payload --model small-k3 --model small-k6 --limit 6
 
 Without --model the small preset runs with random weights: the time of a network does not
 depend on its weights, but the entropy coder's does on the symbols, so the random model's
@@ -15,7 +16,9 @@ back): file I/O and PNG decoding are not included. Per image the median of --rep
 the table gives the median over the images (and the slowest image), in wall-clock seconds
 and in CPU seconds of this process (all threads: on a machine shared with other work, the
 CPU time is the steadier measure of the work done). --large reports the process's peak RSS
-for one layout (run it once per layout: the peak of a process only grows).
+for one layout (run it once per layout: the peak of a process only grows). --payload compares,
+per --model, the size of version 2 streams with their payload (a Huffman table per group of
+channels) against the same symbols coded with one table (coding.encode), no timing.
 """
 
 from __future__ import annotations
@@ -78,6 +81,9 @@ def minus(a: tuple[float, float], b: tuple[float, float]) -> tuple[float, float]
 
 
 LAYOUTS = {"v2": None, "v1": "tiles"}  # row prefix -> compress(layout=...)
+# row prefix -> (entropy encoder, entropy decoder) of that layout's payload
+ENTROPY = {"v2": (coding.encode_channels, coding.decode_channels),
+           "v1": (coding.encode, coding.decode)}
 
 
 def measure_image(image: np.ndarray, model: CAE, repeats: int) -> dict[str, tuple]:
@@ -88,9 +94,12 @@ def measure_image(image: np.ndarray, model: CAE, repeats: int) -> dict[str, tupl
                                                                       layout=layout), repeats)
         t_dec, decoded = timed(lambda data=data: image_codec.decompress(data, model), repeats)
         _, payload = parse(data)
-        symbols = coding.decode(payload)
-        t_ent_enc, _ = timed(lambda symbols=symbols: coding.encode(symbols), repeats)
-        t_ent_dec, _ = timed(lambda payload=payload: coding.decode(payload), repeats)
+        encode, decode = ENTROPY[name]
+        symbols = decode(payload)
+        t_ent_enc, _ = timed(lambda symbols=symbols, encode=encode: encode(symbols),
+                             repeats)
+        t_ent_dec, _ = timed(lambda payload=payload, decode=decode: decode(payload),
+                             repeats)
         row.update({
             f"{name}_bpp": 8 * len(data) / pixels,
             f"{name}_enc": t_enc, f"{name}_enc_net": minus(t_enc, t_ent_enc),
@@ -111,6 +120,33 @@ def measure_image(image: np.ndarray, model: CAE, repeats: int) -> dict[str, tupl
             io.BytesIO(encoded)).convert("RGB")), repeats)
         row[f"{name}_bpp"] = 8 * len(encoded) / pixels
     return row
+
+
+def payload_table(paths: list[Path], names: list[str]) -> str:
+    """Per model: mean bytes and bpp of version 2 streams with their payload (one Huffman
+    table per group of channels) and with the same symbols coded with one table."""
+    lines = ["| model | images | mean bytes, one table | mean bytes, per channel group | "
+             "mean bpp, one table | mean bpp, per channel group | change |",
+             "|---|---|---|---|---|---|---|"]
+    images = [load_rgb(path) for path in paths]
+    for name in names:
+        model = load(name)
+        single, grouped, single_bpp, grouped_bpp = [], [], [], []
+        for image in images:
+            data = image_codec.compress(image, model)
+            header, payload = parse(data)
+            one_table = len(data) - len(payload) + len(
+                coding.encode(coding.decode_channels(payload).ravel()))
+            pixels = header.width * header.height
+            single.append(one_table)
+            grouped.append(len(data))
+            single_bpp.append(8 * one_table / pixels)
+            grouped_bpp.append(8 * len(data) / pixels)
+        change = sum(grouped) / sum(single) - 1
+        lines.append(f"| {name} | {len(images)} | {statistics.mean(single):.0f} | "
+                     f"{statistics.mean(grouped):.0f} | {statistics.mean(single_bpp):.4f} | "
+                     f"{statistics.mean(grouped_bpp):.4f} | {100 * change:+.1f} % |")
+    return "\n".join(lines)
 
 
 def synthetic_image(height: int, width: int) -> np.ndarray:
@@ -170,18 +206,34 @@ def main() -> None:
     parser.add_argument("--kodak", default="/work/shared/data/kodak")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--model", help="checkpoint or registered name (default: random small)")
+    parser.add_argument("--model", action="append",
+                        help="checkpoint or registered name (default: random small); "
+                             "--payload takes several")
     parser.add_argument("--pruning-ratio", type=float, default=0.5)
     parser.add_argument("--limit", type=int, help="only the first N images (a quick check)")
     parser.add_argument("--large", action="store_true", help="one 8000 x 6000 image instead")
     parser.add_argument("--layout", choices=["channels", "tiles"], default="channels",
                         help="--large: the layout to measure (default: channels, version 2)")
+    parser.add_argument("--payload", action="store_true",
+                        help="sizes only: per-channel-group payload against one table")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
-    model = load(args.model) if args.model else random_model(args.pruning_ratio)
+    if args.payload:
+        if not args.model:
+            sys.exit("--payload needs trained models (--model NAME, repeatable)")
+        paths = list_images([args.kodak])[: args.limit]
+        if not paths:
+            sys.exit(f"no images in {args.kodak}")
+        print(f"{len(paths)} images from {args.kodak}\n")
+        print(payload_table(paths, args.model))
+        return
+    if args.model and len(args.model) > 1:
+        sys.exit("one --model at a time, except with --payload")
+    name = args.model[0] if args.model else None
+    model = load(name) if name else random_model(args.pruning_ratio)
     kept = "all" if model.mask is None else int(model.mask[:, 0, 0].sum())
-    print(f"model: {args.model or 'small preset, random weights'}; config {model.config}; "
+    print(f"model: {name or 'small preset, random weights'}; config {model.config}; "
           f"kept channels {kept}; torch threads {torch.get_num_threads()}; "
           f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     if args.large:

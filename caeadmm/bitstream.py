@@ -7,8 +7,9 @@ payload, and raises BitstreamError (a ValueError) for anything wrong, so that ca
 error type for every malformed file. docs/bitstream.md is the specification.
 
 Version 2 (written) has a layout byte: "channels" (the whole image through the network, the
-kept latent channels coded) or "tiles" (independent P x P tiles, version 1's layout, for
-models whose mask is not channel-structured). Version 1 streams (always "tiles") are read.
+kept latent channels coded with a Huffman table per group of channels) or "tiles"
+(independent P x P tiles, version 1's layout and single-table payload, for models whose mask
+is not channel-structured). Version 1 streams (always "tiles") are read.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ READABLE_VERSIONS = (1, 2)
 FINGERPRINT_BYTES = 16  # leading bytes of the model's sha256 fingerprint
 MODES = {0: "RGB", 1: "L"}
 MODE_CODES = {name: code for code, name in MODES.items()}
-# Symbol layouts (and payload kinds). A new payload, e.g. one code table per channel, is a
-# new code here, not a new version.
+# Symbol layouts and their payload kinds ("channels": coding.encode_channels, "tiles":
+# coding.encode). A new payload kind is a new code here, not a new version.
 LAYOUTS = {0: "tiles", 1: "channels"}
 LAYOUT_CODES = {name: code for code, name in LAYOUTS.items()}
 

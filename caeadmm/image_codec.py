@@ -3,9 +3,11 @@
 Channel-masked models (`prune_structure: channel`, or no mask) use the "channels" layout:
 the mask is the same at every latent position, so the network runs over the whole image,
 replicate-padded at the bottom and right to a multiple of 8 (at least 16), the kept latent
-channels are coded (channel, then row, then column), and the decoder reconstructs the whole
-image and crops the padding. Models with any other mask (`prune_structure: slot`) keep the
-"tiles" layout of version 1: independent P x P tiles, each coded as its kept mask slots.
+channels are coded (channel, then row, then column) with a Huffman table per group of
+channels (coding.encode_channels), and the decoder reconstructs the whole image and crops
+the padding. Models with any other mask (`prune_structure: slot`) keep the
+"tiles" layout of version 1: independent P x P tiles, each coded as its kept mask slots, all
+with one Huffman table (coding.encode).
 
 Bounded memory: the network runs over overlapping windows of at most (TILE + 2 halo)^2
 pixels. The halo covers the receptive field derived from the layers (`encoder_reach`,
@@ -94,7 +96,7 @@ def compress(
     else:
         symbols = _encode_channels(image, model, kept, tile)
         kept_count, tile_size, layout = len(kept), 0, "channels"
-    payload = coding.encode(symbols.ravel())
+    payload = _encode_payload(symbols, layout)
     header = Header(
         width=width, height=height, mode=mode, layout=layout, latent_channels=channels,
         kept=kept_count, fingerprint=fingerprint, payload_length=len(payload),
@@ -117,7 +119,43 @@ def decompress(
     """
     header, payload = bitstream.parse(data, max_pixels)
     _check_model(header, model)
+    symbols = _decode_payload(header, payload)
+    shape = (header.height, header.width) + (() if header.mode == "L" else (3,))
+    out = np.empty(shape, np.uint8)
+    if header.layout == "channels":
+        latent = symbols.reshape(header.kept, *header.latent_size)
+        _decode_channels(latent, model, kept_channels(model), tile, out)
+    else:
+        _decode_tiles(symbols, model, out)
+    return out
+
+
+def _encode_payload(symbols: np.ndarray, layout: str) -> bytes:
+    """The coded payload: "channels" symbols (K, h, w) as one stream with a Huffman table per
+    group of channels (coding.encode_channels over (K, h w)); "tiles" symbols as one table."""
+    if layout == "channels":
+        kept, rows, cols = symbols.shape
+        return coding.encode_channels(symbols.reshape(kept, rows * cols))
+    return coding.encode(symbols.ravel())
+
+
+def _decode_payload(header: Header, payload: bytes) -> np.ndarray:
+    """The payload's symbols, checked against the header: (K, h w) for "channels", (tiles, K)
+    for "tiles". The header bounds the symbol count before anything is decoded or allocated;
+    any disagreement, or a coding.CorruptStreamError, raises BitstreamError."""
     try:
+        if header.layout == "channels":
+            rows, cols = header.latent_size
+            expected = (header.kept, rows * cols)
+            # The bound admits the position count of a stream with no kept channels too.
+            symbols = coding.decode_channels(payload, max_symbols=max(header.n_symbols,
+                                                                      rows * cols))
+            if symbols.shape != expected:
+                raise BitstreamError(
+                    f"payload holds {symbols.shape[0]} channels x {symbols.shape[1]} "
+                    f"positions, the header implies {expected[0]} x {expected[1]}"
+                )
+            return symbols
         # The payload's own symbol count (its first bytes) is checked before anything is
         # decoded: a crafted count must not size an allocation.
         count = unpack_header(payload)[0].count
@@ -125,18 +163,10 @@ def decompress(
             raise BitstreamError(
                 f"payload holds {count} symbols, the header implies {header.n_symbols}"
             )
-        symbols = coding.decode(payload)
+        rows, cols = header.tiles
+        return coding.decode(payload).reshape(rows * cols, header.kept)
     except coding.CorruptStreamError as exc:
         raise BitstreamError(f"corrupt payload: {exc}") from exc
-    shape = (header.height, header.width) + (() if header.mode == "L" else (3,))
-    out = np.empty(shape, np.uint8)
-    if header.layout == "channels":
-        rows, cols = header.latent_size
-        latent = symbols.reshape(header.kept, rows, cols)
-        _decode_channels(latent, model, kept_channels(model), tile, out)
-    else:
-        _decode_tiles(symbols.reshape(-1, header.kept), model, out)
-    return out
 
 
 # -- receptive fields ----------------------------------------------------------------------

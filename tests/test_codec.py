@@ -22,9 +22,10 @@ from PIL import Image
 
 import coding
 from caeadmm import image_codec
-from caeadmm.bitstream import HEADER_BYTES, BitstreamError, ModelMismatchError, parse
+from caeadmm.bitstream import HEADER_BYTES, BitstreamError, ModelMismatchError, pack, parse
 from caeadmm.files import write_atomic
 from caeadmm.model import CAE
+from coding.format import get_varint
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -89,7 +90,17 @@ def slot_model() -> CAE:
 
 
 def symbols_of(data: bytes) -> np.ndarray:
-    return coding.decode(parse(data)[1])
+    """The (kept channels, positions) symbols of a "channels" stream."""
+    return coding.decode_channels(parse(data)[1])
+
+
+def group_count(payload: bytes) -> int:
+    """The number of Huffman tables (channel groups) of a coding.encode_channels stream: the
+    varint after its version byte, channel count and position count (docs/coding.md)."""
+    offset = 1
+    for what in ("channels", "positions", "groups"):
+        value, offset = get_varint(payload, offset, coding.MAX_SYMBOLS, what)
+    return value
 
 
 # -- whole-image ("channels") layout ---------------------------------------------------------
@@ -104,7 +115,7 @@ def test_round_trip_equals_one_pass_over_the_whole_image(model, size):
     assert (header.height, header.width, header.mode) == (*size, "RGB")
     assert (header.version, header.layout, header.tile_size, header.kept) == (2, "channels", 0, 4)
     symbols, pixels = whole_image_reconstruction(image, model)
-    np.testing.assert_array_equal(symbols_of(data), symbols.ravel())
+    np.testing.assert_array_equal(symbols_of(data), symbols.reshape(len(symbols), -1))
     decoded = image_codec.decompress(data, model)
     assert decoded.shape == image.shape and decoded.dtype == np.uint8
     np.testing.assert_array_equal(decoded, pixels)
@@ -117,9 +128,30 @@ def test_windows_give_the_one_pass_result(model, tile):
     image = test_image(512, 768, seed=5)
     data = image_codec.compress(image, model, tile=tile)
     symbols, pixels = whole_image_reconstruction(image, model)
-    np.testing.assert_array_equal(symbols_of(data), symbols.ravel())
+    np.testing.assert_array_equal(symbols_of(data), symbols.reshape(len(symbols), -1))
     assert data == image_codec.compress(image, model)
     np.testing.assert_array_equal(image_codec.decompress(data, model, tile=tile), pixels)
+
+
+@pytest.mark.parametrize(("size", "seed", "groups"), [((64, 96), 0, 2), ((40, 72), 2, 1)])
+def test_channels_payload_has_a_table_per_channel_group(model, size, seed, groups):
+    """The payload is coding.encode_channels of (kept channels, positions): here once with
+    two tables (two groups of channels) and once with the single-table fallback."""
+    image = test_image(*size, seed=seed)
+    symbols, _ = whole_image_reconstruction(image, model)
+    payload = parse(image_codec.compress(image, model))[1]
+    assert payload == coding.encode_channels(symbols.reshape(len(symbols), -1))
+    assert group_count(payload) == groups
+
+
+def test_model_without_kept_channels_codes_an_empty_payload():
+    """K = 0: a (0, positions) payload, decoded as the decoder's output for a zero latent."""
+    model = channel_model(keep=())
+    image = test_image(24, 40)
+    data = image_codec.compress(image, model)
+    assert parse(data)[0].kept == 0 and symbols_of(data).shape == (0, 3 * 5)
+    np.testing.assert_array_equal(image_codec.decompress(data, model),
+                                  whole_image_reconstruction(image, model)[1])
 
 
 def test_unpruned_model_codes_every_channel():
@@ -312,11 +344,31 @@ def test_layout_the_model_cannot_decode_is_refused(slot_model):
 
 
 def test_wrong_symbol_count_is_refused(model):
-    data = bytearray(image_codec.compress(test_image(40, 40), model))  # 5 x 5 latent
-    struct.pack_into("<I", data, 16, 20)  # height 40 -> 20: the header implies 3 x 5
+    """More symbols than the header implies are refused by coding's bound (before decoding);
+    fewer, or another shape, by the decoded shape against (kept channels, positions)."""
+    data = bytearray(image_codec.compress(test_image(40, 40), model))  # 4 x (5 x 5)
+    struct.pack_into("<I", data, 16, 20)  # height 40 -> 20: the header implies 4 x (3 x 5)
     _fix_crc(data)
-    with pytest.raises(BitstreamError, match="symbols"):
+    with pytest.raises(BitstreamError, match="corrupt payload: .* over the limit 60"):
         image_codec.decompress(bytes(data), model)
+    struct.pack_into("<I", data, 16, 48)  # height 48: the header implies 4 x (6 x 5)
+    _fix_crc(data)
+    with pytest.raises(BitstreamError, match="4 channels x 25 positions, the header implies "
+                                             "4 x 30"):
+        image_codec.decompress(bytes(data), model)
+    symbols = coding.decode_channels(parse(bytes(data))[1])
+    payload = coding.encode_channels(symbols.reshape(2, -1))  # 2 x 50: within the bound
+    header = replace(parse(bytes(data))[0], height=40, payload_length=len(payload))
+    with pytest.raises(BitstreamError, match="2 channels x 50 positions"):
+        image_codec.decompress(pack(header, payload), model)
+
+
+def test_wrong_symbol_count_in_tiles_is_refused(slot_model):
+    data = bytearray(image_codec.compress(test_image(40, 40), slot_model))  # 2 x 2 tiles
+    struct.pack_into("<I", data, 16, 20)  # height 40 -> 20: the header implies 1 x 2
+    _fix_crc(data)
+    with pytest.raises(BitstreamError, match="symbols, the header implies"):
+        image_codec.decompress(bytes(data), slot_model)
 
 
 # -- memory --------------------------------------------------------------------------------
@@ -334,7 +386,7 @@ mask[:4] = True
 model.set_mask(mask)
 image_codec._run = lambda network, x, pixels: torch.zeros(1, 3, 8 * x.shape[-2], 8 * x.shape[-1])
 height, width = 8192, 16384  # 2**27 pixels: the default limit
-payload = coding.encode(np.zeros(4 * (height // 8) * (width // 8), np.int8))
+payload = coding.encode_channels(np.zeros((4, (height // 8) * (width // 8)), np.int8))
 for mode in ("L", "RGB"):  # the peak only grows: L's is measured first
     header = bitstream.Header(
         width=width, height=height, mode=mode, layout="channels", latent_channels=8, kept=4,
@@ -427,8 +479,18 @@ def test_fuzz_v2_whole_image_streams_give_only_bitstream_errors(model):
     """2,000 streams made by truncations, bit flips, header and payload edits, each with or
     without a recomputed CRC (so that the checks behind the checksum are reached too): each
     decodes or raises BitstreamError, within 2 s (hypothesis deadline), and the process's
-    peak memory grows by less than 256 MB over all of them."""
-    _fuzz(model, image_codec.compress(test_image(40, 72, seed=2), model), 2000)
+    peak memory grows by less than 256 MB over all of them. The payload has two channel
+    groups (labels, a group length and two tables to corrupt)."""
+    valid = image_codec.compress(test_image(64, 96, seed=0), model)
+    assert group_count(parse(valid)[1]) == 2
+    _fuzz(model, valid, 2000)
+
+
+def test_fuzz_v2_single_table_streams_give_only_bitstream_errors(model):
+    """The same for a payload where one table for all channels was smaller (one group)."""
+    valid = image_codec.compress(test_image(40, 72, seed=2), model)
+    assert group_count(parse(valid)[1]) == 1
+    _fuzz(model, valid, 500)
 
 
 def test_fuzz_tile_streams_give_only_bitstream_errors(slot_model):
@@ -492,5 +554,5 @@ def test_reference_image_encodes_to_the_same_stream(shipped):
     data = image_codec.compress(image_codec.load_image(DATA / "reference.png"), model)
     (ours_header, ours), (theirs_header, theirs) = (parse(d) for d in (data, reference))
     assert replace(ours_header, payload_length=0) == replace(theirs_header, payload_length=0)
-    ours, theirs = coding.decode(ours), coding.decode(theirs)
+    ours, theirs = coding.decode_channels(ours), coding.decode_channels(theirs)
     assert ours.shape == theirs.shape and (ours == theirs).mean() > 0.999
