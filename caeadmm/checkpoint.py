@@ -99,6 +99,24 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     return data
 
 
+def newest_complete_checkpoint(
+    run_dir: str | os.PathLike, name: str = "checkpoint.pt"
+) -> dict | None:
+    """The loaded checkpoint of the highest step among `run_dir/*/name`, skipping files that
+    do not load (a run stopped while writing one); None if there is none.
+
+    A resumed run looks here as well as in what its scheduler recorded, which can lag behind
+    the checkpoints on disk when a job is stopped between writing one and reporting it.
+    """
+    found = []
+    for path in Path(run_dir).glob(f"*/{name}"):
+        try:
+            found.append(load_checkpoint(path))
+        except CheckpointError:
+            continue
+    return max(found, key=lambda c: c["step"], default=None)
+
+
 def model_from_checkpoint(ckpt: dict) -> CAE:
     """A CAE built from a loaded checkpoint's config, with its weights and mask, in eval mode."""
     try:

@@ -13,6 +13,7 @@ from caeadmm.checkpoint import (
     export_model,
     load_checkpoint,
     load_model,
+    newest_complete_checkpoint,
     restore_training_state,
     save_checkpoint,
 )
@@ -157,3 +158,15 @@ def test_restoring_into_a_model_of_another_config_is_refused(trained):
     other = CAE(ModelConfig.from_preset("tiny", latent_channels=4))
     with pytest.raises(CheckpointError, match="differs"):
         restore_training_state(load_checkpoint(path), model=other)
+
+
+def test_newest_complete_checkpoint_skips_a_torn_one(trained, tmp_path):
+    cfg, model, admm, optimizer, _ = trained
+    for step in (12, 16, 20):
+        save_checkpoint(tmp_path / f"checkpoint_{step:07d}" / "checkpoint.pt", model=model,
+                        admm=admm, optimizer=optimizer, step=step, config=cfg)
+    torn = tmp_path / "checkpoint_0000020" / "checkpoint.pt"
+    torn.write_bytes(torn.read_bytes()[:100])  # a job stopped while writing it
+    (tmp_path / "log.csv").write_text("step\n")
+    assert newest_complete_checkpoint(tmp_path)["step"] == 16
+    assert newest_complete_checkpoint(tmp_path / "nothing-here") is None

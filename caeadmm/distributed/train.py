@@ -49,7 +49,7 @@ from ray.train.torch import TorchTrainer, get_device, prepare_model
 from ray.util.queue import Empty, Queue
 
 from caeadmm import train_loop
-from caeadmm.checkpoint import export_model, load_checkpoint
+from caeadmm.checkpoint import export_model, load_checkpoint, newest_complete_checkpoint
 from caeadmm.config import TrainConfig
 from caeadmm.distributed.session import quiet_data
 from caeadmm.distributed.shards import (
@@ -209,7 +209,7 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
     cfg = TrainConfig.from_dict(config["cfg"])
     rank = ray.train.get_context().get_world_rank()
     log = _Logger(rank, config.get("progress"))
-    ckpt = _latest_checkpoint()
+    ckpt = _latest_checkpoint(_run_dir(cfg))
     if ckpt is not None:
         log(f"resumed from the checkpoint at step {ckpt['step']} (run {cfg.run_name})")
     run_dir = _run_dir(cfg)
@@ -249,13 +249,18 @@ class _Logger:
                 self.queue.put_nowait(line)
 
 
-def _latest_checkpoint() -> dict | None:
-    """The training state of Ray Train's latest checkpoint of this run, or None."""
+def _latest_checkpoint(run_dir: Path | None) -> dict | None:
+    """The training state to resume from: the newer of Ray Train's latest checkpoint of this
+    run and the newest complete one on local storage (Ray's record can lag behind the disk
+    when a job is stopped between writing a checkpoint and reporting it); None for none."""
+    recorded = None
     checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
-        return None
-    with checkpoint.as_directory() as folder:
-        return load_checkpoint(Path(folder) / CHECKPOINT_FILE)
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            recorded = load_checkpoint(Path(folder) / CHECKPOINT_FILE)
+    on_disk = newest_complete_checkpoint(run_dir, CHECKPOINT_FILE) if run_dir else None
+    candidates = [c for c in (recorded, on_disk) if c is not None]
+    return max(candidates, key=lambda c: c["step"], default=None)
 
 
 def _endless_batches(shard: Any, cfg: TrainConfig) -> Iterator[torch.Tensor]:
