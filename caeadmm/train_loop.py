@@ -64,7 +64,8 @@ MODEL_FILE = "model.pt"  # the inference-only export of the final checkpoint
 LOG_FILE = "log.csv"
 
 PHASES = ("warmup", "admm", "finetune")
-# "bpp" is the entropy model's estimate (NaN without a rate term); "val_bpp" is real bytes.
+# "bpp" is the entropy model's estimate (NaN in the log without a rate term); "val_bpp" is
+# real bytes.
 TRAIN_COLUMNS = [
     "loss", "distortion", "penalty", "mse", "psnr", "ssim", "msssim", "bpp", "lr", "grad_norm",
 ]
@@ -381,7 +382,6 @@ def train_step(
     return {
         "loss": float(loss.detach()),
         "penalty": float(penalty.detach()),
-        "bpp": math.nan,
         **terms,
         "lr": lr,
         "grad_norm": float(grad_norm),
@@ -503,7 +503,7 @@ def validation_row(net: CAE, val: torch.Tensor | None) -> dict[str, float]:
 def window_means(window: list[dict[str, float]], device: torch.device) -> dict[str, float]:
     """Mean of each training metric over the window's steps and over all ranks; the phase of
     the window's last step."""
-    row = {key: float(np.mean([m[key] for m in window])) for key in TRAIN_COLUMNS}
+    row = {key: float(np.mean([m.get(key, math.nan) for m in window])) for key in TRAIN_COLUMNS}
     _, world = rank_and_world()
     if world > 1:  # on the rank's device: NCCL reduces GPU tensors only
         means = torch.tensor([row[key] for key in TRAIN_COLUMNS], dtype=torch.float64,
