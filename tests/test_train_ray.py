@@ -336,7 +336,11 @@ def test_resubmitting_a_run_resumes_it(cluster, shards, tmp_path):
 
 # One job on the cluster, checked by the two tests below: 2 workers of 1.5 CPUs on nodes of
 # 2 CPUs (so one worker per node), with the consensus records of --debug. 16 steps, 3 updates.
-SUBMITTED = ["num_workers=2", "cpus_per_worker=1.5", "run_name=submitted"]
+# The submitted run trains the rate-aware model (an entropy model, the rate term on), so the
+# consensus test below checks identical Z and U on all ranks with the rate term on.
+SUBMITTED = ["num_workers=2", "cpus_per_worker=1.5", "run_name=submitted",
+             "model.latent_norm=none", "model.entropy_model=factorized",
+             "model.train_rounding=mixed", "rate_lambda=8"]
 
 
 @pytest.fixture(scope="module")
@@ -359,6 +363,7 @@ def test_ray_job_submit_trains_to_a_checkpoint(submitted):
     assert proc.returncode == 0, f"{proc.stdout}\n{proc.stderr}"
     assert "succeeded" in proc.stdout
     assert "[train] step 16/16 [finetune]" in proc.stdout  # rank 0's progress reaches the log
+    assert "est-bpp nan" not in proc.stdout  # the rate estimate is trained and logged
     assert "RayTrainWorker" not in proc.stdout  # but none of Ray's worker chatter
     checkpoint = run / "checkpoint_0000016"
     assert f"latest checkpoint: {checkpoint}/checkpoint.pt" in proc.stdout
