@@ -297,7 +297,16 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 
 
 # The model-config fields that set the network's tensor shapes: init_from must match them.
+# patch_size only sets the mask's shape: a channel mask (the same in every position) is
+# re-tiled to the run's patch size, so training may continue on larger crops.
 SHAPE_FIELDS = ("preset", "width", "n_blocks", "latent_channels", "patch_size", "norm")
+
+
+def channel_mask(mask: torch.Tensor) -> torch.Tensor | None:
+    """The (C,) bool channel support of a (C, S, S) mask that keeps or drops whole channels,
+    or None for a mask that differs between positions (a slot mask)."""
+    flat = mask.reshape(mask.shape[0], -1)
+    return flat[:, 0] if bool((flat == flat[:, :1]).all()) else None
 
 
 def init_weights(cfg: TrainConfig, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
@@ -319,6 +328,9 @@ def init_weights(cfg: TrainConfig, device: torch.device | str = "cpu") -> dict[s
     init = load_checkpoint(path, map_location=device)
     theirs, ours = ModelConfig.from_dict(init["model_config"]), cfg.model
     differ = [f for f in SHAPE_FIELDS if getattr(theirs, f) != getattr(ours, f)]
+    mask = init["model"].get("mask")
+    if differ == ["patch_size"] and (mask is None or channel_mask(mask) is not None):
+        differ = []
     if differ:
         raise ConfigError(
             f"init_from={cfg.init_from} holds a model of config {init['model_config']}, but "
@@ -334,7 +346,10 @@ def load_into(net: CAE, weights: dict[str, torch.Tensor]) -> list[str]:
     weights = net.fold_latent_batchnorm(weights)
     fitting = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
     if "mask" in weights:
-        fitting["mask"] = weights["mask"]
+        fitting["mask"] = mask = weights["mask"]
+        side = net.config.latent_shape()[1]
+        if mask.shape[1] != side and (channels := channel_mask(mask)) is not None:
+            fitting["mask"] = channels[:, None, None].expand(-1, side, side).clone()
     net.load_state_dict(fitting, strict=False)
     return sorted(k for k in own if k not in fitting)
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from caeadmm import zoo
+from caeadmm.checkpoint import FORMAT_VERSION, MODEL_FORMAT
 from caeadmm.config import ConfigError, ModelConfig, TrainConfig
 from caeadmm.model import CAE
 from caeadmm.train_loop import (
@@ -74,3 +75,35 @@ def test_the_entropy_model_learns_at_a_higher_rate():
     assert {id(p) for p in entropy_group["params"]} == {id(p) for p in net.entropy.parameters()}
     train_step(net, new_admm(cfg), optimizer, torch.rand(2, 3, 48, 48), 0, cfg)
     assert entropy_group["lr"] == ENTROPY_LR_SCALE * net_group["lr"] > 0
+
+
+def test_a_channel_mask_continues_on_larger_crops():
+    source = zoo.load(SHIPPED)  # channel-masked: every position keeps the same channels
+    model = ModelConfig.from_dict({**source.config.to_dict(), "patch_size": 176})
+    net = CAE(model).eval()
+    assert load_into(net, init_weights(TrainConfig(model=model, init_from=SHIPPED,
+                                                   pruning_ratio=0.0))) == []
+    assert net.mask.shape == (32, 22, 22)
+    kept = source.mask[:, 0, 0]
+    assert torch.equal(net.mask, kept[:, None, None].expand(-1, 22, 22))
+    torch.manual_seed(0)
+    x = torch.rand(1, 3, 176, 176)
+    symbols = net.encode(x)
+    assert not symbols[:, ~kept].any()
+    # The same network: the same symbols where both see the same pixels (away from the border
+    # of the 128 px tile, beyond the encoder's reach of 4 latent positions).
+    tile = source.encode(x[..., :128, :128])
+    assert torch.equal(symbols[..., 5:11, 5:11], tile[..., 5:11, 5:11])
+
+
+def test_a_slot_mask_does_not_change_its_patch_size(tmp_path):
+    source = zoo.load(SHIPPED)
+    mask = source.mask.clone()
+    mask[:, 0, 0] = ~mask[:, 0, 0]  # now positions differ: a slot mask
+    state = {**source.state_dict(), "mask": mask}
+    path = tmp_path / "slot.pt"
+    torch.save({"format": MODEL_FORMAT, "version": FORMAT_VERSION, "model": state,
+                "model_config": source.config.to_dict()}, path)
+    model = ModelConfig.from_dict({**source.config.to_dict(), "patch_size": 176})
+    with pytest.raises(ConfigError, match=r"\(patch_size differ\)"):
+        init_weights(TrainConfig(model=model, init_from=str(path), pruning_ratio=0.0))
