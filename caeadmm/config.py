@@ -182,6 +182,10 @@ class TrainConfig:
     # Weight of the estimated rate in bits per pixel (loss = distortion + rate_lambda * bpp);
     # 0 trains on the distortion alone (the paper's loss). Needs model.entropy_model.
     rate_lambda: float = 0.0
+    # Final phase: Adam steps of a fit of the entropy model alone (the network frozen) to the
+    # symbols of the run's last training batches, so that the estimate matches what the coder
+    # writes (train_loop.fit_entropy_model, docs/rate.md); 0: no fit. Needs an entropy model.
+    entropy_fit_steps: int = 0
     # Logging and checkpoints (every N steps; 0 turns periodic checkpoints off).
     log_every: int = 20
     checkpoint_every: int = 200
@@ -208,7 +212,7 @@ class TrainConfig:
         non_negative = (
             "warmup_steps", "admm_steps", "finetune_steps", "checkpoint_every", "eval_patches",
             "threads", "loader_workers", "lr_final_scale", "weight_decay", "grad_clip", "rho",
-            "w_msssim", "w_ssim", "w_mse", "w_psnr", "rate_lambda",
+            "w_msssim", "w_ssim", "w_mse", "w_psnr", "rate_lambda", "entropy_fit_steps",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -232,6 +236,8 @@ class TrainConfig:
                 f"model.entropy_model {self.model.entropy_model!r} is trained by the rate term: "
                 "set rate_lambda > 0, or entropy_model: none for the paper's loss"
             )
+        if self.entropy_fit_steps > 0 and self.model.entropy_model == "none":
+            raise ConfigError("entropy_fit_steps > 0 needs a model.entropy_model")
         if self.total_steps() <= 0:
             raise ConfigError("warmup_steps + admm_steps + finetune_steps must be positive")
         if self.pruning_ratio > 0 and self.finetune_steps > 0 and (

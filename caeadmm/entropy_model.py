@@ -12,8 +12,10 @@ Two families (docs/rate.md compares them):
 - "laplacian": a zero-mean Laplacian with a learned per-channel scale: one parameter per
   channel, no freedom of shape.
 
+`adaptive_bits` estimates what a coder that adapts its tables to each image spends.
 `probability_tables` gives each channel's probability of every symbol in the coder's range
-(inference: estimating code tables); `fit` fits a model to given symbols.
+(inference: estimating code tables); `fit` fits a model to given symbols, `fit_counts` to
+their per-channel histograms (`symbol_counts`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ from caeadmm.layers import lower_bound
 # Smallest probability a symbol gets: at most ~30 bits for a symbol the model deems impossible.
 LIKELIHOOD_BOUND = 1e-9
 KINDS = ("factorized", "laplacian")
+# The stretches of a channel's density `adaptive_bits` tries per image: 1/4 .. 2.
+ADAPTIVE_SCALES = tuple(2.0 ** (k / 4) for k in range(-8, 5))
 
 
 class EntropyModel(nn.Module):
@@ -43,16 +47,16 @@ class EntropyModel(nn.Module):
         """logit F_c(v) for values (C, N), channel by channel: shape (C, N)."""
         raise NotImplementedError
 
-    def _interval_mass(self, values: torch.Tensor) -> torch.Tensor:
-        """F_c(v + 1/2) - F_c(v - 1/2) for values (C, N).
+    def _interval_mass(self, values: torch.Tensor, half: float = 0.5) -> torch.Tensor:
+        """F_c(v + half) - F_c(v - half) for values (C, N) (half 1/2: the mass of an integer).
 
         Computed on the side of the median where both CDF values are far from 1, so that two
         numbers close to 1 never cancel: above the median it is (1 - F(l)) - (1 - F(u)) =
         sigmoid(-l) - sigmoid(-u). (At the median exactly l + u = 0 and either side is right;
         torch.sign would give 0 there, and a zero probability.)
         """
-        lower = self.cdf_logits(values - 0.5)
-        upper = self.cdf_logits(values + 0.5)
+        lower = self.cdf_logits(values - half)
+        upper = self.cdf_logits(values + half)
         sign = torch.where(lower + upper > 0, -1.0, 1.0).to(lower.dtype).detach()
         return (torch.sigmoid(sign * upper) - torch.sigmoid(sign * lower)).abs()
 
@@ -74,6 +78,38 @@ class EntropyModel(nn.Module):
         if mask is not None:
             bits = bits * mask.to(bits.dtype)
         return bits.flatten(1).sum(dim=1)
+
+    def adaptive_bits(
+        self, latent: torch.Tensor, max_symbol: int, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Estimated bits of each image's latent (B,) when each channel's density is first
+        moved to the image's mean of that channel and stretched by the best of
+        ADAPTIVE_SCALES: P(y) = F_c(m + (y - mu + 1/2) / s) - F_c(m + (y - mu - 1/2) / s), m
+        the density's mean over -max_symbol..max_symbol, mu the mean of the channel's kept
+        slots in this image. What a coder that adapts its tables to each image (as the
+        per-image Huffman tables of the codec do) can spend, the two numbers per channel and
+        image it would be told not counted (docs/rate.md measures it). Differentiable in the
+        latent; `mask` as in `bits`."""
+        if latent.dim() != 4 or latent.shape[1] != self.channels:
+            raise ValueError(
+                f"latent must be (B, {self.channels}, h, w), got {tuple(latent.shape)}"
+            )
+        weight = torch.ones_like(latent[0])
+        if mask is not None:
+            weight = weight * mask.to(latent.dtype)
+        slots = weight.sum(dim=(1, 2)).clamp_min(1)  # (C,)
+        image_mean = (latent * weight).sum(dim=(2, 3)) / slots  # (B, C)
+        grid = torch.arange(-max_symbol, max_symbol + 1, dtype=torch.float64)
+        mean = (self.probability_tables(max_symbol) * grid).sum(dim=1).to(latent.dtype)
+        offset = (latent - image_mean[:, :, None, None]).transpose(0, 1).reshape(self.channels, -1)
+        best = None
+        for scale in ADAPTIVE_SCALES:
+            mass = self._interval_mass(mean[:, None] + offset / scale, 0.5 / scale)
+            bits = -torch.log2(lower_bound(mass, LIKELIHOOD_BOUND))
+            bits = bits.reshape(self.channels, latent.shape[0], -1) * weight.flatten(1)[:, None]
+            per_channel = bits.sum(dim=2)  # (C, B)
+            best = per_channel if best is None else torch.minimum(best, per_channel)
+        return best.sum(dim=0)
 
     @torch.no_grad()
     def probability_tables(self, max_symbol: int) -> torch.Tensor:
@@ -144,6 +180,47 @@ def build(kind: str, channels: int) -> EntropyModel:
     raise ValueError(f"unknown entropy model {kind!r}; known: {list(KINDS)}")
 
 
+def symbol_counts(symbols: torch.Tensor, max_symbol: int) -> torch.Tensor:
+    """Histograms (C, 2 max_symbol + 1) of integer symbols (N, C), one row per channel, the
+    symbols clamped to [-max_symbol, max_symbol] as the quantizer clamps them."""
+    if symbols.dim() != 2:
+        raise ValueError(f"symbols must be (N, C), got {tuple(symbols.shape)}")
+    size = 2 * max_symbol + 1
+    shifted = symbols.long().clamp(-max_symbol, max_symbol) + max_symbol
+    offsets = torch.arange(symbols.shape[1]) * size
+    flat = (shifted + offsets).flatten()
+    return torch.bincount(flat, minlength=size * symbols.shape[1]).reshape(-1, size)
+
+
+def count_bits(model: EntropyModel, counts: torch.Tensor) -> torch.Tensor:
+    """Estimated bits of the symbols whose histograms (C, 2 m + 1) over -m..m are `counts`,
+    per channel (C,): sum of count x -log2 P_c(symbol), differentiable in the model."""
+    max_symbol = (counts.shape[1] - 1) // 2
+    dtype = next(model.parameters()).dtype
+    grid = torch.arange(-max_symbol, max_symbol + 1, dtype=dtype)
+    grid = grid.expand(model.channels, -1)[None, :, :, None]  # a (1, C, S, 1) "latent"
+    bits = -torch.log2(model.likelihoods(grid))[0, :, :, 0]
+    return (bits * counts.to(dtype)).sum(dim=1)
+
+
+def fit_counts(model: EntropyModel, counts: torch.Tensor, steps: int = 500,
+               lr: float = 0.05) -> float:
+    """Fit `model` to symbol histograms (C, 2 m + 1) over -m..m by minimising their
+    estimated bits with Adam (only the model's parameters move); returns the final estimate
+    in bits. A channel with no counts does not enter the objective."""
+    if counts.dim() != 2 or counts.shape[0] != model.channels or counts.shape[1] % 2 != 1:
+        raise ValueError(
+            f"counts must be ({model.channels}, 2 m + 1), got {tuple(counts.shape)}"
+        )
+    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        count_bits(model, counts).sum().backward()
+        optimizer.step()
+    with torch.no_grad():
+        return float(count_bits(model, counts).sum())
+
+
 def fit(model: EntropyModel, symbols: torch.Tensor, max_symbol: int, steps: int = 500,
         lr: float = 0.05) -> float:
     """Fit `model` to integer symbols (N, C) (one column per channel) by minimising their
@@ -151,17 +228,4 @@ def fit(model: EntropyModel, symbols: torch.Tensor, max_symbol: int, steps: int 
     histogram, so the cost does not grow with N."""
     if symbols.dim() != 2 or symbols.shape[1] != model.channels:
         raise ValueError(f"symbols must be (N, {model.channels}), got {tuple(symbols.shape)}")
-    size = 2 * max_symbol + 1
-    shifted = symbols.long().clamp(-max_symbol, max_symbol) + max_symbol
-    counts = torch.stack([torch.bincount(column, minlength=size) for column in shifted.T])
-    grid = torch.arange(-max_symbol, max_symbol + 1, dtype=torch.float32)
-    grid = grid.expand(model.channels, -1)[None, :, :, None]  # a (1, C, S, 1) "latent"
-    counts = counts.to(torch.float32)[None, :, :, None]
-    optimizer = torch.optim.Adam(model.parameters(), lr=lr)
-    for _ in range(steps):
-        optimizer.zero_grad()
-        total = -(torch.log2(model.likelihoods(grid)) * counts).sum()
-        total.backward()
-        optimizer.step()
-    with torch.no_grad():
-        return float(-(torch.log2(model.likelihoods(grid)) * counts).sum())
+    return fit_counts(model, symbol_counts(symbols, max_symbol), steps, lr)

@@ -10,6 +10,8 @@ A driver hands `train` its batches, device, validation patches and a report call
         if schedule.update_due(step): admm_update    # latent sums all-reduced over ranks
         every log_every steps: a log.csv row and a progress line
         every checkpoint_every steps and at the end: report(step, metrics, save)
+    with entropy_fit_steps: after the last step, fit the entropy model alone to the symbols
+    of the last ENTROPY_FIT_BATCHES batches (fit_entropy_model), before the final report
 
 Drivers: `caeadmm.train_local` (one process, a folder of images) and
 `caeadmm.distributed.train` (Ray Train workers with DDP). The only distributed code here is
@@ -52,10 +54,11 @@ from caeadmm import zoo
 from caeadmm.admm import ADMM
 from caeadmm.checkpoint import load_checkpoint, restore_training_state, save_checkpoint
 from caeadmm.config import ConfigError, ModelConfig, TrainConfig
+from caeadmm.entropy_model import count_bits, fit_counts, symbol_counts
 from caeadmm.images import to_uint8
 from caeadmm.losses import compute_loss, per_image_mse, psnr_of_mse
 from caeadmm.metrics import PSNR_CAP_DB, quality_metrics
-from caeadmm.model import CAE, eval_mode, unwrap
+from caeadmm.model import CAE, LATENT_MAX, eval_mode, unwrap
 
 # A run's files, the same for both drivers: in the output folder (local) or in every
 # reported checkpoint folder (Ray; the run log also in the run folder).
@@ -164,6 +167,7 @@ def train(
     recent_mse: deque[float] = deque(maxlen=cfg.log_every)  # training MSE before the prune
     after_prune: list[float] = []  # and over the first log_every steps after it
     row: dict[str, float] = {}
+    fit_batches: deque[torch.Tensor] = deque(maxlen=ENTROPY_FIT_BATCHES)  # uint8, on the CPU
     admm_stats = dict.fromkeys(ADMM_COLUMNS, math.nan)
     train_seconds, t_start = 0.0, time.perf_counter()
     for step in range(start, schedule.total):
@@ -173,7 +177,11 @@ def train(
         if schedule.prune_at(step):
             summary["prune"] = hard_prune(model, admm, val, recent_mse)
             log(_prune_line(summary["prune"], admm.k))
-        window.append(train_step(model, admm, optimizer, next(batches), step, cfg, schedule))
+        batch = next(batches)
+        if cfg.entropy_fit_steps:
+            # Batches are 8-bit pixels / 255: kept as uint8, exactly (a quarter of the memory).
+            fit_batches.append(batch.detach().mul(255).round().to(torch.uint8).cpu())
+        window.append(train_step(model, admm, optimizer, batch, step, cfg, schedule))
         recent_mse.append(window[-1]["mse"])
         if "prune" in summary and "train_mse_after" not in summary["prune"]:
             after_prune.append(window[-1]["mse"])
@@ -194,6 +202,10 @@ def train(
             run_log.append(row)
             log(progress_line(row, schedule.total))
             window, train_seconds = [], 0.0
+        if done == schedule.total and cfg.entropy_fit_steps:
+            pixels = (b.float().div_(255) for b in fit_batches)
+            summary["entropy_fit"] = fit_entropy_model(net, pixels, cfg.entropy_fit_steps)
+            log(_entropy_fit_line(summary["entropy_fit"], cfg.entropy_fit_steps))
         if done == schedule.total:
             final = validate(net, val)
             summary.update(
@@ -283,6 +295,10 @@ def new_admm(cfg: TrainConfig, device: torch.device | str = "cpu") -> ADMM:
 # The entropy model learns at this multiple of the network's learning rate: its estimate
 # must follow the latent closely for the rate term to mean the bits the coder will spend.
 ENTROPY_LR_SCALE = 10.0
+# The final fit of the entropy model uses the symbols of this many last training batches.
+ENTROPY_FIT_BATCHES = 64
+# Adam's rate of the final fit of the entropy model alone (fit_entropy_model).
+ENTROPY_FIT_LR = 0.01
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -469,6 +485,51 @@ def hard_prune(
     }
 
 
+@torch.no_grad()
+def latent_counts(net: CAE, batches: Iterable[torch.Tensor]) -> torch.Tensor:
+    """Per-channel histograms (C, 2 LATENT_MAX + 1) of the symbols `net.encode` gives for
+    the batches (inference rounding, exactly what the codec writes); a pruned channel's row
+    stays empty. Summed over the ranks of a process group."""
+    device = next(net.parameters()).device
+    kept = torch.ones(net.config.latent_channels, dtype=torch.bool, device=device)
+    if net.mask is not None:
+        kept = net.mask.flatten(1).any(dim=1)
+    counts = torch.zeros(net.config.latent_channels, 2 * LATENT_MAX + 1, dtype=torch.float64,
+                         device=device)  # fmt: skip
+    for batch in batches:
+        symbols = net.encode(batch.to(device))
+        columns = symbols.transpose(0, 1).flatten(1).T  # (N, C)
+        counts += symbol_counts(columns.cpu(), LATENT_MAX).to(device, torch.float64)
+    counts[~kept] = 0
+    if rank_and_world()[1] > 1:
+        dist.all_reduce(counts, op=dist.ReduceOp.SUM)
+    return counts.cpu()
+
+
+def fit_entropy_model(net: CAE, batches: Iterable[torch.Tensor], steps: int) -> dict[str, float]:
+    """Fit the entropy model alone, the network frozen, to the symbols of `batches` (the
+    final phase of a run with `entropy_fit_steps`): during training the density chases a
+    moving latent (and, with mixed rounding, sees noisy values, not integers), so at the end
+    its estimate lags the symbols the coder writes (docs/rate.md). Every rank fits the same
+    all-reduced histograms from the same parameters, so all end with the same model.
+
+    Returns bits per kept symbol of the estimate before and after, and the order-0 entropy of
+    the histograms (the floor of any per-channel density), with the symbol count."""
+    counts = latent_counts(net, batches)
+    total = float(counts.sum())
+    if total == 0:
+        return {"symbols": 0.0}
+    entropy = net.entropy.cpu()
+    with torch.no_grad():
+        before = float(count_bits(entropy, counts.float()).sum())
+    after = fit_counts(entropy, counts.float(), steps, lr=ENTROPY_FIT_LR)
+    net.entropy.to(next(net.parameters()).device)
+    p = counts / counts.sum(dim=1, keepdim=True).clamp_min(1)
+    floor = float(-(counts * torch.log2(torch.where(p > 0, p, 1))).sum())
+    return {"symbols": total, "bits_before": before / total, "bits_after": after / total,
+            "entropy_bits": floor / total}  # fmt: skip
+
+
 # ---------------------------------------------------------------------------------------------
 # Measuring: validation, window means, distribution
 
@@ -608,16 +669,44 @@ class RunLog:
             writer.writerow(row)
 
 
+# The progress line's fields in three groups (training | validation | speed): (key in the
+# log row, its template, scale); a field that is NaN or absent in the row is left out.
+PROGRESS_FIELDS = (
+    (
+        ("loss", "loss {:.2f}", 1), ("mse", "mse {:.5f}", 1), ("psnr", "psnr {:.2f}", 1),
+        ("bpp", "est-bpp {:.3f}", 1), ("penalty", "penalty {:.3f}", 1),
+        ("energy_outside_top_k", "outside-top-k {:.3f}", 1), ("lr", "lr {:.2e}", 1),
+    ),
+    (
+        ("val_psnr", "val psnr {:.2f}", 1), ("val_msssim", "ms-ssim {:.4f}", 1),
+        ("val_bpp", "bpp {:.3f}", 1), ("latent_zero_fraction", "zeros {:.1f}%", 100),
+        ("mask_density", "mask {:.1f}%", 100),
+    ),
+    (("patches_per_s", "{:.1f} patches/s", 1),),
+)
+
+
 def progress_line(row: dict[str, float], total: int) -> str:
+    """The log row as one line; fields without a value (NaN: no rate term, no ADMM, no
+    validation at this step) are left out."""
     phase = PHASES[int(round(row["phase"]))]
+    groups = []
+    for fields in PROGRESS_FIELDS:
+        values = [(template, row.get(key, math.nan) * scale) for key, template, scale in fields]
+        parts = [template.format(value) for template, value in values if not math.isnan(value)]
+        if parts:
+            groups.append(" ".join(parts))
+    return f"step {int(row['step'])}/{total} [{phase}] " + " | ".join(groups)
+
+
+def _entropy_fit_line(stats: dict[str, float], steps: int) -> str:
+    if not stats["symbols"]:
+        return "entropy model fit: no kept symbols"
     return (
-        f"step {int(row['step'])}/{total} [{phase}] loss {row['loss']:.2f} "
-        f"mse {row['mse']:.5f} psnr {row['psnr']:.2f} est-bpp {row['bpp']:.3f} "
-        f"penalty {row['penalty']:.3f} "
-        f"outside-top-k {row['energy_outside_top_k']:.3f} lr {row['lr']:.2e} "
-        f"| val psnr {row['val_psnr']:.2f} ms-ssim {row['val_msssim']:.4f} "
-        f"bpp {row['val_bpp']:.3f} zeros {100 * row['latent_zero_fraction']:.1f}% "
-        f"mask {100 * row['mask_density']:.1f}% | {row['patches_per_s']:.1f} patches/s"
+        f"entropy model fitted alone for {steps} steps on {int(stats['symbols'])} kept symbols "
+        f"of the last training batches: {stats['bits_before']:.4f} -> "
+        f"{stats['bits_after']:.4f} bits per symbol (order-0 entropy "
+        f"{stats['entropy_bits']:.4f})"
     )
 
 

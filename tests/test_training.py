@@ -18,12 +18,15 @@ from caeadmm.config import ConfigError, ModelConfig, TrainConfig, load_config
 from caeadmm.model import CAE
 from caeadmm.train_local import TrainDataError, train
 from caeadmm.train_loop import (
+    ENTROPY_FIT_BATCHES,
+    LOG_COLUMNS,
     InjectedFailure,
     Schedule,
     admm_update,
     hard_prune,
     make_optimizer,
     new_admm,
+    progress_line,
     train_step,
 )
 
@@ -62,11 +65,24 @@ def test_yaml_and_overrides(tmp_path):
         (["a.b.c=1"], "keys are"),
         (["warmup_steps=0", "admm_steps=0", "finetune_steps=0"], "must be positive"),
         (["warmup_steps=0", "admm_steps=0"], "hard prune needs"),
+        (["entropy_fit_steps=-1"], "entropy_fit_steps must not be negative"),
+        (["entropy_fit_steps=10"], "entropy_fit_steps > 0 needs a model.entropy_model"),
     ],
 )
 def test_bad_config_is_refused_with_the_reason(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, overrides)
+
+
+def test_entropy_fit_steps_round_trips_and_defaults_to_no_fit():
+    rate = ["model.latent_norm=none", "model.entropy_model=factorized", "rate_lambda=8"]
+    cfg = load_config(None, [*rate, "entropy_fit_steps=300"])
+    assert cfg.entropy_fit_steps == 300
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    old = load_config(None, rate).to_dict()
+    del old["entropy_fit_steps"]  # a config written before the field existed
+    assert TrainConfig.from_dict(old).entropy_fit_steps == 0
+    assert TrainConfig().entropy_fit_steps == 0
 
 
 def test_bad_config_files_are_refused(tmp_path):
@@ -322,6 +338,54 @@ def test_the_run_logs_every_admm_update(image_dir, tmp_path):
     assert len(updates) == 3  # after steps 3, 7 and 11 (admm_every 4, 8 ADMM steps)
     assert updates[0].startswith("ADMM update 1 after step 3: support of 144 slots")
     assert "churn nan" in updates[0] and "churn nan" not in updates[1]
+
+
+def log_row(**values: float) -> dict[str, float]:
+    return dict.fromkeys(LOG_COLUMNS, math.nan) | {"step": 20, "phase": 2.0} | values
+
+
+def test_the_progress_line_leaves_out_fields_without_a_value():
+    train = {"loss": 1.5, "mse": 0.01, "psnr": 20.0, "penalty": 0.0, "lr": 1e-4,
+             "mask_density": 0.375, "patches_per_s": 3.25}  # fmt: skip
+    line = progress_line(log_row(**train), 100)
+    assert line == ("step 20/100 [finetune] loss 1.50 mse 0.01000 psnr 20.00 penalty 0.000 "
+                    "lr 1.00e-04 | mask 37.5% | 3.2 patches/s")  # fmt: skip
+    assert "nan" not in line
+    full = log_row(**train, bpp=0.5, energy_outside_top_k=0.1, val_psnr=25.0, val_msssim=0.9,
+                   val_bpp=0.4, latent_zero_fraction=0.5)  # fmt: skip
+    assert progress_line(full, 100) == (
+        "step 20/100 [finetune] loss 1.50 mse 0.01000 psnr 20.00 est-bpp 0.500 penalty 0.000 "
+        "outside-top-k 0.100 lr 1.00e-04 | val psnr 25.00 ms-ssim 0.9000 bpp 0.400 "
+        "zeros 50.0% mask 37.5% | 3.2 patches/s"
+    )
+    bare = progress_line(log_row(loss=2.0), 100)  # no value anywhere but the loss
+    assert bare == "step 20/100 [finetune] loss 2.00"
+
+
+RATE = ["model.latent_norm=none", "model.entropy_model=factorized", "rate_lambda=8",
+        "pruning_ratio=0.5"]  # fmt: skip
+
+
+def test_the_final_entropy_fit_moves_only_the_entropy_model(image_dir, tmp_path):
+    lines: list[str] = []
+    fitted = train(smoke_config(image_dir, *RATE, "entropy_fit_steps=200"), tmp_path / "fit",
+                   log=lines.append)  # fmt: skip
+    plain = train(smoke_config(image_dir, *RATE), tmp_path / "plain", log=lambda _: None)
+    stats = fitted["entropy_fit"]
+    assert "entropy_fit" not in plain
+    # the fit lowers the estimate of the last batches' symbols towards their entropy
+    assert stats["entropy_bits"] <= stats["bits_after"] < stats["bits_before"]
+    assert stats["bits_after"] - stats["entropy_bits"] < (
+        stats["bits_before"] - stats["entropy_bits"]) / 2
+    # the symbols of the last (here: all 16) batches of 4 crops, 6 x 6 slots of 4 kept channels
+    assert stats["symbols"] == min(16, ENTROPY_FIT_BATCHES) * 4 * 6 * 6 * 4
+    assert any(line.startswith("entropy model fitted alone for 200 steps") for line in lines)
+    a = load_model(tmp_path / "fit" / "model.pt").state_dict()
+    b = load_model(tmp_path / "plain" / "model.pt").state_dict()
+    assert a.keys() == b.keys()
+    for key in a:
+        same = torch.equal(a[key], b[key])
+        assert same != key.startswith("entropy."), key  # the network is the same run's
 
 
 def test_no_usable_images_is_a_clear_error(tmp_path):
