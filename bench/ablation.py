@@ -1,21 +1,26 @@
-"""Fixed-budget ablation of the rate-aware variants (issue 14, first probe; docs/rate.md).
+"""Fixed-budget ablation of the model variants (docs/rate.md, "Ablation").
 
-    nice -n 5 .venv/bin/python bench/ablation.py [--steps 400] [--variants base-c16,rate-l8]
+    nice -n 5 .venv/bin/python bench/ablation.py [--steps 400] [--crop 64] [--families paper,rate]
+    python bench/ablation.py --device cuda --net small --crop 192 --steps 3000 --batch 16
 
-Every variant trains from the same seed on the same batches of random 64 px crops of
-/work/shared/data/train (minus the held-out split) for the same number of Adam steps, with
-the paper's mixed distortion and, where the variant has one, rate_lambda * estimated bpp,
-through the project's one training loop (caeadmm.train_loop, as `caeadmm train` runs it;
-no ADMM: the baseline's channel counts stand in for pruned models). Evaluation: a fixed
-split of HELD_OUT training-corpus images never trained on (never Kodak), their central
-256 x 256 crops, coded with the real coder (`coding.encode` of all symbols); the table gives
-real bpp, the rate estimate over real bits, PSNR and MS-SSIM. One thread, as the machine is
-shared.
+Every family is a set of operating points (channel counts or rate_lambda values); every point
+trains from the same seed on the same batches of random crops of the training corpus (minus
+the held-out split) for the same number of steps, through the project's one training loop
+(caeadmm.train_loop, as `caeadmm train` runs it): a warm-up fifth (MSE only), then, for the
+families with ADMM, half the steps with the ADMM penalty and the hard prune, the rest masked
+fine-tuning (without ADMM: fine-tuning from the warm-up on).
+
+Evaluation: the central EVAL_SIDE square of HELD_OUT training-corpus images never trained
+on (never Kodak), coded into real .cae streams by caeadmm.image_codec (the shipped coder:
+per-channel-group Huffman tables): real bpp, PSNR, MS-SSIM; for a rate-aware model its
+estimate over the real payload bits. The table ends with each family's BD-rate against the
+paper's family (PSNR and MS-SSIM in dB), the figure that decides whether a change stays.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import tempfile
 import time
@@ -28,75 +33,105 @@ import torch
 # shadow the `coding` package: look in the repository root instead.
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 import coding  # noqa: E402
-from caeadmm import train_loop  # noqa: E402
+from caeadmm import bitstream, image_codec, train_loop  # noqa: E402
 from caeadmm.checkpoint import load_model  # noqa: E402
 from caeadmm.config import TrainConfig  # noqa: E402
-from caeadmm.images import list_images, load_rgb, to_uint8  # noqa: E402
-from caeadmm.metrics import ms_ssim, psnr  # noqa: E402
+from caeadmm.images import list_images, load_rgb  # noqa: E402
+from caeadmm.metrics import bpp as bits_per_pixel  # noqa: E402
+from caeadmm.metrics import quality_metrics  # noqa: E402
 from caeadmm.model import CAE  # noqa: E402
+from caeadmm.rd import Curve, bd_rate  # noqa: E402
 
-DATA = Path("/work/shared/data/train")
-HELD_OUT = 8
-CROP = 64
+DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "train"
+HELD_OUT = 16
 EVAL_SIDE = 256
 POOL_IMAGES = 160
 CROPS_PER_IMAGE = 16
-BASE = {"preset": "custom", "width": 32, "n_blocks": 1, "latent_channels": 16, "patch_size": 64}
-RATE = {"latent_norm": "none", "entropy_model": "factorized"}
-# name: (model overrides, rate_lambda)
-VARIANTS: dict[str, tuple[dict, float]] = {
-    "base-c16": ({}, 0.0),
-    "base-c4": ({"latent_channels": 4}, 0.0),
-    "rate-l8": (RATE, 8.0),
-    "rate-l32": (RATE, 32.0),
-    "rate-l8-mixed": ({**RATE, "train_rounding": "mixed"}, 8.0),
-    "rate-l8-gain": ({**RATE, "latent_gain": True}, 8.0),
-    "rate-l8-gdn": ({**RATE, "norm": "gdn"}, 8.0),
-    "rate-l8-laplacian": ({**RATE, "entropy_model": "laplacian"}, 8.0),
-    "rate-l128": (RATE, 128.0),
-    "rate-l128-gdn": ({**RATE, "norm": "gdn"}, 128.0),
-    "rate-l8-gdn-mixed": ({**RATE, "norm": "gdn", "train_rounding": "mixed"}, 8.0),
+NETS = {  # --net: the network every variant shares (C = 16 latent channels)
+    "narrow": {"preset": "custom", "width": 32, "n_blocks": 1, "latent_channels": 16},
+    "small": {"preset": "small", "latent_channels": 16},
+}
+RATE = {"latent_norm": "none", "entropy_model": "factorized", "train_rounding": "mixed"}
+MSSSIM_LOSS = {"w_msssim": 1000.0, "w_ssim": 0.0, "w_mse": 0.0, "w_psnr": 0.0}
+LAMBDAS = (64.0, 256.0, 1024.0)
+KEEP = (2, 4, 8)  # channel counts of the lambda = 0 families
+
+# family: points, each (label, model overrides, train overrides). The first is the anchor.
+FAMILIES: dict[str, list[tuple[str, dict, dict]]] = {
+    "paper": [(f"k{k}", {}, {"pruning_ratio": 1 - k / 16}) for k in KEEP],
+    "paper-no-admm": [(f"c{k}", {"latent_channels": k}, {}) for k in KEEP],
+    "rate": [(f"l{lam:g}", RATE, {"rate_lambda": lam}) for lam in LAMBDAS],
+    "rate-admm": [(f"l{lam:g}", RATE, {"rate_lambda": lam, "pruning_ratio": 0.5})
+                  for lam in LAMBDAS],
+    "rate-gdn": [(f"l{lam:g}", {**RATE, "norm": "gdn"}, {"rate_lambda": lam}) for lam in LAMBDAS],
+    "rate-gdn-msssim": [(f"l{lam:g}", {**RATE, "norm": "gdn"}, {"rate_lambda": lam / 4,
+                                                                **MSSSIM_LOSS})
+                        for lam in LAMBDAS],
+    "rate-laplacian": [(f"l{lam:g}", {**RATE, "entropy_model": "laplacian"},
+                        {"rate_lambda": lam}) for lam in LAMBDAS],
 }
 
 
-def split() -> tuple[list[Path], list[Path]]:
-    """(training images, held-out images): a fixed random choice of HELD_OUT images."""
-    images = list_images([DATA])
-    held = set(np.random.default_rng(1234).choice(len(images), HELD_OUT, replace=False).tolist())
+def split(data: Path, n_held: int = HELD_OUT) -> tuple[list[Path], list[Path]]:
+    """(training images, held-out images): a fixed random choice of `n_held` images."""
+    images = list_images([data])
+    held = set(np.random.default_rng(1234).choice(len(images), n_held, replace=False).tolist())
     return [p for i, p in enumerate(images) if i not in held], [images[i] for i in sorted(held)]
 
 
-def crop_pool(train: list[Path], seed: int = 0) -> torch.Tensor:
-    """(N, 3, CROP, CROP) float crops in [0, 1] from POOL_IMAGES random training images."""
+def crop_pool(train: list[Path], crop: int, seed: int = 0) -> torch.Tensor:
+    """(N, 3, crop, crop) uint8 crops from POOL_IMAGES random training images at least `crop`
+    on each side."""
     rng = np.random.default_rng(seed)
     crops = []
-    for i in rng.choice(len(train), POOL_IMAGES, replace=False):
+    for i in rng.permutation(len(train)):
         img = load_rgb(train[i])
         h, w = img.shape[:2]
+        if min(h, w) < crop:
+            continue
         for _ in range(CROPS_PER_IMAGE):
-            top, left = rng.integers(0, h - CROP + 1), rng.integers(0, w - CROP + 1)
-            crops.append(img[top : top + CROP, left : left + CROP])
-    return torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).float() / 255
+            top, left = rng.integers(0, h - crop + 1), rng.integers(0, w - crop + 1)
+            crops.append(img[top : top + crop, left : left + crop])
+        if len(crops) == POOL_IMAGES * CROPS_PER_IMAGE:
+            break
+    return torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).contiguous()
 
 
 def held_out(images: list[Path]) -> list[np.ndarray]:
-    """The central EVAL_SIDE square (or the largest multiple of 8 that fits) of each image."""
+    """The central EVAL_SIDE square (or the largest that fits) of each image, uint8 RGB."""
     out = []
     for path in images:
         img = load_rgb(path)
         h, w = img.shape[:2]
-        sh, sw = min(EVAL_SIDE, h // 8 * 8), min(EVAL_SIDE, w // 8 * 8)
+        sh, sw = min(EVAL_SIDE, h), min(EVAL_SIDE, w)
         top, left = (h - sh) // 2, (w - sw) // 2
         out.append(np.ascontiguousarray(img[top : top + sh, left : left + sw]))
     return out
 
 
-def train(cfg: TrainConfig, pool: torch.Tensor) -> CAE:
+def config(net: dict, crop: int, model: dict, train: dict, steps: int, batch: int) -> TrainConfig:
+    """One point's TrainConfig: the shared schedule (warm-up fifth, ADMM half when pruning)."""
+    warmup = steps // 5
+    admm = steps // 2 if train.get("pruning_ratio", 0) > 0 else 0
+    return TrainConfig.from_dict({
+        "model": {**net, "patch_size": crop, **model}, "batch_size": batch,
+        "pruning_ratio": 0.0, "warmup_steps": warmup, "admm_steps": admm,
+        "finetune_steps": steps - warmup - admm, "admm_every": max(1, admm // 20),
+        "checkpoint_every": 0, "log_every": steps, "threads": 0, **train,
+    })
+
+
+def train(cfg: TrainConfig, pool: torch.Tensor, device: torch.device) -> CAE:
     """Train `cfg` through the project's one training loop on random batches of `pool` (the
-    same batches for every variant); returns the final model in eval mode."""
+    same batches for every point); returns the final model on the CPU, in eval mode."""
     order = torch.Generator().manual_seed(cfg.seed)
-    batches = (pool[torch.randint(len(pool), (cfg.batch_size,), generator=order)]
-               for _ in range(cfg.total_steps()))
+    pool = pool.to(device)
+
+    def batches():
+        for _ in range(cfg.total_steps()):
+            index = torch.randint(len(pool), (cfg.batch_size,), generator=order).to(device)
+            yield pool[index].float() / 255
+
     with tempfile.TemporaryDirectory() as tmp:
         final = Path(tmp) / "final.pt"
 
@@ -104,73 +139,84 @@ def train(cfg: TrainConfig, pool: torch.Tensor) -> CAE:
             if step == cfg.total_steps() and save is not None:
                 save(final)
 
-        train_loop.train(cfg, batches, device=torch.device("cpu"), val=None, report=report,
+        train_loop.train(cfg, batches(), device=device, val=None, report=report,
                          log_path=None, log=lambda line: None)
-        return load_model(final)
+        return load_model(final).eval()
+
+
+@torch.no_grad()
+def stream_estimate(model: CAE, header: bitstream.Header, payload: bytes) -> float:
+    """The entropy model's bits of exactly the symbols a version 2 payload holds."""
+    kept = image_codec.kept_channels(model)
+    symbols = coding.decode_channels(payload).reshape(len(kept), *header.latent_size)
+    latent = torch.zeros(1, model.config.latent_channels, *header.latent_size)
+    latent[0, kept] = torch.from_numpy(symbols.astype(np.float32))
+    mask = torch.zeros(model.config.latent_channels, 1, 1, dtype=torch.bool)
+    mask[kept] = True
+    return float(model.entropy.bits(latent, mask)[0])
 
 
 @torch.no_grad()
 def evaluate(model: CAE, images: list[np.ndarray]) -> dict[str, float]:
-    """Real bpp, estimated / real bits, PSNR and MS-SSIM (means over the images), and the
-    per-channel order-0 entropy of the symbols over real bits."""
-    bpps, psnrs, msssims = [], [], []
-    real_bits = est_bits = 0.0
-    symbols_by_channel: list[list[np.ndarray]] = [[] for _ in range(model.config.latent_channels)]
+    """Means over the images of real bpp, PSNR and MS-SSIM of real .cae streams, and (for a
+    rate-aware model) the summed rate estimate over the summed real payload bits."""
+    rows, payload_bits, estimate = [], 0, 0.0
     for img in images:
-        x = torch.from_numpy(img).permute(2, 0, 1)[None].float() / 255
-        symbols = model.encode(x)
-        n_bytes = len(coding.encode(symbols.numpy().ravel()))
-        decoded = to_uint8(model.decode(symbols))[0]
-        bpps.append(8 * n_bytes / (img.shape[0] * img.shape[1]))
-        psnrs.append(psnr(img, decoded))
-        msssims.append(ms_ssim(img, decoded))
-        real_bits += 8 * n_bytes
+        data = image_codec.compress(img, model)
+        decoded = image_codec.decompress(data, model)
+        rows.append({"bpp": bits_per_pixel(len(data), *img.shape[:2]),
+                     **quality_metrics(img, decoded)})
+        header, payload = bitstream.parse(data)
+        payload_bits += 8 * len(payload)
         if model.config.entropy_model != "none":
-            est_bits += float(model(x, rate=True)[2].sum())
-        for c, values in enumerate(symbols[0].numpy()):
-            symbols_by_channel[c].append(values.ravel())
-    entropy = 0.0
-    for parts in symbols_by_channel:
-        _, counts = np.unique(np.concatenate(parts), return_counts=True)
-        entropy -= float((counts * np.log2(counts / counts.sum())).sum())
-    return {
-        "bpp": float(np.mean(bpps)),
-        "est/real": est_bits / real_bits if est_bits else float("nan"),
-        "H_pc/real": entropy / real_bits,
-        "psnr": float(np.mean(psnrs)),
-        "ms_ssim": float(np.mean(msssims)),
-    }
+            estimate += stream_estimate(model, header, payload)
+    means = {key: float(np.mean([r[key] for r in rows])) for key in ("bpp", "psnr", "ms_ssim")}
+    return {**means, "est/real": estimate / payload_bits if estimate else math.nan}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--variants", default=",".join(VARIANTS))
-    args = parser.parse_args()
-    torch.set_num_threads(1)
-    train_images, held_images = split()
-    pool, images = crop_pool(train_images), held_out(held_images)
-    print(f"{len(pool)} training crops of {CROP} px from {POOL_IMAGES} images; "
-          f"{len(images)} held-out images; {args.steps} steps of batch {args.batch}")
-    print("| variant | rate_lambda | bpp (real) | est/real | H_pc/real | PSNR | MS-SSIM "
-          "| train s |")
-    print("|---|---|---|---|---|---|---|---|")
-    for name in args.variants.split(","):
-        overrides, rate_lambda = VARIANTS[name]
-        cfg = TrainConfig.from_dict({
-            "model": {**BASE, **overrides}, "rate_lambda": rate_lambda,
-            "batch_size": args.batch, "pruning_ratio": 0.0, "warmup_steps": 0,
-            "admm_steps": 0, "finetune_steps": args.steps, "lr_final_scale": 1.0,
-            "checkpoint_every": 0, "log_every": args.steps, "threads": 1,
-        })
-        start = time.perf_counter()
-        model = train(cfg, pool)
-        seconds = time.perf_counter() - start
-        r = evaluate(model, images)
-        print(f"| {name} | {rate_lambda:g} | {r['bpp']:.3f} | {r['est/real']:.3f} | "
-              f"{r['H_pc/real']:.3f} | {r['psnr']:.2f} | {r['ms_ssim']:.4f} | {seconds:.0f} |",
-              flush=True)
+    parser.add_argument("--crop", type=int, default=64, help="training crop side (px)")
+    parser.add_argument("--net", choices=sorted(NETS), default="narrow")
+    parser.add_argument("--families", default=",".join(FAMILIES))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument("--data", type=Path, default=DATA, help="training-corpus folder")
+    parser.add_argument("--held-out", type=int, default=HELD_OUT, help="evaluation images")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    train_images, held_images = split(args.data, args.held_out)
+    pool, images = crop_pool(train_images, args.crop), held_out(held_images)
+    print(f"{len(pool)} training crops of {args.crop} px; {len(images)} held-out images; "
+          f"{args.steps} steps of batch {args.batch}; net {args.net}; device "
+          f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}")
+    print("| family | point | bpp (real) | PSNR | MS-SSIM | est/real | train s |")
+    print("|---|---|---|---|---|---|---|")
+    curves: dict[str, Curve] = {}
+    for family in args.families.split(","):
+        points = []
+        for label, model, overrides in FAMILIES[family]:
+            cfg = config(NETS[args.net], args.crop, model, overrides, args.steps, args.batch)
+            start = time.perf_counter()
+            r = evaluate(train(cfg, pool, device), images)
+            seconds = time.perf_counter() - start
+            points.append(r)
+            print(f"| {family} | {label} | {r['bpp']:.3f} | {r['psnr']:.2f} | "
+                  f"{r['ms_ssim']:.4f} | {r['est/real']:.3f} | {seconds:.0f} |", flush=True)
+        curves[family] = Curve(family, family, [p["bpp"] for p in points],
+                               psnr=[p["psnr"] for p in points],
+                               ms_ssim=[p["ms_ssim"] for p in points])
+    anchor = curves.get("paper")
+    if anchor is None:
+        return
+    print("\n| family | BD-rate PSNR vs paper | BD-rate MS-SSIM vs paper |")
+    print("|---|---|---|")
+    for family, curve in curves.items():
+        print(f"| {family} | {bd_rate(anchor, curve, 'psnr'):+.1f} % | "
+              f"{bd_rate(anchor, curve, 'ms_ssim_db'):+.1f} % |")
 
 
 if __name__ == "__main__":
