@@ -9,11 +9,13 @@ the padding. Models with any other mask (`prune_structure: slot`) keep the
 "tiles" layout of version 1: independent P x P tiles, each coded as its kept mask slots, all
 with one Huffman table (coding.encode).
 
-Bounded memory: the network runs over overlapping windows of at most (TILE + 2 halo)^2
-pixels. The halo covers the receptive field derived from the layers (`encoder_reach`,
-`decoder_reach`), windows at the image's border end at the true border (so the network's
-reflection padding sees what it sees on the whole image), and of each window only its core,
-whose inputs all lie inside it, is kept: the result is that of one pass over the whole image.
+Bounded memory: an image of up to ONE_WINDOW_PIXELS (padded) pixels goes through the
+network in one pass, which is also the fastest way; a larger one in overlapping windows of
+at most (TILE + 2 halo)^2 pixels. The halo covers the receptive field derived from the
+layers (`encoder_reach`, `decoder_reach`), windows at the image's border end at the true
+border (so the network's reflection padding sees what it sees on the whole image), and of
+each window only its core, whose inputs all lie inside it, is kept: the result is that of
+one pass over the whole image.
 The largest buffers are the image, the output image and the symbols (one byte each while
 encoding, four while decoding).
 
@@ -64,6 +66,7 @@ from caeadmm.model import CAE, LATENT_MAX, quantize
 from coding.format import unpack_header
 
 TILE = 512  # pixels: the core side of a network window (a multiple of 8)
+ONE_WINDOW_PIXELS = 1 << 19  # pixels: "auto" runs images up to this size in one window
 SMALL_WINDOW = 1 << 16  # pixels: smaller windows run as a batch of two (see above)
 GPU_BATCH_TILES = 32  # "tiles" layout on a GPU: tiles per network call
 GRAY_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
@@ -71,12 +74,13 @@ ALPHA_MODES = {"RGBA", "LA", "La", "RGBa", "PA"}
 
 
 def compress(
-    image: np.ndarray, model: CAE, *, tile: int | None = TILE, layout: str | None = None
+    image: np.ndarray, model: CAE, *, tile: int | str | None = "auto", layout: str | None = None
 ) -> bytes:
     """Encode a uint8 image, (H, W, 3) RGB or (H, W) grayscale, into a .cae stream.
 
     tile: core side in pixels of the windows the network runs over (a multiple of 8; None:
-    one window for the whole image). It bounds memory and does not change the stream.
+    one window for the whole image; "auto": one window up to ONE_WINDOW_PIXELS, else TILE).
+    It bounds memory and does not change the stream.
     layout: None picks "channels" when the model's mask allows it, else "tiles"; "tiles"
     forces independent tiles (version 1's layout, for comparisons).
     """
@@ -110,7 +114,7 @@ def decompress(
     model: CAE,
     *,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
-    tile: int | None = TILE,
+    tile: int | str | None = "auto",
 ) -> np.ndarray:
     """Decode a .cae stream into uint8 pixels: (H, W, 3) RGB, or (H, W) for mode L streams.
 
@@ -239,7 +243,7 @@ def kept_channels(model: CAE) -> torch.Tensor | None:
 
 
 def _encode_channels(
-    image: np.ndarray, model: CAE, kept: torch.Tensor, tile: int | None = TILE
+    image: np.ndarray, model: CAE, kept: torch.Tensor, tile: int | str | None = "auto"
 ) -> np.ndarray:
     """The kept channels of the whole image's quantized latent, int8 (K, H'/8, W'/8) where
     H', W' = padded_side(H), padded_side(W); computed window by window."""
@@ -258,7 +262,7 @@ def _encode_channels(
 
 
 def _decode_channels(
-    symbols: np.ndarray, model: CAE, kept: torch.Tensor, tile: int | None, out: np.ndarray
+    symbols: np.ndarray, model: CAE, kept: torch.Tensor, tile: int | str | None, out: np.ndarray
 ) -> None:
     """Decode (K, h, w) symbols window by window into `out`, (H, W, 3) or (H, W) for L."""
     _, rows, cols = symbols.shape
@@ -283,10 +287,12 @@ def _decode_channels(
 
 
 def _windows(
-    rows: int, cols: int, tile: int | None, halo: int
+    rows: int, cols: int, tile: int | str | None, halo: int
 ) -> Iterator[tuple[tuple[int, int, int, int], tuple[int, int, int, int]]]:
     """Per window ((core rows, window rows), (core columns, window columns)) in latent
     positions, each as (core start, core end, window start, window end), raster order."""
+    if tile == "auto":
+        tile = None if rows * cols * LATENT_STRIDE**2 <= ONE_WINDOW_PIXELS else TILE
     core = None if tile is None else max(1, tile // LATENT_STRIDE)
     row_spans = list(_spans(rows, core, halo))
     col_spans = list(_spans(cols, core, halo))

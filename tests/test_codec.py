@@ -121,7 +121,17 @@ def test_round_trip_equals_one_pass_over_the_whole_image(model, size):
     np.testing.assert_array_equal(decoded, pixels)
 
 
-@pytest.mark.parametrize("tile", [32, 64, 200, None])
+def test_auto_runs_one_window_up_to_its_pixel_bound_and_windows_beyond():
+    halo = 4
+    kodak = list(image_codec._windows(64, 96, "auto", halo))  # 512 x 768 pixels
+    assert kodak == [((0, 64, 0, 64), (0, 96, 0, 96))]
+    side = int((image_codec.ONE_WINDOW_PIXELS // 64) ** 0.5) + 1  # just over the bound
+    big = list(image_codec._windows(side, side, "auto", halo))
+    assert big == list(image_codec._windows(side, side, image_codec.TILE, halo))
+    assert len(big) > 1
+
+
+@pytest.mark.parametrize("tile", [32, 64, 200, 512, None])
 def test_windows_give_the_one_pass_result(model, tile):
     """512 x 768: windows of any size (32 px cores run as small windows, batch of two) give
     the one-pass symbols and pixels exactly, and the same bytes as the default."""
