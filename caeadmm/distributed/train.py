@@ -272,9 +272,8 @@ def _latest_checkpoint(run_dir: Path | None, log: Callable[[str], None]) -> dict
     if unreadable is not None and on_disk is None:
         raise unreadable  # no complete checkpoint anywhere: do not start the run afresh
     if on_disk is not None and (recorded is None or on_disk["step"] > recorded["step"]):
-        if checkpoint is not None:
-            known = f"step {recorded['step']}" if recorded is not None else "one that does not load"
-            log(f"Ray Train recorded {known}; newest complete on disk: step {on_disk['step']}")
+        if recorded is not None:
+            log(f"Ray Train recorded step {recorded['step']}; on disk: step {on_disk['step']}")
         return on_disk
     return recorded
 
