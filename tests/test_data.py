@@ -8,6 +8,7 @@ import io
 import json
 import re
 import threading
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -275,6 +276,17 @@ def test_a_shard_of_several_row_groups_is_read_whole(ray_local, corpus, tmp_path
     (tmp_path / "_manifest.json").write_text(json.dumps(manifest))
     train, _ = reader.read_patches(str(tmp_path), val_fraction=0.0)
     assert Counter(k for batch in train.iter_batches(batch_size=100) for k in _keys(batch)) == seen
+
+
+def test_a_single_row_group_is_read_without_a_concurrency_warning(ray_local, corpus, tmp_path):
+    # One row group, a read concurrency of 2: Ray Data warns about a limit it cannot reach
+    # (seen in every small job's log) unless the limit is capped at the number of row groups.
+    prepare.prepare_patches([str(corpus[0] / "cmyk.jpg")], str(tmp_path), SPEC, progress=False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train, _ = reader.read_patches(str(tmp_path), val_fraction=0.0, concurrency=2)
+        assert sum(len(b["x"]) for b in train.iter_batches(batch_size=4)) == SPEC.crops
+    assert not [w for w in caught if "concurrent tasks" in str(w.message)]
 
 
 def test_two_training_workers_share_an_epoch_without_overlap(shards):

@@ -30,7 +30,12 @@ torch = pytest.importorskip("torch")
 ray_train = pytest.importorskip("caeadmm.distributed.train")
 
 from caeadmm.admm import ADMM  # noqa: E402
-from caeadmm.checkpoint import load_checkpoint, load_model, save_checkpoint  # noqa: E402
+from caeadmm.checkpoint import (  # noqa: E402
+    CheckpointError,
+    load_checkpoint,
+    load_model,
+    save_checkpoint,
+)
 from caeadmm.config import ConfigError, load_config  # noqa: E402
 from caeadmm.distributed.shards import MANIFEST_FORMAT, MANIFEST_NAME  # noqa: E402
 from caeadmm.model import CAE  # noqa: E402
@@ -332,6 +337,79 @@ def test_resubmitting_a_run_resumes_it(cluster, shards, tmp_path):
     assert "had already finished at step 16" in third.stdout
     assert "[train] step " not in third.stdout  # no training step ran
     assert f"latest checkpoint: {run}/checkpoint_0000016/checkpoint.pt" in third.stdout
+
+
+def _ray_job(cluster: LocalCluster, *args: str, timeout: float = 120) -> str:
+    """`ray job ARGS --address <the test cluster>`; its output (it must succeed)."""
+    proc = subprocess.run(
+        [str(RAY_CLI), "job", args[0], "--address", cluster.dashboard, *args[1:]],
+        env=cluster.env, cwd=REPO, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+    assert proc.returncode == 0, f"ray job {args[0]}: {proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+def _complete_steps(run: Path) -> list[int]:
+    """The steps of the checkpoints in `run` that load, ascending."""
+    steps = []
+    for path in run.glob(f"checkpoint_*/{ray_train.CHECKPOINT_FILE}"):
+        with contextlib.suppress(CheckpointError):
+            steps.append(load_checkpoint(path)["step"])
+    return sorted(steps)
+
+
+def _stopped_with_checkpoints(cluster: LocalCluster, job: str, run: Path, count: int) -> None:
+    """Wait until `run` holds `count` checkpoints that load, then `ray job stop` the job and
+    wait until its files stay as they are (its workers may outlive its driver briefly)."""
+    deadline = checked = time.monotonic()
+    deadline += 480
+    while len(_complete_steps(run)) < count:
+        if time.monotonic() > checked + 5:  # a job that ended cannot get there
+            status = _ray_job(cluster, "status", job)
+            assert "RUNNING" in status or "PENDING" in status, _ray_job(cluster, "logs", job)
+            assert time.monotonic() < deadline, _ray_job(cluster, "logs", job)
+            checked = time.monotonic()
+        time.sleep(0.2)
+    _ray_job(cluster, "stop", job)
+    files = None
+    while files != (files := sorted(run.glob("checkpoint_*/*"))):
+        time.sleep(3)
+
+
+@pytest.mark.slow
+def test_ray_job_stop_then_resubmit_resumes_from_the_newest_complete_checkpoint(
+    cluster, shards, tmp_path
+):
+    # The form a user runs: `ray job submit`, `ray job stop` between checkpoints, the same
+    # command again. The resumed step is the newest checkpoint on disk that loads, whatever
+    # Ray Train recorded (its record can lag behind the disk); the newest file, torn as by a
+    # stop while writing it, is passed over.
+    entrypoint = ["python", "jobs/train.py", "--config", "configs/ray_smoke.yaml",
+                  f"shards={shards}", f"storage_path={tmp_path}", "run_name=stopped",
+                  "--keep-checkpoints", "0", "warmup_steps=400", "admm_steps=400",
+                  "admm_every=10", "checkpoint_every=10", "log_every=10"]  # fmt: skip
+    run = tmp_path / "stopped"
+
+    def submit(job: str) -> None:
+        _ray_job(cluster, "submit", "--no-wait", "--submission-id", job,
+                 "--working-dir", str(REPO), "--", *entrypoint)  # fmt: skip
+
+    submit("stopped-1")
+    _stopped_with_checkpoints(cluster, "stopped-1", run, 3)
+    assert "was stopped" in _ray_job(cluster, "status", "stopped-1")
+    newest = max(run.glob(f"checkpoint_*/{ray_train.CHECKPOINT_FILE}"))
+    newest.write_bytes(newest.read_bytes()[:1000])
+    expected = _complete_steps(run)[-1]
+    assert expected < int(newest.parent.name.split("_")[1])
+
+    submit("stopped-2")
+    _stopped_with_checkpoints(cluster, "stopped-2", run, len(_complete_steps(run)) + 1)
+    log = _ray_job(cluster, "logs", "stopped-2")
+    assert f"[train] resumed from the checkpoint at step {expected} (run stopped)" in log
+    resumed = [s for s in _complete_steps(run) if s > expected]
+    assert load_checkpoint(run / f"checkpoint_{resumed[0]:07d}" / ray_train.CHECKPOINT_FILE)[
+        "extra"
+    ]["metrics"]["start_step"] == expected
 
 
 # One job on the cluster, checked by the two tests below: 2 workers of 1.5 CPUs on nodes of

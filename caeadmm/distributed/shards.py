@@ -136,6 +136,8 @@ def read_patches(
     fs, root = filesystem_and_path(shards_dir)
     units = _read_units(fs, root, manifest)
     _, val = split_sources(manifest["sources"], val_fraction, seed)
+    # No more read tasks at once than row groups (Ray Data warns about a limit it cannot use).
+    size = None if concurrency is None else min(concurrency, len(units))
 
     def side(want_val: bool) -> Dataset:
         ds = ray.data.from_items(units, override_num_blocks=len(units))
@@ -152,7 +154,7 @@ def read_patches(
             },
             batch_size=1,
             num_cpus=num_cpus,
-            compute=TaskPoolStrategy(size=concurrency),
+            compute=TaskPoolStrategy(size=size),
         )
 
     return side(False), side(True)

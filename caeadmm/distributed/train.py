@@ -49,7 +49,12 @@ from ray.train.torch import TorchTrainer, get_device, prepare_model
 from ray.util.queue import Empty, Queue
 
 from caeadmm import train_loop
-from caeadmm.checkpoint import export_model, load_checkpoint, newest_complete_checkpoint
+from caeadmm.checkpoint import (
+    CheckpointError,
+    export_model,
+    load_checkpoint,
+    newest_complete_checkpoint,
+)
 from caeadmm.config import TrainConfig
 from caeadmm.distributed.session import quiet_data
 from caeadmm.distributed.shards import (
@@ -209,7 +214,7 @@ def train_func(config: dict[str, Any]) -> dict[str, Any]:
     cfg = TrainConfig.from_dict(config["cfg"])
     rank = ray.train.get_context().get_world_rank()
     log = _Logger(rank, config.get("progress"))
-    ckpt = _latest_checkpoint(_run_dir(cfg))
+    ckpt = _latest_checkpoint(_run_dir(cfg), log)
     if ckpt is not None:
         log(f"resumed from the checkpoint at step {ckpt['step']} (run {cfg.run_name})")
     run_dir = _run_dir(cfg)
@@ -249,18 +254,28 @@ class _Logger:
                 self.queue.put_nowait(line)
 
 
-def _latest_checkpoint(run_dir: Path | None) -> dict | None:
+def _latest_checkpoint(run_dir: Path | None, log: Callable[[str], None]) -> dict | None:
     """The training state to resume from: the newer of Ray Train's latest checkpoint of this
     run and the newest complete one on local storage (Ray's record can lag behind the disk
-    when a job is stopped between writing a checkpoint and reporting it); None for none."""
-    recorded = None
+    when a job is stopped between writing a checkpoint and reporting it, and a file on disk
+    can be torn); None for none. Says so in `log` when the disk overrules Ray's record."""
+    recorded = unreadable = None
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
-            recorded = load_checkpoint(Path(folder) / CHECKPOINT_FILE)
+            try:
+                recorded = load_checkpoint(Path(folder) / CHECKPOINT_FILE)
+            except CheckpointError as exc:
+                unreadable = exc
+                log(f"Ray Train's latest checkpoint does not load ({exc}); looking on disk")
     on_disk = newest_complete_checkpoint(run_dir, CHECKPOINT_FILE) if run_dir else None
-    candidates = [c for c in (recorded, on_disk) if c is not None]
-    return max(candidates, key=lambda c: c["step"], default=None)
+    if unreadable is not None and on_disk is None:
+        raise unreadable  # no complete checkpoint anywhere: do not start the run afresh
+    if on_disk is not None and (recorded is None or on_disk["step"] > recorded["step"]):
+        if recorded is not None:
+            log(f"Ray Train recorded step {recorded['step']}; on disk: step {on_disk['step']}")
+        return on_disk
+    return recorded
 
 
 def _endless_batches(shard: Any, cfg: TrainConfig) -> Iterator[torch.Tensor]:
