@@ -153,7 +153,7 @@ def _alive(pids: set[int]) -> list[str]:
 
 @pytest.fixture
 def many(tmp_path) -> Path:
-    write_images(tmp_path / "many", 24, 120, 160)
+    write_images(tmp_path / "many", 96, 120, 160)
     return tmp_path / "many"
 
 
@@ -191,7 +191,7 @@ def test_ctrl_c_writes_the_manifest_of_what_finished(checkpoint, many, tmp_path)
     assert "Traceback" not in stderr and " E " not in stderr  # nor Ray's core_worker errors
     done = sorted(p.name for p in out.glob("*.cae"))
     assert stderr.strip().splitlines()[-1] == (
-        f"compress: interrupted; {len(done)} of 24 done; manifest: {out / 'manifest.parquet'}")
+        f"compress: interrupted; {len(done)} of 96 done; manifest: {out / 'manifest.parquet'}")
     rows = pq.read_table(out / "manifest.parquet").to_pylist()
     assert sorted(Path(r["output"]).name for r in rows) == done
     assert not [p.name for p in out.iterdir() if is_temp_file(p.name)]
