@@ -24,6 +24,7 @@ from caeadmm.train_loop import (
     hard_prune,
     make_optimizer,
     new_admm,
+    new_scaler,
     train_step,
 )
 
@@ -154,11 +155,44 @@ def test_train_step_through_a_wrapper_runs_every_phase_and_accumulates():
         if schedule.update_due(step):
             admm_update(admm)
     assert [m["phase"] for m in metrics] == [0.0, 1.0, 1.0, 2.0]
-    assert all(isinstance(v, float) and math.isfinite(v) for m in metrics for v in m.values())
-    assert metrics[0]["loss"] == pytest.approx(1e4 * metrics[0]["mse"], rel=1e-5)  # warm-up
+    assert all(math.isfinite(float(v)) for m in metrics for v in m.values())
+    # The measured metrics stay on the device (0-d tensors): the loop reads them per log step.
+    assert all(isinstance(m[k], torch.Tensor) and m[k].dim() == 0 and not m[k].requires_grad
+               for m in metrics for k in ("loss", "penalty", "mse", "msssim", "grad_norm"))
+    assert float(metrics[0]["loss"]) == pytest.approx(1e4 * float(metrics[0]["mse"]), rel=1e-5)
     assert metrics[1]["penalty"] > 0 and metrics[3]["penalty"] == 0
     assert torch.equal(net.mask, admm.mask()) and int(net.mask.sum()) == admm.k
     assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_train_step_under_autocast_keeps_weights_latent_and_rate_in_float32(precision):
+    torch.manual_seed(0)
+    cfg = load_config(None, [*TINY, "warmup_steps=1", "admm_steps=2", "finetune_steps=0",
+                             "model.entropy_model=factorized", "model.latent_norm=none",
+                             "rate_lambda=1", f"precision={precision}"])  # fmt: skip
+    model, admm = CAE(cfg.model), new_admm(cfg)
+    optimizer, schedule = make_optimizer(model, cfg), Schedule(cfg)
+    scaler = new_scaler(cfg, torch.device("cpu"))
+    assert (scaler is not None) == (precision == "fp16")
+    before = [p.detach().clone() for p in model.parameters()]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        x_hat, latent, bits = model.train()(torch.rand(4, 3, 48, 48), rate=True)
+    assert x_hat.dtype == torch.bfloat16  # the network ran in bfloat16 ...
+    assert latent.dtype == bits.dtype == torch.float32  # ... the rounding and the rate did not
+    for step in range(schedule.total):
+        metrics = train_step(model, admm, optimizer, torch.rand(4, 3, 48, 48), step, cfg,
+                             schedule, scaler)  # fmt: skip
+        if schedule.update_due(step):
+            admm_update(admm)
+        assert math.isfinite(float(metrics["loss"]))
+        # fp16: the scaler skips the steps whose scaled gradients overflowed (norm inf).
+        assert precision == "fp16" or math.isfinite(float(metrics["grad_norm"]))
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    if precision == "bf16":
+        assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    with pytest.raises(ConfigError, match="precision"):
+        load_config(None, ["precision=fp8"])
 
 
 def test_train_step_under_real_ddp(tmp_path):
