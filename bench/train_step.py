@@ -10,7 +10,7 @@ compile time apart, a row saying so if it fails), bfloat16 autocast. The setting
 step by step, so a load that comes and goes hits them alike; each figure is the median of
 --repeats steps, its ratio against the peer of the same crop size. For bfloat16 also: whether
 every loss and gradient norm stayed finite, and the relative difference of one step's loss
-from float32's (same weights, batch and rounding noise; eval mode, so no noise at all).
+from float32's (the shipped small-k6 weights, crops of the sample photos, the same noise).
 
 Rows (without --settings):
 - train step, batch 8 of 128 px patches: forward, the paper's distortion, backward and Adam,
@@ -35,11 +35,22 @@ import torch
 
 # Run as a script, this file's folder comes first on sys.path, where bench/coding.py would
 # shadow the `coding` package.
-sys.path[0] = str(Path(__file__).resolve().parent.parent)
+REPO = Path(__file__).resolve().parent.parent
+sys.path[0] = str(REPO)
 from caeadmm.config import load_config  # noqa: E402
+from caeadmm.images import load_rgb  # noqa: E402
 from caeadmm.losses import compute_loss  # noqa: E402
 from caeadmm.model import CAE  # noqa: E402
-from caeadmm.train_loop import Schedule, admm_update, make_optimizer, new_admm, train_step  # noqa: E402
+from caeadmm.train_local import random_patches  # noqa: E402
+from caeadmm.train_loop import (  # noqa: E402
+    Schedule,
+    admm_update,
+    init_weights,
+    load_into,
+    make_optimizer,
+    new_admm,
+    train_step,
+)
 
 
 def median_time(fn, repeats: int) -> float:
@@ -119,16 +130,21 @@ def settings_step(setting: str, crop: int, threads: int) -> tuple[Callable[[], N
 
 
 def bf16_loss_difference(crop: int) -> float:
-    """|loss(bf16) - loss(fp32)| / loss(fp32) of one forward of the same (fresh) small model,
-    batch and weights in eval mode (deterministic rounding), full distortion + penalty."""
-    torch.manual_seed(0)
-    cfg = load_config(None, ["model.preset=small", f"model.patch_size={crop}"])
-    model = CAE(cfg.model).eval()
-    batch = torch.rand(8, 3, crop, crop)
+    """|loss(bf16) - loss(fp32)| / loss(fp32) of one training-mode forward of the shipped
+    small-k6 weights on 8 crops of the sample photos: full distortion, the same rounding
+    noise (the latent is float32 under autocast too, so the same seed draws the same noise)."""
+    cfg = load_config(None, ["model.preset=small", f"model.patch_size={crop}",
+                             "init_from=small-k6"])  # fmt: skip
+    model = CAE(cfg.model)
+    load_into(model, init_weights(cfg))
+    samples = sorted((REPO / "caeadmm" / "samples").glob("*.png"))
+    images = [load_rgb(path) for path in samples]
+    batch = random_patches(images, 8, crop, [0])
     losses = []
     for enabled in (False, True):
+        torch.manual_seed(1)
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled):
-            x_hat = model(batch)[0]
+            x_hat = model.train()(batch)[0]
         losses.append(float(compute_loss(x_hat.float(), batch, cfg)[0]))
     return abs(losses[1] - losses[0]) / abs(losses[0])
 

@@ -199,6 +199,9 @@ class TrainConfig:
     # The network's arithmetic in training: "fp32"; "bf16" or "fp16" autocast (the loss and
     # the ADMM penalty stay float32; fp16 with a gradient scaler). docs/training.md, Speed.
     precision: str = "fp32"
+    # torch.compile the network (Module.compile: the weights' names do not change). On 2 CPU
+    # cores a step ran 1.4x as fast, after about a minute of compiling (docs/training.md).
+    compile: bool = False
     # Ray Train.
     num_workers: int = 1
     cpus_per_worker: float = 1.0

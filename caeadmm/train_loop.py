@@ -146,6 +146,8 @@ def train(
     if world > 1 and (resume is None or rank > 0):
         # Each rank its own stochastic-rounding stream; rank 0 of a resumed run keeps its own.
         torch.manual_seed(_seed(cfg.seed, rank, start))
+    if cfg.compile:
+        net.compile()
     model = wrap(net) if wrap is not None else net
     optimizer = make_optimizer(model, cfg)
     scaler = new_scaler(cfg, device)

@@ -13,7 +13,8 @@ GPU, each step's crops and flips cut there (caeadmm.train_local.DeviceBatches), 
 loop reads its metrics from the device once per log step. --batch-size, --crop and
 --precision override every run's batch_size, model.patch_size and precision. Steps:
 1. probe: all runs train a few steps together (warm-up, then ADMM), and each one's
-   patches/s under the shared load is read from its log.csv (`shared_rate`);
+   patches/s under the shared load is read from its log.csv (`shared_rate`); `--steps N`
+   skips it and trains every run N steps (tests, profiling on the CPU);
 2. the real runs start together, each with rate * time left * `--safety` steps, split over
    warm-up / ADMM / fine-tune in the proportions of its config's step counts;
 3. each run's model.pt, log.csv, summary.json and console log are packed into
@@ -163,6 +164,34 @@ def _cast_weights(path: str | os.PathLike, dtype: torch.dtype) -> dict:
     return payload
 
 
+def probe_totals(
+    runs: list[tuple[str, str, list[str]]], args: argparse.Namespace, work: Path,
+    deadline: float,
+) -> dict[str, int]:
+    """Each run's total steps: all runs train --probe-steps together, and each gets its shared
+    patches/s * the training time left * --safety."""
+    start = time.time()
+    warm = args.probe_steps // 4
+    probe = [f"warmup_steps={warm}", f"admm_steps={args.probe_steps - warm}", "finetune_steps=0",
+             f"admm_every={warm}", f"log_every={warm}", "checkpoint_every=0"]
+    procs = {n: launch(n, c, [*o, *probe], args.images, work / "probe" / n) for n, c, o in runs}
+    codes = wait_all(procs, start + args.budget / 3)
+    rates = {}
+    for name, code in codes.items():
+        if code != 0:
+            print((work / "probe" / name / "console.log").read_text()[-3000:])
+            raise SystemExit(f"probe of {name} failed ({code})")
+        rates[name] = shared_rate(work / "probe" / name)
+    left = deadline - time.time() - 45  # start-up, final evaluation, export and packing
+    print(f"probe took {time.time() - start:.0f} s; {left:.0f} s left for training", flush=True)
+    totals = {}
+    for name, config, overrides in runs:
+        batch_size = load_config(config, overrides).batch_size
+        totals[name] = max(30, int(rates[name] * left * args.safety / batch_size))
+        print(f"{name}: {rates[name]:.0f} patches/s shared", flush=True)
+    return totals
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", help="NAME=CONFIG[:key=value...]")
@@ -175,6 +204,8 @@ def main() -> int:
     parser.add_argument("--crop", type=int, help="every run's crop size (model.patch_size)")
     parser.add_argument("--precision", choices=list(PRECISIONS), help="every run's precision")
     parser.add_argument("--probe-steps", type=int, default=60)
+    parser.add_argument("--steps", type=int,
+                        help="every run's total steps, without the probe (tests, profiling)")
     parser.add_argument("--safety", type=float, default=0.85)
     parser.add_argument("--max-file-mb", type=float, default=15)
     args = parser.parse_args()
@@ -191,26 +222,13 @@ def main() -> int:
     card = device_name()
     print(f"device: {card}; runs: {', '.join(n for n, _, _ in runs)}", flush=True)
 
-    warm = args.probe_steps // 4
-    probe = [f"warmup_steps={warm}", f"admm_steps={args.probe_steps - warm}", "finetune_steps=0",
-             f"admm_every={warm}", f"log_every={warm}", "checkpoint_every=0"]
-    procs = {n: launch(n, c, [*o, *probe], args.images, work / "probe" / n) for n, c, o in runs}
-    codes = wait_all(procs, start + args.budget / 3)
-    rates = {}
-    for name, code in codes.items():
-        if code != 0:
-            print((work / "probe" / name / "console.log").read_text()[-3000:])
-            raise SystemExit(f"probe of {name} failed ({code})")
-        rates[name] = shared_rate(work / "probe" / name)
-    left = deadline - time.time() - 45  # start-up, final evaluation, export and packing
-    print(f"probe took {time.time() - start:.0f} s; {left:.0f} s left for training", flush=True)
-
+    totals = {name: args.steps for name, _, _ in runs}
+    if args.steps is None:
+        totals = probe_totals(runs, args, work, deadline)
     procs = {}
     for name, config, overrides in runs:
-        cfg = load_config(config, overrides)
-        total = max(30, int(rates[name] * left * args.safety / cfg.batch_size))
-        plan = phase_steps(cfg, total)
-        print(f"{name}: {rates[name]:.0f} patches/s shared -> {total} steps {plan}", flush=True)
+        plan = phase_steps(load_config(config, overrides), totals[name])
+        print(f"{name}: {totals[name]} steps {plan}", flush=True)
         procs[name] = launch(name, config, [*overrides, *plan], args.images, work / name)
     codes = wait_all(procs, deadline - 20)
     throughput = {"device": card, "runs": {}}

@@ -317,6 +317,31 @@ def test_resume_after_a_crash_gives_the_same_model_as_an_uninterrupted_run(image
         assert [int(r["step"]) for r in csv.DictReader(fh)] == [4, 8, 12, 16]
 
 
+def test_device_data_resumes_bit_identically(image_dir, tmp_path):
+    on_device = ("data_on_device=true",)
+    train(smoke_config(image_dir, *on_device), tmp_path / "straight", log=lambda _: None)
+    crashing = smoke_config(image_dir, *on_device, "fail_at_step=10", "checkpoint_every=4")
+    with pytest.raises(InjectedFailure):
+        train(crashing, tmp_path / "crashed", log=lambda _: None)
+    train(crashing, tmp_path / "crashed", log=lambda _: None)
+    straight = load_model(tmp_path / "straight" / "model.pt")
+    assert load_model(tmp_path / "crashed" / "model.pt").fingerprint() == straight.fingerprint()
+    # Its batches are not the host loader's: the option really changed the data source.
+    host = train(smoke_config(image_dir), tmp_path / "host", log=lambda _: None)
+    assert load_model(tmp_path / "host" / "model.pt").fingerprint() != straight.fingerprint()
+    assert math.isfinite(host["final_eval_psnr"])
+
+
+@pytest.mark.slow
+def test_compiled_training_saves_plain_weights(image_dir, tmp_path):
+    summary = train(smoke_config(image_dir, "compile=true", "warmup_steps=2", "admm_steps=2",
+                                 "finetune_steps=2", "admm_every=1", "log_every=2"),
+                    tmp_path, log=lambda _: None)  # fmt: skip
+    assert math.isfinite(summary["final_eval_psnr"])
+    model = load_model(tmp_path / "model.pt")  # the names of an uncompiled CAE's weights
+    assert int(model.mask.sum()) == summary["kept_slots"]
+
+
 def test_cli_trains_and_reports_bad_input(image_dir, tmp_path, capsys):
     out = tmp_path / "cli"
     code = cli_main(["train", "--config", str(CONFIGS / "smoke.yaml"), "--images",
