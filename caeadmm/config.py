@@ -200,8 +200,11 @@ class TrainConfig:
     # the ADMM penalty stay float32; fp16 with a gradient scaler). docs/training.md, Speed.
     precision: str = "fp32"
     # torch.compile the network (Module.compile: the weights' names do not change). On 2 CPU
-    # cores a step ran 1.4x as fast, after about a minute of compiling (docs/training.md).
+    # cores a step ran 1.2-1.4x as fast, after minutes of compiling (docs/training.md).
     compile: bool = False
+    # The network's weights and each batch in channels_last memory format (CPU: 1.2-1.3x per
+    # step at 128-176 px, docs/training.md).
+    channels_last: bool = False
     # Ray Train.
     num_workers: int = 1
     cpus_per_worker: float = 1.0

@@ -146,6 +146,8 @@ def train(
     if world > 1 and (resume is None or rank > 0):
         # Each rank its own stochastic-rounding stream; rank 0 of a resumed run keeps its own.
         torch.manual_seed(_seed(cfg.seed, rank, start))
+    if cfg.channels_last:
+        net.to(memory_format=torch.channels_last)
     if cfg.compile:
         net.compile()
     model = wrap(net) if wrap is not None else net
@@ -388,6 +390,8 @@ def train_step(
         group["lr"] = lr * group.get("lr_scale", 1.0)
     device = next(model.parameters()).device
     x = batch.to(device, non_blocking=True)
+    if cfg.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
 
     model.train()
     dtype = PRECISIONS[cfg.precision]

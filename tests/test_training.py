@@ -195,6 +195,22 @@ def test_train_step_under_autocast_keeps_weights_latent_and_rate_in_float32(prec
         load_config(None, ["precision=fp8"])
 
 
+def test_channels_last_computes_the_same_function_and_trains():
+    torch.manual_seed(0)
+    cfg = load_config(None, [*TINY, "channels_last=true"])
+    model, admm = CAE(cfg.model).eval(), new_admm(cfg)
+    batch = torch.rand(4, 3, 48, 48)
+    with torch.no_grad():
+        plain = model(batch)[0]
+        model.to(memory_format=torch.channels_last)
+        assert model(batch.contiguous(memory_format=torch.channels_last))[0].allclose(
+            plain, atol=1e-5
+        )  # (in training the rounding noise is drawn in the other layout: other values)
+    optimizer = make_optimizer(model, cfg)
+    metrics = [train_step(model, admm, optimizer, batch, s, cfg) for s in range(2)]
+    assert all(math.isfinite(float(m["loss"])) for m in metrics)
+
+
 def test_train_step_under_real_ddp(tmp_path):
     dist = torch.distributed
     if not dist.is_available():
