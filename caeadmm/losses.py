@@ -19,6 +19,8 @@ window; with them set w_msssim = 0.
 
 from __future__ import annotations
 
+import math
+
 import torch
 from pytorch_msssim import ms_ssim, ssim
 
@@ -68,8 +70,9 @@ def distortion(
     w_psnr: float = 1.0,
     psnr_ref: float = 45.0,
     mse_only: bool = False,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """(scalar loss to minimise, the terms' values as floats for logs).
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(scalar loss to minimise, the terms' values for logs as detached 0-d tensors: reading
+    them waits for the device, so a training loop reads them once per log step).
 
     With `mse_only` (warm-up) the loss is w_mse * MSE; MS-SSIM and SSIM are still reported
     (computed without gradient) so that logs have the same columns in every phase.
@@ -96,11 +99,12 @@ def distortion(
             loss = loss + w_ssim * (1.0 - ssim_value)
         if w_psnr > 0:
             loss = loss + w_psnr * (psnr_ref - per_image_psnr.mean())
+    nan = mse.new_full((), math.nan)
     terms = {
-        "mse": float(mse.detach()),
-        "psnr": float(per_image_psnr.detach().mean()),
-        "ssim": float(ssim_value.detach()) if ssim_value is not None else float("nan"),
-        "msssim": float(msssim_value.detach()) if msssim_value is not None else float("nan"),
+        "mse": mse.detach(),
+        "psnr": per_image_psnr.detach().mean(),
+        "ssim": ssim_value.detach() if ssim_value is not None else nan,
+        "msssim": msssim_value.detach() if msssim_value is not None else nan,
     }
     return loss, terms
 
@@ -117,23 +121,24 @@ def compute_loss(
     *,
     bits: torch.Tensor | None = None,
     mse_only: bool = False,
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """(distortion + cfg.rate_lambda * bpp, the terms for logs), the distortion weighted as
-    `cfg` says. `bits` (B,) is the model's rate estimate (`model(x, rate=True)`), needed when
-    rate_lambda > 0 and logged as "bpp" whenever given. With rate_lambda = 0 the loss is the
-    distortion tensor itself (bit for bit the paper's loss, whatever `bits` holds).
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(distortion + cfg.rate_lambda * bpp, the terms for logs as in `distortion`), the
+    distortion weighted as `cfg` says. `bits` (B,) is the model's rate estimate
+    (`model(x, rate=True)`), needed when rate_lambda > 0 and logged as "bpp" whenever given.
+    With rate_lambda = 0 the loss is the distortion tensor itself (bit for bit the paper's
+    loss, whatever `bits` holds).
     """
     loss, terms = distortion(
         x_hat, x, w_msssim=cfg.w_msssim, w_ssim=cfg.w_ssim, w_mse=cfg.w_mse, w_psnr=cfg.w_psnr,
         psnr_ref=cfg.psnr_ref, mse_only=mse_only,
     )
-    terms["distortion"] = float(loss.detach())
+    terms["distortion"] = loss.detach()
     if bits is None:
         if cfg.rate_lambda > 0:
             raise LossConfigError("rate_lambda > 0 needs the rate estimate: pass bits")
         return loss, terms
     bpp = bits_per_pixel(bits, x)
-    terms["bpp"] = float(bpp.detach())
+    terms["bpp"] = bpp.detach()
     if cfg.rate_lambda > 0:
         loss = loss + cfg.rate_lambda * bpp
     return loss, terms

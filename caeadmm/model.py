@@ -215,7 +215,9 @@ class CAE(nn.Module):
         self._check_image(x)
         if rate and self.config.entropy_model == "none":
             raise ConfigError("rate=True needs a model with an entropy_model")
-        y = self._analysis(x)
+        # Float32 from here to the rounding and in the entropy model, also under autocast
+        # (TrainConfig.precision): bfloat16's 8-bit mantissa cannot hold a latent's fraction.
+        y = self._analysis(x).float()
         if not self.training:
             latent = quantize(y, stochastic=False)
             rate_input = latent
@@ -228,7 +230,9 @@ class CAE(nn.Module):
         x_hat = self._decode_float(latent)
         if not rate:
             return x_hat, latent
-        return x_hat, latent, self.entropy.bits(rate_input, self.mask)
+        with torch.autocast(x.device.type, enabled=False):
+            bits = self.entropy.bits(rate_input, self.mask)
+        return x_hat, latent, bits
 
     # -- inference path ------------------------------------------------------------------------
 

@@ -5,7 +5,9 @@ Data: every image under `cfg.images` is decoded once (caeadmm.images) and kept i
 the batch for step s is B random P x P crops, each flipped left-right with probability 1/2,
 drawn from a generator seeded by (seed, s). The batches are therefore a pure function of the
 step, so a resumed run sees exactly the batches the crashed one would have. A torch
-DataLoader (with `loader_workers` processes) cuts them ahead of the training step. The
+DataLoader (with `loader_workers` processes) cuts them ahead of the training step; with
+`data_on_device` the images are kept on the training device instead and `DeviceBatches` cuts
+each step's crops there (GPU runs, see scripts/gpu_train.py). The
 validation patches are `eval_patches` crops drawn the same way from seed (seed, 1); they are
 measured around the hard prune and at the end, not at every log step (the log's val_*
 columns stay empty: the log step stays cheap for short GPU runs, see scripts/gpu_train.py).
@@ -21,8 +23,9 @@ Output directory:
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +89,60 @@ def random_patches(
     return torch.from_numpy(out).permute(0, 3, 1, 2).float().div_(255.0)
 
 
+class DeviceBatches:
+    """The training batches cut on the training device: the images are copied there once
+    (one flat uint8 buffer) and each step's B random P x P crops, each flipped left-right with
+    probability 1/2, are gathered there in one indexing operation (no loader processes, no
+    host-to-device copies, no host syncs). Iterating from step `start` yields the batches of
+    steps start, start + 1, ..., each drawn from a device generator seeded by (seed, step), so
+    a resumed run sees the batches the crashed one would have (their stream differs from
+    StepBatches', which cuts on the host).
+    """
+
+    def __init__(self, images: list[np.ndarray], cfg: TrainConfig, device: torch.device,
+                 start: int = 0):  # fmt: skip
+        self.batch_size, self.patch_size = cfg.batch_size, cfg.model.patch_size
+        self.seed, self.start, self.total = cfg.seed, start, cfg.total_steps()
+        self.device = device
+        sizes = [image.size for image in images]
+        self.pixels = torch.from_numpy(np.concatenate([image.ravel() for image in images]))
+        self.pixels = self.pixels.to(device)
+        self.offsets = torch.tensor(np.cumsum([0, *sizes[:-1]]), device=device)
+        self.heights = torch.tensor([image.shape[0] for image in images], device=device)
+        self.widths = torch.tensor([image.shape[1] for image in images], device=device)
+        self.generator = torch.Generator(device)
+
+    def batch(self, step: int) -> torch.Tensor:
+        """The batch of `step`: (B, 3, P, P) float32 in [0, 1] on the device."""
+        b, p, gen = self.batch_size, self.patch_size, self.generator
+        gen.manual_seed(_step_seed(self.seed, step))
+        pick = torch.randint(len(self.heights), (b,), generator=gen, device=self.device)
+        h, w = self.heights[pick], self.widths[pick]
+        # Uniform positions: floor(u * (number of positions)), u in [0, 1).
+        u = torch.rand(3, b, generator=gen, device=self.device)
+        y = (u[0] * (h - p + 1)).long().clamp_max(h - p)
+        x = (u[1] * (w - p + 1)).long().clamp_max(w - p)
+        flip = u[2] < 0.5
+        span = torch.arange(p, device=self.device)
+        cols = x[:, None] + torch.where(flip[:, None], p - 1 - span, span)  # (B, P)
+        rows = y[:, None] + span  # (B, P)
+        index = (
+            self.offsets[pick, None, None, None]
+            + (rows[:, None, :, None] * w[:, None, None, None] + cols[:, None, None, :]) * 3
+            + torch.arange(3, device=self.device)[None, :, None, None]
+        )  # (B, 3, P, P) into the HWC buffer
+        return self.pixels[index].float().div_(255.0)
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return (self.batch(step) for step in range(self.start, self.total))
+
+
+def _step_seed(seed: int, step: int) -> int:
+    """A 63-bit seed of (seed, step) for a torch generator."""
+    digest = hashlib.sha256(repr((seed, 0, step)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
 class StepBatches(Dataset):
     """Map-style dataset whose item s is the training batch of step s."""
 
@@ -127,23 +184,28 @@ def train(
     if resume and ckpt_path.exists():
         ckpt = load_checkpoint(ckpt_path, map_location=device)
         log(f"resumed from {ckpt_path} at step {ckpt['step']}")
-    loader = DataLoader(
-        StepBatches(images, cfg),
+    start = ckpt["step"] if ckpt else 0
+    data: Iterable[torch.Tensor]
+    if cfg.data_on_device:
+        data = DeviceBatches(images, cfg, device, start)
+    else:
+        data = DataLoader(
+            StepBatches(images, cfg),
         batch_size=None,
-        sampler=range(ckpt["step"] if ckpt else 0, cfg.total_steps()),
-        num_workers=cfg.loader_workers,
-        pin_memory=device.type == "cuda",
-        # Its own generator: starting an iterator must not draw from the global torch RNG,
-        # or a resumed run would continue a different random stream than the original.
-        generator=torch.Generator().manual_seed(cfg.seed),
-    )
+            sampler=range(start, cfg.total_steps()),
+            num_workers=cfg.loader_workers,
+            pin_memory=device.type == "cuda",
+            # Its own generator: starting an iterator must not draw from the global torch RNG,
+            # or a resumed run would continue a different random stream than the original.
+            generator=torch.Generator().manual_seed(cfg.seed),
+        )
 
     def report(step: int, metrics: dict, save: train_loop.Save | None) -> None:
         if save is not None:
             save(ckpt_path)
 
     summary = train_loop.train(
-        cfg, loader, device=device, val=val, report=report, log_path=out / LOG_FILE,
+        cfg, data, device=device, val=val, report=report, log_path=out / LOG_FILE,
         resume=ckpt, log=log, log_validation=False,
     )
     export_model(ckpt_path, out / MODEL_FILE)

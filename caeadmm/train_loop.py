@@ -53,7 +53,7 @@ import coding
 from caeadmm import zoo
 from caeadmm.admm import ADMM
 from caeadmm.checkpoint import load_checkpoint, restore_training_state, save_checkpoint
-from caeadmm.config import ConfigError, ModelConfig, TrainConfig
+from caeadmm.config import PRECISIONS, ConfigError, ModelConfig, TrainConfig
 from caeadmm.entropy_model import count_bits, fit_counts, symbol_counts
 from caeadmm.images import to_uint8
 from caeadmm.losses import compute_loss, per_image_mse, psnr_of_mse
@@ -149,8 +149,13 @@ def train(
     if world > 1 and (resume is None or rank > 0):
         # Each rank its own stochastic-rounding stream; rank 0 of a resumed run keeps its own.
         torch.manual_seed(_seed(cfg.seed, rank, start))
+    if cfg.channels_last:
+        net.to(memory_format=torch.channels_last)
+    if cfg.compile:
+        net.compile()
     model = wrap(net) if wrap is not None else net
     optimizer = make_optimizer(model, cfg)
+    scaler = new_scaler(cfg, device)
     if resume is not None and resume["optimizer"] is not None:
         optimizer.load_state_dict(resume["optimizer"])
     if debug and debug.folder and start > 0:
@@ -163,9 +168,9 @@ def train(
         return summary
 
     batches = iter(data)
-    window: list[dict[str, float]] = []  # training metrics of the steps since the last row
-    recent_mse: deque[float] = deque(maxlen=cfg.log_every)  # training MSE before the prune
-    after_prune: list[float] = []  # and over the first log_every steps after it
+    window: list[dict] = []  # training metrics of the steps since the last row (train_step's)
+    recent_mse: deque[torch.Tensor] = deque(maxlen=cfg.log_every)  # training MSE before prune
+    after_prune: list[torch.Tensor] = []  # and over the first log_every steps after it
     row: dict[str, float] = {}
     fit_batches: deque[torch.Tensor] = deque(maxlen=ENTROPY_FIT_BATCHES)  # uint8, on the CPU
     admm_stats = dict.fromkeys(ADMM_COLUMNS, math.nan)
@@ -181,12 +186,12 @@ def train(
         if cfg.entropy_fit_steps:
             # Batches are 8-bit pixels / 255: kept as uint8, exactly (a quarter of the memory).
             fit_batches.append(batch.detach().mul(255).round().to(torch.uint8).cpu())
-        window.append(train_step(model, admm, optimizer, batch, step, cfg, schedule))
+        window.append(train_step(model, admm, optimizer, batch, step, cfg, schedule, scaler))
         recent_mse.append(window[-1]["mse"])
         if "prune" in summary and "train_mse_after" not in summary["prune"]:
             after_prune.append(window[-1]["mse"])
             if len(after_prune) == cfg.log_every or step + 1 == schedule.total:
-                summary["prune"]["train_mse_after"] = float(np.mean(after_prune))
+                summary["prune"]["train_mse_after"] = float(torch.stack(after_prune).mean())
         if schedule.update_due(step):
             local = admm.pending()  # this rank's share, for the debug records
             admm_stats = admm_update(admm)
@@ -195,7 +200,9 @@ def train(
 
         done = step + 1
         if done % cfg.log_every == 0 or done == schedule.total:
-            row = window_means(window, device) | admm_stats
+            t_read = time.perf_counter()
+            row = window_means(window) | admm_stats  # waits for the steps still queued
+            train_seconds += time.perf_counter() - t_read
             row["patches_per_s"] = len(window) * cfg.batch_size * world / max(train_seconds, 1e-9)
             row |= validation_row(net, val if log_validation else None)
             row |= {"step": done, "elapsed_s": time.perf_counter() - t_start}
@@ -378,12 +385,17 @@ def train_step(
     step: int,
     cfg: TrainConfig,
     schedule: Schedule | None = None,
-) -> dict[str, float]:
+    scaler: torch.amp.GradScaler | None = None,
+) -> dict[str, torch.Tensor | float]:
     """Forward, loss, backward and optimizer step on one batch (B, 3, P, P) in [0, 1].
 
     `model` may be wrapped (DDP). Also accumulates the batch's latents for the next ADMM
-    update when the schedule says so. Returns float metrics: loss, distortion, penalty, mse,
-    psnr, ssim, msssim, lr, grad_norm, phase (0 warm-up, 1 ADMM, 2 fine-tune).
+    update when the schedule says so. The network runs in `cfg.precision` (autocast); the
+    loss and the penalty are computed in float32 from its outputs. `scaler`: the gradient
+    scaler of an fp16 run (`new_scaler`). Returns the metrics loss, distortion, penalty, mse,
+    psnr, ssim, msssim, grad_norm as detached 0-d tensors (reading one waits for the device,
+    so the loop reads them once per log step), lr and phase (0 warm-up, 1 ADMM, 2 fine-tune)
+    as floats.
     """
     schedule = schedule or Schedule(cfg)
     phase = schedule.phase(step)
@@ -392,10 +404,16 @@ def train_step(
         group["lr"] = lr * group.get("lr_scale", 1.0)
     device = next(model.parameters()).device
     x = batch.to(device, non_blocking=True)
+    if cfg.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
 
     model.train()
-    # With a rate term the model also returns each image's estimated bits (its entropy model).
-    x_hat, latent, *bits = model(x, rate=True) if cfg.rate_lambda > 0 else model(x)
+    dtype = PRECISIONS[cfg.precision]
+    with torch.autocast(device.type, dtype=getattr(torch, dtype or "float32"),
+                        enabled=dtype is not None):  # fmt: skip
+        # With a rate term the model also returns each image's estimated bits.
+        outputs = model(x, rate=True) if cfg.rate_lambda > 0 else model(x)
+    x_hat, latent, *bits = (t.float() for t in outputs)
     objective, terms = compute_loss(
         x_hat, x, cfg, bits=bits[0] if bits else None, mse_only=phase == "warmup"
     )
@@ -403,21 +421,32 @@ def train_step(
     loss = objective + penalty
 
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    (scaler.scale(loss) if scaler is not None else loss).backward()
+    if scaler is not None:
+        scaler.unscale_(optimizer)
     max_norm = cfg.grad_clip if cfg.grad_clip > 0 else float("inf")
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)
-    optimizer.step()
+    if scaler is not None:
+        scaler.step(optimizer)  # skipped when the scaled gradients overflowed
+        scaler.update()
+    else:
+        optimizer.step()
     if schedule.accumulates(step):
         admm.accumulate(latent)
 
     return {
-        "loss": float(loss.detach()),
-        "penalty": float(penalty.detach()),
+        "loss": loss.detach(),
+        "penalty": penalty.detach(),
         **terms,
         "lr": lr,
-        "grad_norm": float(grad_norm),
+        "grad_norm": grad_norm.detach(),
         "phase": float(PHASES.index(phase)),
     }
+
+
+def new_scaler(cfg: TrainConfig, device: torch.device) -> torch.amp.GradScaler | None:
+    """The gradient scaler an fp16 run needs (None for fp32 and bf16)."""
+    return torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
 
 
 def admm_update(admm: ADMM) -> dict[str, float]:
@@ -467,12 +496,13 @@ def hard_prune(
     model: nn.Module,
     admm: ADMM,
     val: torch.Tensor | None = None,
-    recent_mse: Iterable[float] = (),
+    recent_mse: Iterable[torch.Tensor] = (),
 ) -> dict[str, float]:
     """Freeze the ADMM support as the model's mask (the start of the fine-tune) and measure
     the jump: inference MSE and PSNR of `val` with the same weights just before and just
     after (NaN without `val`), and the mean training MSE of `recent_mse`."""
     net = unwrap(model)
+    recent = list(recent_mse)
     before = validate(net, val)
     net.set_mask(admm.mask())
     after = validate(net, val)
@@ -481,7 +511,7 @@ def hard_prune(
         "eval_mse_after": after["mse"],
         "eval_psnr_before": before["psnr"],
         "eval_psnr_after": after["psnr"],
-        "train_mse_before": float(np.mean(list(recent_mse) or [math.nan])),
+        "train_mse_before": float(torch.stack(recent).mean()) if recent else math.nan,
     }
 
 
@@ -576,16 +606,17 @@ def validation_row(net: CAE, val: torch.Tensor | None) -> dict[str, float]:
     }
 
 
-def window_means(window: list[dict[str, float]], device: torch.device) -> dict[str, float]:
-    """Mean of each training metric over the window's steps and over all ranks; the phase of
-    the window's last step."""
-    row = {key: float(np.mean([m.get(key, math.nan) for m in window])) for key in TRAIN_COLUMNS}
+def window_means(window: list[dict]) -> dict[str, float]:
+    """Mean of each training metric (train_step's) over the window's steps and over all
+    ranks; the phase of the window's last step. Reads the device once."""
+    keys = [k for k in TRAIN_COLUMNS if isinstance(window[-1].get(k), torch.Tensor)]
+    means = torch.stack([torch.stack([m[k] for m in window]).double().mean() for k in keys])
     _, world = rank_and_world()
     if world > 1:  # on the rank's device: NCCL reduces GPU tensors only
-        means = torch.tensor([row[key] for key in TRAIN_COLUMNS], dtype=torch.float64,
-                             device=device)  # fmt: skip
         dist.all_reduce(means, op=dist.ReduceOp.SUM)
-        row = dict(zip(TRAIN_COLUMNS, (means / world).tolist(), strict=True))
+        means = means / world
+    row = dict.fromkeys(TRAIN_COLUMNS, math.nan) | dict(zip(keys, means.tolist(), strict=True))
+    row["lr"] = float(np.mean([m["lr"] for m in window]))
     row["phase"] = window[-1]["phase"]
     return row
 

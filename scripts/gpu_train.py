@@ -2,19 +2,28 @@
 single-process trainer (`caeadmm train`, no Ray): for a lent GPU machine that has torch but
 not Ray, where device time is counted in minutes.
 
-    python scripts/gpu_train.py --images DIR --out DIR --budget 480 \\
-        small-k6=configs/gpu_small.yaml:pruning_ratio=0.8125 \\
-        paper-k12=configs/gpu_paper.yaml:pruning_ratio=0.625
+    python scripts/gpu_train.py --images DIR -o OUT --budget 660 --batch-size 64 \\
+        k6=configs/gpu_small.yaml:pruning_ratio=0.8125 \\
+        r64=configs/rate_continue.yaml:init_from=small-k12:rate_lambda=64
 
-Each run is NAME=CONFIG[:key=value[:key=value...]]. Steps:
+Each run is NAME=CONFIG[:key=value[:key=value...]]; any config works (init_from of a
+registered model name continues the shipped weights, rate-aware configs train the rate
+term). Every run trains with `data_on_device=true`: its images decoded once and kept on the
+GPU, each step's crops and flips cut there (caeadmm.train_local.DeviceBatches), and the
+loop reads its metrics from the device once per log step. --batch-size, --crop and
+--precision override every run's batch_size, model.patch_size and precision. Steps:
 1. probe: all runs train a few steps together (warm-up, then ADMM), and each one's
-   patches/s under the shared load is read from its log.csv (`shared_rate`);
+   patches/s under the shared load is read from its log.csv (`shared_rate`); `--steps N`
+   skips it and trains every run N steps (tests, profiling on the CPU);
 2. the real runs start together, each with rate * time left * `--safety` steps, split over
    warm-up / ADMM / fine-tune in the proportions of its config's step counts;
 3. each run's model.pt, log.csv, summary.json and console log are packed into
    OUT/NAME.tar (weights stored as float16 when the file would exceed --max-file-mb; the
-   codec needs float32, see `unpack_model`).
+   codec needs float32, see `unpack_model`);
+4. patches/s of each run and of the card as a whole (their sum), with the card's name,
+   are printed and written to OUT/throughput.json.
 A run still going at the deadline is stopped; its latest checkpoint is packed instead.
+Without CUDA the runs train on the CPU (tests, profiling with a tiny budget).
 """
 
 from __future__ import annotations
@@ -22,7 +31,9 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import json
 import os
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -35,7 +46,8 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from caeadmm.checkpoint import export_model  # noqa: E402
-from caeadmm.config import TrainConfig, load_config  # noqa: E402
+from caeadmm.cli import flags  # noqa: E402
+from caeadmm.config import PRECISIONS, TrainConfig, load_config  # noqa: E402
 
 
 def parse_run(spec: str) -> tuple[str, str, list[str]]:
@@ -56,12 +68,30 @@ def launch(
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
 
 
+def logged_rates(run_dir: Path) -> list[float]:
+    with (run_dir / "log.csv").open() as fh:
+        return [float(row["patches_per_s"]) for row in csv.DictReader(fh)]
+
+
+def run_rate(run_dir: Path) -> float:
+    """A finished run's patches/s: the median of its logged windows after the first (which
+    holds the start-up); NaN without a log."""
+    if not (run_dir / "log.csv").exists():
+        return float("nan")
+    rates = logged_rates(run_dir)
+    return statistics.median(rates[1:] or rates) if rates else float("nan")
+
+
+def device_name() -> str:
+    """The card every figure is measured on."""
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu (no CUDA)"
+
+
 def shared_rate(run_dir: Path) -> float:
     """The slowest logged window after the first (which holds the start-up): the rate while
     every run shares the GPU. (The last window overstates it for a run that outlasts the
     others: on an H100 the paper preset's probe read 275 patches/s, its real share was 65.)"""
-    with (run_dir / "log.csv").open() as fh:
-        rates = [float(row["patches_per_s"]) for row in csv.DictReader(fh)]
+    rates = logged_rates(run_dir)
     return min(rates[1:] or rates)
 
 
@@ -134,23 +164,13 @@ def _cast_weights(path: str | os.PathLike, dtype: torch.dtype) -> dict:
     return payload
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", nargs="+", help="NAME=CONFIG[:key=value...]")
-    parser.add_argument("--images", required=True)
-    parser.add_argument("--out", required=True, help="where the packed runs go")
-    parser.add_argument("--work", default="/tmp/gpu_runs", help="run directories")
-    parser.add_argument("--budget", type=float, default=480, help="seconds for everything")
-    parser.add_argument("--probe-steps", type=int, default=60)
-    parser.add_argument("--safety", type=float, default=0.85)
-    parser.add_argument("--max-file-mb", type=float, default=15)
-    args = parser.parse_args()
+def probe_totals(
+    runs: list[tuple[str, str, list[str]]], args: argparse.Namespace, work: Path,
+    deadline: float,
+) -> dict[str, int]:
+    """Each run's total steps: all runs train --probe-steps together, and each gets its shared
+    patches/s * the training time left * --safety."""
     start = time.time()
-    deadline = start + args.budget
-    runs = [parse_run(s) for s in args.runs]
-    work, dest = Path(args.work), Path(args.out)
-    dest.mkdir(parents=True, exist_ok=True)
-
     warm = args.probe_steps // 4
     probe = [f"warmup_steps={warm}", f"admm_steps={args.probe_steps - warm}", "finetune_steps=0",
              f"admm_every={warm}", f"log_every={warm}", "checkpoint_every=0"]
@@ -164,19 +184,65 @@ def main() -> int:
         rates[name] = shared_rate(work / "probe" / name)
     left = deadline - time.time() - 45  # start-up, final evaluation, export and packing
     print(f"probe took {time.time() - start:.0f} s; {left:.0f} s left for training", flush=True)
+    totals = {}
+    for name, config, overrides in runs:
+        batch_size = load_config(config, overrides).batch_size
+        totals[name] = max(30, int(rates[name] * left * args.safety / batch_size))
+        print(f"{name}: {rates[name]:.0f} patches/s shared", flush=True)
+    return totals
 
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", help="NAME=CONFIG[:key=value...]")
+    parser.add_argument("--images", required=True)
+    flags.add_output(parser, "where the packed runs and throughput.json go", required=True,
+                     old="--out")  # fmt: skip
+    parser.add_argument("--work", default="/tmp/gpu_runs", help="run directories")
+    parser.add_argument("--budget", type=float, default=480, help="seconds for everything")
+    parser.add_argument("--batch-size", type=int, help="every run's batch_size")
+    parser.add_argument("--crop", type=int, help="every run's crop size (model.patch_size)")
+    parser.add_argument("--precision", choices=list(PRECISIONS), help="every run's precision")
+    parser.add_argument("--probe-steps", type=int, default=60)
+    parser.add_argument("--steps", type=int,
+                        help="every run's total steps, without the probe (tests, profiling)")
+    parser.add_argument("--safety", type=float, default=0.85)
+    parser.add_argument("--max-file-mb", type=float, default=15)
+    args = parser.parse_args()
+    start = time.time()
+    deadline = start + args.budget
+    common = ["data_on_device=true"]
+    for value, key in ((args.batch_size, "batch_size"), (args.crop, "model.patch_size"),
+                       (args.precision, "precision")):  # fmt: skip
+        if value is not None:
+            common.append(f"{key}={value}")
+    runs = [(n, c, [*o, *common]) for n, c, o in map(parse_run, args.runs)]
+    work, dest = Path(args.work), Path(args.output)
+    dest.mkdir(parents=True, exist_ok=True)
+    card = device_name()
+    print(f"device: {card}; runs: {', '.join(n for n, _, _ in runs)}", flush=True)
+
+    totals = {name: args.steps for name, _, _ in runs}
+    if args.steps is None:
+        totals = probe_totals(runs, args, work, deadline)
     procs = {}
     for name, config, overrides in runs:
-        cfg = load_config(config, overrides)
-        total = max(30, int(rates[name] * left * args.safety / cfg.batch_size))
-        plan = phase_steps(cfg, total)
-        print(f"{name}: {rates[name]:.0f} patches/s shared -> {total} steps {plan}", flush=True)
+        plan = phase_steps(load_config(config, overrides), totals[name])
+        print(f"{name}: {totals[name]} steps {plan}", flush=True)
         procs[name] = launch(name, config, [*overrides, *plan], args.images, work / name)
     codes = wait_all(procs, deadline - 20)
+    throughput = {"device": card, "runs": {}}
     for name, code in codes.items():
         tail = (work / name / "console.log").read_text().splitlines()[-3:]
         print(f"{name}: exit {code}; " + " | ".join(tail), flush=True)
         print(f"  packed {pack(name, work / name, dest, int(args.max_file_mb * 2**20))}")
+        throughput["runs"][name] = run_rate(work / name)
+    throughput["card"] = sum(throughput["runs"].values())
+    (dest / "throughput.json").write_text(json.dumps(throughput, indent=2))
+    for name, rate in throughput["runs"].items():
+        print(f"{name}: {rate:.0f} patches/s on {card}")
+    print(f"card as a whole: {throughput['card']:.0f} patches/s on {card} "
+          f"({len(runs)} runs at once)")
     print(f"all done in {time.time() - start:.0f} s", flush=True)
     return 0
 

@@ -4,7 +4,7 @@
 # 1. On a GPU machine without Ray (an H100 lent for 15 minutes), the single-process trainer
 #    through scripts/gpu_train.py, with the training images in gpu_data/ (BSDS500 and
 #    Sun-Hays 80 as published, 25 Urban100 images as JPEG q92 to fit the 64 MiB transfer):
-#      python3 scripts/gpu_train.py --images gpu_data --out OUT --budget 540 \
+#      python3 scripts/gpu_train.py --images gpu_data -o OUT --budget 540 \
 #        small-k3=configs/gpu_small.yaml:pruning_ratio=0.90625 \
 #        small-k6=configs/gpu_small.yaml:pruning_ratio=0.8125 \
 #        small-k12=configs/gpu_small.yaml:pruning_ratio=0.625 \
@@ -13,7 +13,7 @@
 #        paper-k12=configs/gpu_paper.yaml:pruning_ratio=0.625
 #    and the packed runs unpacked into runs/gpu/NAME/. The paper preset got only its warm-up
 #    there (it shared the GPU with five runs); a second call continued it alone:
-#      python3 scripts/gpu_train.py --images gpu_data --out OUT --budget 200 --probe-steps 40 \
+#      python3 scripts/gpu_train.py --images gpu_data -o OUT --budget 200 --probe-steps 40 \
 #        paper-k12=configs/gpu_paper.yaml:pruning_ratio=0.625:warmup_steps=0:init_from=INIT
 #    with INIT its float32 weights (gpu_train.unpack_model of the packed model_fp16.pt).
 # 2. Here (this script): Ray Train on the Parquet shards of the training corpus, from those

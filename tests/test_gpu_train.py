@@ -1,56 +1,122 @@
-"""scripts/gpu_train.py end to end on the CPU with the tiny preset: probe, plan, concurrent
-runs, packing (float16 when over the size limit) and unpacking to a loadable model."""
+"""scripts/gpu_train.py end to end on the CPU (its fallback without CUDA): probe, plan,
+concurrent runs with their data on the device, a continuation of a registered model with the
+rate term, packing (float16 when over the size limit), unpacking to a loadable model and the
+throughput report; and DeviceBatches, the data source those runs train from."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
+import math
 import subprocess
 import sys
 import tarfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
 from caeadmm.checkpoint import load_model
+from caeadmm.config import load_config
+from caeadmm.train_local import DeviceBatches
 
 REPO = Path(__file__).resolve().parent.parent
 SCRIPT = REPO / "scripts" / "gpu_train.py"
-TINY = ("model.preset=tiny:model.patch_size=48:model.latent_channels=8:batch_size=4:"
-        "loader_workers=0:eval_patches=4:threads=1")
+TINY = "model.preset=tiny:model.latent_channels=8:eval_patches=4:threads=1"
 
 
-def test_two_runs_train_pack_and_unpack(tmp_path):
-    images = tmp_path / "images"
-    images.mkdir()
+def write_images(folder: Path, sizes: list[tuple[int, int]]) -> list[np.ndarray]:
+    folder.mkdir()
     rng = np.random.default_rng(0)
-    for i in range(3):
-        Image.fromarray(rng.integers(0, 255, (64, 80, 3), dtype=np.uint8)).save(images / f"{i}.png")
+    images = []
+    for i, (h, w) in enumerate(sizes):
+        images.append(rng.integers(0, 255, (h, w, 3), dtype=np.uint8))
+        Image.fromarray(images[-1]).save(folder / f"{i}.png")
+    return images
+
+
+def test_runs_train_on_device_data_pack_unpack_and_report_throughput(tmp_path):
+    images = tmp_path / "images"
+    write_images(images, [(64, 80), (72, 64), (96, 56)])
     out = tmp_path / "out"
     cmd = [
-        sys.executable, str(SCRIPT), "--images", str(images), "--out", str(out),
-        "--work", str(tmp_path / "work"), "--budget", "90", "--probe-steps", "8",
+        sys.executable, str(SCRIPT), "--images", str(images), "-o", str(out),
+        "--work", str(tmp_path / "work"), "--budget", "600", "--steps", "12",
+        "--batch-size", "2", "--crop", "48",
         "--max-file-mb", "0.1",  # the tiny model (0.7 MB) goes through the float16 path
         f"a=configs/gpu_small.yaml:{TINY}:pruning_ratio=0.75",
-        f"b=configs/gpu_small.yaml:{TINY}:pruning_ratio=0.5:rho=0",
+        "r=configs/rate_continue.yaml:init_from=small-k12:eval_patches=4",
     ]
-    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "a: exit 0" in result.stdout and "b: exit 0" in result.stdout
+    assert "a: exit 0" in result.stdout and "r: exit 0" in result.stdout
+    assert "device: cpu (no CUDA)" in result.stdout or "device: NVIDIA" in result.stdout
+    for name in ("a", "r"):
+        console = (tmp_path / "work" / name / "console.log").read_text()
+        assert "data_on_device" not in console or "error" not in console.lower()
+    assert "initialised weights from small-k12" in (
+        tmp_path / "work" / "r" / "console.log"
+    ).read_text()
 
-    for name in ("a", "b"):
-        with tarfile.open(out / f"{name}.tar") as tar:
-            assert {m.name for m in tar.getmembers()} >= {
-                f"{name}/log.csv", f"{name}/summary.json", f"{name}/model_fp16.pt"
-            }
-            tar.extractall(tmp_path / "unpacked", filter="data")
+    report = json.loads((out / "throughput.json").read_text())
+    assert set(report["runs"]) == {"a", "r"}
+    assert all(math.isfinite(r) and r > 0 for r in report["runs"].values())
+    assert report["card"] == pytest.approx(sum(report["runs"].values()))
+    assert "card as a whole:" in result.stdout
+
+    with tarfile.open(out / "a.tar") as tar:
+        assert {m.name for m in tar.getmembers()} >= {"a/log.csv", "a/summary.json",
+                                                      "a/model_fp16.pt"}
+        tar.extractall(tmp_path / "unpacked", filter="data")
     spec = importlib.util.spec_from_file_location("gpu_train", SCRIPT)
     gpu_train = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gpu_train)
     restored = tmp_path / "a.pt"
     gpu_train.unpack_model(tmp_path / "unpacked" / "a" / "model_fp16.pt", restored)
     model = load_model(restored)
+    assert model.config.patch_size == 48  # --crop reached the run
     assert int(model.mask.sum()) == 2 * 6 * 6  # 2 of 8 channels (ratio 0.75), 6 x 6 latent
     x = torch.rand(1, 3, 48, 48)
     assert model(x)[0].shape == x.shape
+
+    rate_model = load_model(tmp_path / "work" / "r" / "model.pt")
+    assert rate_model.config.entropy_model == "factorized"  # the rate-aware config trained
+
+
+def test_old_out_flag_still_works_with_a_note(tmp_path):
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--images", str(tmp_path), "--out", str(tmp_path / "o"),
+         "--budget", "1", "bad-spec"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert "--out is deprecated" in result.stderr and "-o/--output" in result.stderr
+
+
+def test_device_batches_are_flipped_crops_a_function_of_the_step(tmp_path):
+    images = write_images(tmp_path / "images", [(40, 50), (33, 64)])
+    cfg = load_config(None, ["model.preset=tiny", "model.patch_size=32", "batch_size=64",
+                             "warmup_steps=5", "admm_steps=0", "finetune_steps=0"])
+    source = DeviceBatches(images, cfg, torch.device("cpu"))
+    batches = list(source)
+    assert len(batches) == 5
+    crops = (batches[2] * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+    flips = 0
+    for crop in crops:  # each crop is a window of one image, flipped left-right or not
+        found = [f for image in images for f in (False, True)
+                 if _contains(image[:, ::-1] if f else image, crop)]
+        assert found
+        flips += found[0]
+    assert 0 < flips < len(crops)
+    # A resumed run (start 3) sees the batches the uninterrupted one did.
+    resumed = DeviceBatches(images, cfg, torch.device("cpu"), start=3)
+    assert torch.equal(next(iter(resumed)), batches[3])
+    assert not torch.equal(batches[3], batches[4])
+    assert batches[0].shape == (64, 3, 32, 32) and batches[0].dtype == torch.float32
+
+
+def _contains(image: np.ndarray, crop: np.ndarray) -> bool:
+    p = crop.shape[0]
+    windows = np.lib.stride_tricks.sliding_window_view(image, (p, p, 3))[:, :, 0]
+    return bool((windows == crop).all(axis=(2, 3, 4)).any())

@@ -73,9 +73,9 @@ def test_warm_up_loss_is_weighted_mse_alone_but_reports_every_term():
 def test_weights_are_configurable_and_zero_weights_drop_terms():
     x_hat, x = pair(64)
     loss, terms = distortion(x_hat, x, w_msssim=0, w_ssim=2.0, w_mse=0, w_psnr=0)
-    assert float(loss) == pytest.approx(2.0 * (1 - terms["ssim"]), rel=1e-6)
+    assert float(loss) == pytest.approx(2.0 * (1 - float(terms["ssim"])), rel=1e-6)
     loss, terms = distortion(x_hat, x, w_msssim=0, w_ssim=0, w_mse=0, w_psnr=3.0, psnr_ref=40)
-    assert float(loss) == pytest.approx(3.0 * (40 - terms["psnr"]), rel=1e-6)
+    assert float(loss) == pytest.approx(3.0 * (40 - float(terms["psnr"])), rel=1e-6)
 
 
 def test_psnr_is_per_image_and_finite_for_identical_images():
@@ -132,7 +132,7 @@ def test_rate_term_adds_lambda_times_bits_per_pixel():
     bpp = 2000.0 / (64 * 64)
     assert float(bits_per_pixel(bits.detach(), x)) == pytest.approx(bpp)
     assert terms["bpp"] == pytest.approx(bpp)
-    assert float(loss.detach()) == pytest.approx(terms["distortion"] + 0.5 * bpp, rel=1e-6)
+    assert float(loss.detach()) == pytest.approx(float(terms["distortion"]) + 0.5 * bpp, rel=1e-6)
     (grad,) = torch.autograd.grad(loss, bits)
     assert torch.allclose(grad, torch.full((2,), 0.5 / (2 * 64 * 64)))
 

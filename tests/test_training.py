@@ -26,6 +26,7 @@ from caeadmm.train_loop import (
     hard_prune,
     make_optimizer,
     new_admm,
+    new_scaler,
     progress_line,
     train_step,
 )
@@ -170,11 +171,60 @@ def test_train_step_through_a_wrapper_runs_every_phase_and_accumulates():
         if schedule.update_due(step):
             admm_update(admm)
     assert [m["phase"] for m in metrics] == [0.0, 1.0, 1.0, 2.0]
-    assert all(isinstance(v, float) and math.isfinite(v) for m in metrics for v in m.values())
-    assert metrics[0]["loss"] == pytest.approx(1e4 * metrics[0]["mse"], rel=1e-5)  # warm-up
+    assert all(math.isfinite(float(v)) for m in metrics for v in m.values())
+    # The measured metrics stay on the device (0-d tensors): the loop reads them per log step.
+    assert all(isinstance(m[k], torch.Tensor) and m[k].dim() == 0 and not m[k].requires_grad
+               for m in metrics for k in ("loss", "penalty", "mse", "msssim", "grad_norm"))
+    assert float(metrics[0]["loss"]) == pytest.approx(1e4 * float(metrics[0]["mse"]), rel=1e-5)
     assert metrics[1]["penalty"] > 0 and metrics[3]["penalty"] == 0
     assert torch.equal(net.mask, admm.mask()) and int(net.mask.sum()) == admm.k
     assert any(not torch.equal(a, b) for a, b in zip(before, net.parameters(), strict=True))
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_train_step_under_autocast_keeps_weights_latent_and_rate_in_float32(precision):
+    torch.manual_seed(0)
+    cfg = load_config(None, [*TINY, "warmup_steps=1", "admm_steps=2", "finetune_steps=0",
+                             "model.entropy_model=factorized", "model.latent_norm=none",
+                             "rate_lambda=1", f"precision={precision}"])  # fmt: skip
+    model, admm = CAE(cfg.model), new_admm(cfg)
+    optimizer, schedule = make_optimizer(model, cfg), Schedule(cfg)
+    scaler = new_scaler(cfg, torch.device("cpu"))
+    assert (scaler is not None) == (precision == "fp16")
+    before = [p.detach().clone() for p in model.parameters()]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        x_hat, latent, bits = model.train()(torch.rand(4, 3, 48, 48), rate=True)
+    assert x_hat.dtype == torch.bfloat16  # the network ran in bfloat16 ...
+    assert latent.dtype == bits.dtype == torch.float32  # ... the rounding and the rate did not
+    for step in range(schedule.total):
+        metrics = train_step(model, admm, optimizer, torch.rand(4, 3, 48, 48), step, cfg,
+                             schedule, scaler)  # fmt: skip
+        if schedule.update_due(step):
+            admm_update(admm)
+        assert math.isfinite(float(metrics["loss"]))
+        # fp16: the scaler skips the steps whose scaled gradients overflowed (norm inf).
+        assert precision == "fp16" or math.isfinite(float(metrics["grad_norm"]))
+    assert all(p.dtype == torch.float32 for p in model.parameters())
+    if precision == "bf16":
+        assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters(), strict=True))
+    with pytest.raises(ConfigError, match="precision"):
+        load_config(None, ["precision=fp8"])
+
+
+def test_channels_last_computes_the_same_function_and_trains():
+    torch.manual_seed(0)
+    cfg = load_config(None, [*TINY, "channels_last=true"])
+    model, admm = CAE(cfg.model).eval(), new_admm(cfg)
+    batch = torch.rand(4, 3, 48, 48)
+    with torch.no_grad():
+        plain = model(batch)[0]
+        model.to(memory_format=torch.channels_last)
+        assert model(batch.contiguous(memory_format=torch.channels_last))[0].allclose(
+            plain, atol=1e-5
+        )  # (in training the rounding noise is drawn in the other layout: other values)
+    optimizer = make_optimizer(model, cfg)
+    metrics = [train_step(model, admm, optimizer, batch, s, cfg) for s in range(2)]
+    assert all(math.isfinite(float(m["loss"])) for m in metrics)
 
 
 def test_train_step_under_real_ddp(tmp_path):
@@ -297,6 +347,31 @@ def test_resume_after_a_crash_gives_the_same_model_as_an_uninterrupted_run(image
     assert resumed.fingerprint() == straight.fingerprint()
     with (tmp_path / "crashed" / "log.csv").open() as fh:
         assert [int(r["step"]) for r in csv.DictReader(fh)] == [4, 8, 12, 16]
+
+
+def test_device_data_resumes_bit_identically(image_dir, tmp_path):
+    on_device = ("data_on_device=true",)
+    train(smoke_config(image_dir, *on_device), tmp_path / "straight", log=lambda _: None)
+    crashing = smoke_config(image_dir, *on_device, "fail_at_step=10", "checkpoint_every=4")
+    with pytest.raises(InjectedFailure):
+        train(crashing, tmp_path / "crashed", log=lambda _: None)
+    train(crashing, tmp_path / "crashed", log=lambda _: None)
+    straight = load_model(tmp_path / "straight" / "model.pt")
+    assert load_model(tmp_path / "crashed" / "model.pt").fingerprint() == straight.fingerprint()
+    # Its batches are not the host loader's: the option really changed the data source.
+    host = train(smoke_config(image_dir), tmp_path / "host", log=lambda _: None)
+    assert load_model(tmp_path / "host" / "model.pt").fingerprint() != straight.fingerprint()
+    assert math.isfinite(host["final_eval_psnr"])
+
+
+@pytest.mark.slow
+def test_compiled_training_saves_plain_weights(image_dir, tmp_path):
+    summary = train(smoke_config(image_dir, "compile=true", "warmup_steps=2", "admm_steps=2",
+                                 "finetune_steps=2", "admm_every=1", "log_every=2"),
+                    tmp_path, log=lambda _: None)  # fmt: skip
+    assert math.isfinite(summary["final_eval_psnr"])
+    model = load_model(tmp_path / "model.pt")  # the names of an uncompiled CAE's weights
+    assert int(model.mask.sum()) == summary["kept_slots"]
 
 
 def test_cli_trains_and_reports_bad_input(image_dir, tmp_path, capsys):
