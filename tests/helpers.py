@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+
 import numpy as np
 import torch
 
@@ -74,3 +76,10 @@ def wait_until_gone(session: int, seconds: float) -> list[str]:
     while (alive := session_processes(session)) and time.monotonic() < deadline:
         time.sleep(0.2)
     return alive
+
+
+def default_sigint() -> None:
+    """preexec_fn for a process that stands for a terminal's foreground job: Ctrl-C reaches
+    it even when the test runner itself was started with SIGINT ignored (as a shell's
+    background job is), which the child would otherwise inherit."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

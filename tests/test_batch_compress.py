@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from helpers import test_image, tiny_model, write_images
+from helpers import default_sigint, test_image, tiny_model, write_images
 from PIL import Image
 
 from caeadmm import image_codec
@@ -119,7 +119,7 @@ def _start_job(args: list[str]) -> subprocess.Popen:
     env.pop("RAY_ADDRESS", None)
     return subprocess.Popen([sys.executable, str(ROOT / "jobs" / "compress.py"), *args],
                             env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=default_sigint)
 
 
 def _descendants(root: int) -> set[int]:

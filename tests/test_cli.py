@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import test_image, tiny_model, wait_until_gone, write_images
+from helpers import default_sigint, test_image, tiny_model, wait_until_gone, write_images
 from PIL import Image
 
 import caeadmm
@@ -285,7 +285,7 @@ def _run_cli_in_session(args: list[str], tmp_path: Path) -> subprocess.Popen:
            "PYTHONUNBUFFERED": "1", "CAEADMM_REGISTRY": str(registry)}
     return subprocess.Popen([sys.executable, "-m", "caeadmm", *args], env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=default_sigint)
 
 
 @pytest.fixture
