@@ -290,8 +290,7 @@ def _run_cli_in_session(args: list[str], tmp_path: Path) -> subprocess.Popen:
 
 @pytest.fixture
 def big_corpus(tmp_path) -> Path:
-    """Enough work that a run with two workers is still busy when the test stops it, even
-    on a loaded machine where the test reads the first output line late."""
+    """Enough work that a run with two workers is still busy when the test stops it."""
     write_images(tmp_path / "many", 96, 160, 200)
     return tmp_path / "many"
 
