@@ -62,7 +62,7 @@ from caeadmm.bitstream import (
 )
 from caeadmm.files import write_atomic
 from caeadmm.images import load_rgb, to_uint8
-from caeadmm.model import CAE, LATENT_MAX, quantize
+from caeadmm.model import CAE, LATENT_MAX, channel_support, quantize
 from coding.format import unpack_header
 
 TILE = 512  # pixels: the core side of a network window (a multiple of 8)
@@ -236,10 +236,8 @@ def kept_channels(model: CAE) -> torch.Tensor | None:
     mask = getattr(model, "mask", None)
     if mask is None:
         return torch.arange(model.config.latent_channels)
-    per_channel = mask.detach().to("cpu", torch.bool).flatten(1)
-    if not (per_channel.all(1) | ~per_channel.any(1)).all():
-        return None
-    return torch.nonzero(per_channel[:, 0]).flatten()
+    support = channel_support(mask.cpu())
+    return None if support is None else torch.nonzero(support).flatten()
 
 
 def _encode_channels(

@@ -29,6 +29,13 @@ LATENT_MAX = 127
 BN_EPS = 1e-5  # nn.BatchNorm2d's default eps, used when folding a BatchNorm into a convolution
 
 
+
+def channel_support(mask: torch.Tensor) -> torch.Tensor | None:
+    """The (C,) bool channel support of a (C, S, S) mask that keeps or drops whole channels,
+    or None for a mask that differs between positions (a slot mask)."""
+    flat = mask.detach().reshape(mask.shape[0], -1).bool()
+    return flat[:, 0] if bool((flat == flat[:, :1]).all()) else None
+
 class InputShapeError(ValueError):
     """An input or latent has a shape the model cannot take (see the message)."""
 

@@ -58,7 +58,7 @@ from caeadmm.entropy_model import count_bits, fit_counts, symbol_counts
 from caeadmm.images import to_uint8
 from caeadmm.losses import compute_loss, per_image_mse, psnr_of_mse
 from caeadmm.metrics import PSNR_CAP_DB, quality_metrics
-from caeadmm.model import CAE, LATENT_MAX, eval_mode, unwrap
+from caeadmm.model import CAE, LATENT_MAX, channel_support, eval_mode, unwrap
 
 # A run's files, the same for both drivers: in the output folder (local) or in every
 # reported checkpoint folder (Ray; the run log also in the run folder).
@@ -325,12 +325,6 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
 SHAPE_FIELDS = ("preset", "width", "n_blocks", "latent_channels", "patch_size", "norm")
 
 
-def channel_mask(mask: torch.Tensor) -> torch.Tensor | None:
-    """The (C,) bool channel support of a (C, S, S) mask that keeps or drops whole channels,
-    or None for a mask that differs between positions (a slot mask)."""
-    flat = mask.reshape(mask.shape[0], -1)
-    return flat[:, 0] if bool((flat == flat[:, :1]).all()) else None
-
 
 def init_weights(cfg: TrainConfig, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
     """The weights (and mask) of `cfg.init_from`: a checkpoint, an exported model, or the name
@@ -352,7 +346,7 @@ def init_weights(cfg: TrainConfig, device: torch.device | str = "cpu") -> dict[s
     theirs, ours = ModelConfig.from_dict(init["model_config"]), cfg.model
     differ = [f for f in SHAPE_FIELDS if getattr(theirs, f) != getattr(ours, f)]
     mask = init["model"].get("mask")
-    if differ == ["patch_size"] and (mask is None or channel_mask(mask) is not None):
+    if differ == ["patch_size"] and (mask is None or channel_support(mask) is not None):
         differ = []
     if differ:
         raise ConfigError(
@@ -371,7 +365,7 @@ def load_into(net: CAE, weights: dict[str, torch.Tensor]) -> list[str]:
     if "mask" in weights:
         fitting["mask"] = mask = weights["mask"]
         side = net.config.latent_shape()[1]
-        if mask.shape[1] != side and (channels := channel_mask(mask)) is not None:
+        if mask.shape[1] != side and (channels := channel_support(mask)) is not None:
             fitting["mask"] = channels[:, None, None].expand(-1, side, side).clone()
     net.load_state_dict(fitting, strict=False)
     return sorted(k for k in own if k not in fitting)
