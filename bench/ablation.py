@@ -33,6 +33,7 @@ import torch
 # shadow the `coding` package: look in the repository root instead.
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 import coding  # noqa: E402
+from bench.rate_estimate import estimated_bits  # noqa: E402
 from caeadmm import bitstream, image_codec, train_loop  # noqa: E402
 from caeadmm.checkpoint import load_model  # noqa: E402
 from caeadmm.config import TrainConfig  # noqa: E402
@@ -144,16 +145,11 @@ def train(cfg: TrainConfig, pool: torch.Tensor, device: torch.device) -> CAE:
         return load_model(final).eval()
 
 
-@torch.no_grad()
 def stream_estimate(model: CAE, header: bitstream.Header, payload: bytes) -> float:
     """The entropy model's bits of exactly the symbols a version 2 payload holds."""
     kept = image_codec.kept_channels(model)
     symbols = coding.decode_channels(payload).reshape(len(kept), *header.latent_size)
-    latent = torch.zeros(1, model.config.latent_channels, *header.latent_size)
-    latent[0, kept] = torch.from_numpy(symbols.astype(np.float32))
-    mask = torch.zeros(model.config.latent_channels, 1, 1, dtype=torch.bool)
-    mask[kept] = True
-    return float(model.entropy.bits(latent, mask)[0])
+    return estimated_bits(model, kept, symbols)[0]
 
 
 @torch.no_grad()
