@@ -1,6 +1,9 @@
 """Fixed-budget ablation of the model variants (docs/rate.md, "Ablation").
 
     nice -n 5 .venv/bin/python bench/ablation.py [--steps 400] [--crop 64] [--families paper,rate]
+    python bench/ablation.py --families paper,rate --json a.json &  # in parallel, then
+    python bench/ablation.py --families rate-gdn --json b.json
+    python bench/ablation.py --report a.json b.json
     python bench/ablation.py --device cuda --net small --crop 192 --steps 3000 --batch 16
 
 Every family is a set of operating points (channel counts or rate_lambda values); every point
@@ -20,6 +23,7 @@ paper's family (PSNR and MS-SSIM in dB), the figure that decides whether a chang
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import tempfile
@@ -54,7 +58,7 @@ NETS = {  # --net: the network every variant shares (C = 16 latent channels)
 }
 RATE = {"latent_norm": "none", "entropy_model": "factorized", "train_rounding": "mixed"}
 MSSSIM_LOSS = {"w_msssim": 1000.0, "w_ssim": 0.0, "w_mse": 0.0, "w_psnr": 0.0}
-LAMBDAS = (64.0, 256.0, 1024.0)
+LAMBDAS = (512.0, 2048.0, 8192.0)
 KEEP = (2, 4, 8)  # channel counts of the lambda = 0 families
 
 # family: points, each (label, model overrides, train overrides). The first is the anchor.
@@ -68,6 +72,8 @@ FAMILIES: dict[str, list[tuple[str, dict, dict]]] = {
     "rate-gdn-msssim": [(f"l{lam:g}", {**RATE, "norm": "gdn"}, {"rate_lambda": lam / 4,
                                                                 **MSSSIM_LOSS})
                         for lam in LAMBDAS],
+    "rate-adaptive": [(f"l{lam:g}", {**RATE, "rate_estimate": "adaptive"}, {"rate_lambda": lam})
+                      for lam in LAMBDAS],
     "rate-laplacian": [(f"l{lam:g}", {**RATE, "entropy_model": "laplacian"},
                         {"rate_lambda": lam}) for lam in LAMBDAS],
 }
@@ -146,10 +152,12 @@ def train(cfg: TrainConfig, pool: torch.Tensor, device: torch.device) -> CAE:
 
 
 def stream_estimate(model: CAE, header: bitstream.Header, payload: bytes) -> float:
-    """The entropy model's bits of exactly the symbols a version 2 payload holds."""
+    """The model's rate estimate (fixed or per-image adaptive, as it was trained) of exactly
+    the symbols a version 2 payload holds."""
     kept = image_codec.kept_channels(model)
     symbols = coding.decode_channels(payload).reshape(len(kept), *header.latent_size)
-    return estimated_bits(model, kept, symbols)[0]
+    fixed, adaptive = estimated_bits(model, kept, symbols)
+    return adaptive if model.config.rate_estimate == "adaptive" else fixed
 
 
 @torch.no_grad()
@@ -170,6 +178,25 @@ def evaluate(model: CAE, images: list[np.ndarray]) -> dict[str, float]:
     return {**means, "est/real": estimate / payload_bits if estimate else math.nan}
 
 
+def bd_table(results: dict[str, list[dict]]) -> str:
+    """Each family's BD-rate against the paper's family (PSNR, MS-SSIM in dB), as markdown."""
+    curves = {family: Curve(family, family, [p["bpp"] for p in points],
+                            psnr=[p["psnr"] for p in points],
+                            ms_ssim=[p["ms_ssim"] for p in points])
+              for family, points in results.items()}
+    if "paper" not in curves:
+        return "(no BD-rates: the paper family, their anchor, was not run)"
+
+    def cell(value: float) -> str:
+        return "no overlap" if math.isnan(value) else f"{value:+.1f} %"
+
+    lines = ["| family | BD-rate PSNR vs paper | BD-rate MS-SSIM vs paper |", "|---|---|---|"]
+    for family, curve in curves.items():
+        lines.append(f"| {family} | {cell(bd_rate(curves['paper'], curve, 'psnr'))} | "
+                     f"{cell(bd_rate(curves['paper'], curve, 'ms_ssim_db'))} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=400)
@@ -181,38 +208,45 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     parser.add_argument("--data", type=Path, default=DATA, help="training-corpus folder")
     parser.add_argument("--held-out", type=int, default=HELD_OUT, help="evaluation images")
+    parser.add_argument("--json", type=Path, help="also write every point's figures here")
+    parser.add_argument("--report", type=Path, nargs="+", metavar="JSON",
+                        help="train nothing: print the BD-rate table of these --json files "
+                             "(runs of different families, e.g. in parallel processes)")
     args = parser.parse_args(argv)
+    if args.report:
+        merged: dict[str, list[dict]] = {}
+        for path in args.report:
+            merged.update(json.loads(path.read_text())["families"])
+        print(bd_table(merged))
+        return
+    unknown = set(args.families.split(",")) - set(FAMILIES)
+    if unknown:
+        parser.error(f"unknown families {sorted(unknown)}; known: {', '.join(FAMILIES)}")
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     train_images, held_images = split(args.data, args.held_out)
     pool, images = crop_pool(train_images, args.crop), held_out(held_images)
-    print(f"{len(pool)} training crops of {args.crop} px; {len(images)} held-out images; "
-          f"{args.steps} steps of batch {args.batch}; net {args.net}; device "
-          f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}")
+    setup = (f"{len(pool)} training crops of {args.crop} px; {len(images)} held-out images; "
+             f"{args.steps} steps of batch {args.batch}; net {args.net}; device "
+             f"{torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}")
+    print(setup)
     print("| family | point | bpp (real) | PSNR | MS-SSIM | est/real | train s |")
     print("|---|---|---|---|---|---|---|")
-    curves: dict[str, Curve] = {}
+    results: dict[str, list[dict]] = {}
     for family in args.families.split(","):
-        points = []
+        results[family] = []
         for label, model, overrides in FAMILIES[family]:
             cfg = config(NETS[args.net], args.crop, model, overrides, args.steps, args.batch)
             start = time.perf_counter()
             r = evaluate(train(cfg, pool, device), images)
-            seconds = time.perf_counter() - start
-            points.append(r)
+            r.update(point=label, seconds=time.perf_counter() - start)
+            results[family].append(r)
             print(f"| {family} | {label} | {r['bpp']:.3f} | {r['psnr']:.2f} | "
-                  f"{r['ms_ssim']:.4f} | {r['est/real']:.3f} | {seconds:.0f} |", flush=True)
-        curves[family] = Curve(family, family, [p["bpp"] for p in points],
-                               psnr=[p["psnr"] for p in points],
-                               ms_ssim=[p["ms_ssim"] for p in points])
-    anchor = curves.get("paper")
-    if anchor is None:
-        return
-    print("\n| family | BD-rate PSNR vs paper | BD-rate MS-SSIM vs paper |")
-    print("|---|---|---|")
-    for family, curve in curves.items():
-        print(f"| {family} | {bd_rate(anchor, curve, 'psnr'):+.1f} % | "
-              f"{bd_rate(anchor, curve, 'ms_ssim_db'):+.1f} % |")
+                  f"{r['ms_ssim']:.4f} | {r['est/real']:.3f} | {r['seconds']:.0f} |", flush=True)
+            if args.json:
+                args.json.write_text(json.dumps({"setup": setup, "families": results}, indent=1))
+    print()
+    print(bd_table(results))
 
 
 if __name__ == "__main__":

@@ -46,6 +46,7 @@ MODEL_CHOICES: dict[str, tuple[str, ...]] = {
     "latent_norm": ("batchnorm", "none"),
     "entropy_model": ("none", "factorized", "laplacian"),
     "train_rounding": ("stochastic", "mixed"),
+    "rate_estimate": ("fixed", "adaptive"),
 }
 
 
@@ -87,6 +88,10 @@ class ModelConfig:
     # gradient, for the decoder and the rate alike) or "mixed" (the rate term sees the latent
     # plus uniform noise, the decoder the rounded latent with a straight-through gradient).
     train_rounding: str = "stochastic"
+    # What the rate term charges: "fixed" (each channel's one density) or "adaptive" (the
+    # density moved to each image's channel mean and stretched, as the codec's per-image
+    # tables adapt; EntropyModel.adaptive_bits).
+    rate_estimate: str = "fixed"
 
     def __post_init__(self) -> None:
         self._apply_preset()
@@ -209,6 +214,10 @@ class TrainConfig:
     # The network's weights and each batch in channels_last memory format (CPU: 1.2-1.3x per
     # step at 128-176 px, docs/training.md).
     channels_last: bool = False
+    # BatchNorm layers use and keep their running statistics while training (their scale and
+    # shift still learn): a continuation at a smaller batch than the model was trained with
+    # does not swing its statistics (docs/training.md, Continuing).
+    freeze_batchnorm: bool = False
     # Ray Train.
     num_workers: int = 1
     cpus_per_worker: float = 1.0

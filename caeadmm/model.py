@@ -238,7 +238,10 @@ class CAE(nn.Module):
         if not rate:
             return x_hat, latent
         with torch.autocast(x.device.type, enabled=False):
-            bits = self.entropy.bits(rate_input, self.mask)
+            if self.config.rate_estimate == "adaptive":
+                bits = self.entropy.adaptive_bits(rate_input, LATENT_MAX, self.mask)
+            else:
+                bits = self.entropy.bits(rate_input, self.mask)
         return x_hat, latent, bits
 
     # -- inference path ------------------------------------------------------------------------

@@ -402,6 +402,10 @@ def train_step(
         x = x.contiguous(memory_format=torch.channels_last)
 
     model.train()
+    if cfg.freeze_batchnorm:
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.eval()
     dtype = PRECISIONS[cfg.precision]
     with torch.autocast(device.type, dtype=getattr(torch, dtype or "float32"),
                         enabled=dtype is not None):  # fmt: skip

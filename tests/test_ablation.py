@@ -26,13 +26,19 @@ def test_ablation_trains_measures_and_compares_families(tmp_path, capsys):
         Image.fromarray(rng.integers(0, 256, (48, 64, 3), np.uint8)).save(tmp_path / f"{i}.png")
     ablation = _load()
     ablation.main(["--steps", "3", "--batch", "2", "--crop", "40", "--held-out", "2",
-                   "--data", str(tmp_path), "--families", "paper,rate-admm"])
+                   "--data", str(tmp_path), "--families", "paper,rate-admm",
+                   "--json", str(tmp_path / "run.json")])
     out = capsys.readouterr().out
     rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| paper |")
             or line.startswith("| rate-admm |")]
-    assert [r[1].strip() for r in rows[:6]] == ["k2", "k4", "k8", "l64", "l256", "l1024"]
+    assert [r[1].strip() for r in rows[:6]] == ["k2", "k4", "k8", "l512", "l2048", "l8192"]
     bpp = [float(r[2]) for r in rows[:6]]
     assert all(b > 0 for b in bpp)
     assert bpp[0] < bpp[2]  # 2 of 16 channels cost fewer bytes than 8
     assert all(float(r[5]) > 0 for r in rows[3:6])  # a rate estimate for the rate-aware points
     assert "BD-rate PSNR vs paper" in out
+
+    # The saved points give the same BD table again without training (runs in parallel).
+    capsys.readouterr()
+    ablation.main(["--report", str(tmp_path / "run.json")])
+    assert capsys.readouterr().out.strip() == out[out.index("| family | BD-rate"):].strip()

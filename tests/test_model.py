@@ -216,7 +216,8 @@ def test_non_default_options_enter_the_config_dict_and_the_fingerprint():
 
 @pytest.mark.parametrize(
     "field, value", [("norm", "layernorm"), ("latent_norm", "gdn"), ("entropy_model", "gauss"),
-                     ("train_rounding", "noise"), ("latent_gain", "yes")],
+                     ("train_rounding", "noise"), ("latent_gain", "yes"),
+                     ("rate_estimate", "hyperprior")],
 )
 def test_bad_option_values_are_refused(field, value):
     with pytest.raises(ConfigError, match=field):
@@ -263,6 +264,21 @@ def test_eval_rate_is_the_estimate_of_the_encoded_symbols_and_only_of_kept_slots
         symbols = model.encode(x).float()
         per_slot = -torch.log2(model.entropy.likelihoods(symbols))
     assert torch.allclose(bits, per_slot[:, mask].sum(dim=1))
+
+
+def test_adaptive_rate_estimate_is_the_per_image_adapted_bits_and_trains_the_encoder():
+    model = rate_model(rate_estimate="adaptive").eval()
+    mask = tiny_mask(model)
+    model.set_mask(mask)
+    x = torch.rand(2, 3, 48, 48)
+    with torch.no_grad():
+        _, _, bits = model(x, rate=True)
+        symbols = model.encode(x).float()
+        adaptive = model.entropy.adaptive_bits(symbols, LATENT_MAX, mask)
+    assert torch.allclose(bits, adaptive)
+    model.train()
+    model(x, rate=True)[2].sum().backward()
+    assert model.encoder[0][1].weight.grad.abs().sum() > 0
 
 
 def test_rate_needs_an_entropy_model(tiny):

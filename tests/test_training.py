@@ -227,6 +227,22 @@ def test_channels_last_computes_the_same_function_and_trains():
     assert all(math.isfinite(float(m["loss"])) for m in metrics)
 
 
+def test_frozen_batchnorm_keeps_its_statistics_and_still_trains_its_scale():
+    torch.manual_seed(0)
+    cfg = load_config(None, [*TINY, "freeze_batchnorm=true"])
+    model, admm = CAE(cfg.model), new_admm(cfg)
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    before = [(m.running_mean.clone(), m.running_var.clone(), m.weight.clone()) for m in norms]
+    optimizer = make_optimizer(model, cfg)
+    train_step(model, admm, optimizer, torch.rand(4, 3, 48, 48), 0, cfg)
+    for m, (mean, var, weight) in zip(norms, before):
+        assert torch.equal(m.running_mean, mean) and torch.equal(m.running_var, var)
+        assert not torch.equal(m.weight, weight)
+    cfg = load_config(None, TINY)  # the default updates them
+    train_step(model, admm, make_optimizer(model, cfg), torch.rand(4, 3, 48, 48), 0, cfg)
+    assert not torch.equal(norms[0].running_mean, before[0][0])
+
+
 def test_train_step_under_real_ddp(tmp_path):
     dist = torch.distributed
     if not dist.is_available():
