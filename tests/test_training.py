@@ -235,7 +235,7 @@ def test_frozen_batchnorm_keeps_its_statistics_and_still_trains_its_scale():
     before = [(m.running_mean.clone(), m.running_var.clone(), m.weight.clone()) for m in norms]
     optimizer = make_optimizer(model, cfg)
     train_step(model, admm, optimizer, torch.rand(4, 3, 48, 48), 0, cfg)
-    for m, (mean, var, weight) in zip(norms, before):
+    for m, (mean, var, weight) in zip(norms, before, strict=True):
         assert torch.equal(m.running_mean, mean) and torch.equal(m.running_var, var)
         assert not torch.equal(m.weight, weight)
     cfg = load_config(None, TINY)  # the default updates them
