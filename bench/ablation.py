@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import sys
 import tempfile
 import time
@@ -128,9 +129,11 @@ def config(net: dict, crop: int, model: dict, train: dict, steps: int, batch: in
     })
 
 
-def train(cfg: TrainConfig, pool: torch.Tensor, device: torch.device) -> CAE:
+def train(cfg: TrainConfig, pool: torch.Tensor, device: torch.device,
+          keep: Path | None = None) -> CAE:
     """Train `cfg` through the project's one training loop on random batches of `pool` (the
-    same batches for every point); returns the final model on the CPU, in eval mode."""
+    same batches for every point); returns the final model on the CPU, in eval mode, and
+    keeps its checkpoint at `keep` if given (e.g. to evaluate it on Kodak afterwards)."""
     order = torch.Generator().manual_seed(cfg.seed)
     pool = pool.to(device)
 
@@ -148,6 +151,9 @@ def train(cfg: TrainConfig, pool: torch.Tensor, device: torch.device) -> CAE:
 
         train_loop.train(cfg, batches(), device=device, val=None, report=report,
                          log_path=None, log=lambda line: None)
+        if keep is not None:
+            keep.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(final, keep)
         return load_model(final).eval()
 
 
@@ -209,6 +215,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--data", type=Path, default=DATA, help="training-corpus folder")
     parser.add_argument("--held-out", type=int, default=HELD_OUT, help="evaluation images")
     parser.add_argument("--json", type=Path, help="also write every point's figures here")
+    parser.add_argument("--save", type=Path, metavar="DIR",
+                        help="keep each point's final checkpoint as DIR/FAMILY-POINT.pt")
     parser.add_argument("--report", type=Path, nargs="+", metavar="JSON",
                         help="train nothing: print the BD-rate table of these --json files "
                              "(runs of different families, e.g. in parallel processes)")
@@ -238,7 +246,8 @@ def main(argv: list[str] | None = None) -> None:
         for label, model, overrides in FAMILIES[family]:
             cfg = config(NETS[args.net], args.crop, model, overrides, args.steps, args.batch)
             start = time.perf_counter()
-            r = evaluate(train(cfg, pool, device), images)
+            keep = args.save / f"{family}-{label}.pt" if args.save else None
+            r = evaluate(train(cfg, pool, device, keep), images)
             r.update(point=label, seconds=time.perf_counter() - start)
             results[family].append(r)
             print(f"| {family} | {label} | {r['bpp']:.3f} | {r['psnr']:.2f} | "

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from caeadmm.checkpoint import load_model
+
 ABLATION = Path(__file__).resolve().parent.parent / "bench" / "ablation.py"
 
 
@@ -27,7 +29,7 @@ def test_ablation_trains_measures_and_compares_families(tmp_path, capsys):
     ablation = _load()
     ablation.main(["--steps", "3", "--batch", "2", "--crop", "40", "--held-out", "2",
                    "--data", str(tmp_path), "--families", "paper,rate-admm",
-                   "--json", str(tmp_path / "run.json")])
+                   "--json", str(tmp_path / "run.json"), "--save", str(tmp_path / "models")])
     out = capsys.readouterr().out
     rows = [line.split("|")[1:-1] for line in out.splitlines() if line.startswith("| paper |")
             or line.startswith("| rate-admm |")]
@@ -37,6 +39,8 @@ def test_ablation_trains_measures_and_compares_families(tmp_path, capsys):
     assert bpp[0] < bpp[2]  # 2 of 16 channels cost fewer bytes than 8
     assert all(float(r[5]) > 0 for r in rows[3:6])  # a rate estimate for the rate-aware points
     assert "BD-rate PSNR vs paper" in out
+    kept = load_model(tmp_path / "models" / "rate-admm-l2048.pt")  # a point's model is kept
+    assert kept.config.entropy_model == "factorized" and kept.mask is not None
 
     # The saved points give the same BD table again without training (runs in parallel).
     capsys.readouterr()
