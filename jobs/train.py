@@ -22,7 +22,7 @@ from ray.train import TrainingFailedError
 
 from caeadmm.cli import flags
 from caeadmm.config import ConfigError, load_config
-from caeadmm.distributed.session import connect, local_cpus
+from caeadmm.distributed.session import connect, local_cpus, ray_logs_dir
 from caeadmm.distributed.shards import ShardError
 from caeadmm.distributed.train import (
     CHECKPOINT_FILE,
@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[train]   exported model:    {checkpoint}/{MODEL_FILE}")
     where = "" if "://" in run else f"{run}/{LOG_FILE}, and "
     print(f"[train]   metrics log:       {where}{LOG_FILE} inside each checkpoint")
-    print("[train]   Ray's own logs:    /tmp/ray/session_latest/logs on each node")
+    print(f"[train]   Ray's own logs:    {ray_logs_dir()} (on each node, its own)")
     return 0
 
 

@@ -14,6 +14,7 @@ import dataclasses
 import importlib.util
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -433,6 +434,8 @@ def test_ray_job_submit_trains_to_a_checkpoint(submitted):
     assert "[train] step 16/16 [finetune]" in proc.stdout  # rank 0's progress reaches the log
     assert "est-bpp " in proc.stdout  # the rate estimate is trained and logged (NaN: left out)
     assert "RayTrainWorker" not in proc.stdout  # but none of Ray's worker chatter
+    logs = re.search(r"Ray's own logs: +(\S+) ", proc.stdout).group(1)
+    assert Path(logs).is_dir() and list(Path(logs).glob("raylet*"))  # the cluster's, really
     checkpoint = run / "checkpoint_0000016"
     assert f"latest checkpoint: {checkpoint}/checkpoint.pt" in proc.stdout
     model = load_model(checkpoint / ray_train.MODEL_FILE)

@@ -150,6 +150,15 @@ def quiet_data(*, progress: bool = False, preserve_order: bool | None = None) ->
             handler.setLevel(level)
 
 
+def ray_logs_dir() -> str:
+    """Where Ray writes its own logs on this node: its session's logs folder, which follows
+    the cluster's --temp-dir (cluster/start-local.sh keeps it out of /tmp/ray)."""
+    node = ray._private.worker._global_node  # no public API names the session folder
+    if node is None:
+        return "logs/ under the Ray temp dir of each node (default /tmp/ray/session_latest)"
+    return node.get_logs_dir_path()
+
+
 def local_cpus() -> int:
     """Logical CPUs of an embedded local Ray: 2 per core, at least 4, so that Ray Data's
     read tasks find room beside the training workers (as cluster/start-local.sh does)."""
