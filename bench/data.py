@@ -1,6 +1,6 @@
 """Throughput of the data pipeline against plain single-process loops over the same files.
 
-    python bench/data.py --subset 100            # first 100 images of /work/shared/data/train
+    python bench/data.py --subset 100            # first 100 images of ../shared/data/train
     python bench/data.py --images DIR --repeats 5
 
 Prepare: `prepare_patches` on Ray Data vs a Pillow + numpy + pyarrow loop that decodes, cuts
@@ -37,7 +37,7 @@ from caeadmm.distributed.shards import iter_patch_batches, read_patches  # noqa:
 from caeadmm.images import list_images  # noqa: E402
 from caeadmm.patches import PatchSpec, patch_array, random_flips  # noqa: E402
 
-SHARED_TRAIN = Path("/work/shared/data/train")
+SHARED_TRAIN = Path(__file__).resolve().parents[2] / "shared" / "data" / "train"
 
 
 def synthetic_corpus(folder: Path, count: int = 40) -> list[Path]:

@@ -49,6 +49,9 @@ from caeadmm.metrics import quality_metrics  # noqa: E402
 from caeadmm.model import CAE  # noqa: E402
 from caeadmm.zoo import load  # noqa: E402
 
+# The Kodak set next to the repository (a checkout of this project's workspace).
+KODAK = Path(__file__).resolve().parents[2] / "shared" / "data" / "kodak"
+
 
 def random_model(pruning_ratio: float, seed: int = 0) -> CAE:
     torch.manual_seed(seed)
@@ -203,7 +206,7 @@ def table(rows: list[dict[str, tuple]], random_weights: bool) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--kodak", default="/work/shared/data/kodak")
+    parser.add_argument("--kodak", default=str(KODAK), help="Kodak folder")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--model", action="append",

@@ -51,6 +51,9 @@ from coding import channels, kernels  # noqa: E402
 
 SIZE = 2 * LATENT_MAX + 1
 
+# The Kodak set next to the repository (a checkout of this project's workspace).
+KODAK = Path(__file__).resolve().parents[2] / "shared" / "data" / "kodak"
+
 
 def entropy_bits(counts: np.ndarray) -> float:
     """Order-0 entropy in bits of the symbols of each row of histograms (R, S), summed."""
@@ -147,7 +150,7 @@ def table(names: list[str], rows: list[dict[str, float]]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", required=True, help="a registered name or a model file")
-    parser.add_argument("--kodak", default="/work/shared/data/kodak")
+    parser.add_argument("--kodak", default=str(KODAK), help="Kodak folder")
     parser.add_argument("--limit", type=int, default=None, help="the first N images only")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--fit-images", default=None,
