@@ -167,7 +167,9 @@ def main() -> None:
     paths = list_images([args.kodak])[: args.limit]
     images = [load_rgb(path) for path in paths]
     names = [path.stem for path in paths]
-    print(f"model {args.model}, {len(images)} images from {args.kodak}\n")
+    own = "adapt" if model.config.rate_estimate == "adaptive" else "est"
+    print(f"model {args.model}, {len(images)} images from {args.kodak}; its rate term (what it "
+          f"was trained on, and reports): {own}\n")
     print(table(names, measure(model, images)))
     if args.fit_images:
         patch, batch = model.config.patch_size, 8
