@@ -317,19 +317,6 @@ def test_worker_failure_resumes_with_admm_state_mask_and_step(cluster, shards, t
     assert torch.equal(model.mask, final["admm"]["support"])
 
 
-@pytest.mark.slow
-def test_resubmitting_a_finished_run_trains_nothing(cluster, shards, tmp_path):
-    # (Resuming an unfinished run on resubmission: the `ray job stop` test below.)
-    run = tmp_path / "again"
-    first = _train(cluster, shards, tmp_path, "run_name=again")
-    assert "[train] step 16/16" in first.stdout
-    again = _train(cluster, shards, tmp_path, "run_name=again")
-    assert "had already finished at step 16" in again.stdout
-    assert "[train] step " not in again.stdout  # no training step ran
-    assert f"latest checkpoint: {run}/checkpoint_0000016/checkpoint.pt" in again.stdout
-    assert _log_steps(run) == [4, 8, 12, 16]
-
-
 def _ray_job(cluster: LocalCluster, *args: str, timeout: float = 120) -> str:
     """`ray job ARGS --address <the test cluster>`; its output (it must succeed)."""
     proc = subprocess.run(
@@ -442,6 +429,16 @@ def test_ray_job_submit_trains_to_a_checkpoint(submitted):
     assert model.mask is not None and int(model.mask.sum()) == ADMM(
         model.config.latent_shape(), 0.5, 1.0
     ).k
+
+
+@pytest.mark.slow
+def test_resubmitting_a_finished_run_trains_nothing(cluster, shards, submitted):
+    # (Resuming an unfinished run on resubmission: the `ray job stop` test above.)
+    _, run = submitted
+    again = _train(cluster, shards, run.parent, *SUBMITTED)
+    assert "had already finished at step 16" in again.stdout
+    assert "[train] step " not in again.stdout  # no training step ran
+    assert f"latest checkpoint: {run}/checkpoint_0000016/checkpoint.pt" in again.stdout
 
 
 @pytest.mark.slow

@@ -381,13 +381,23 @@ def test_device_data_resumes_bit_identically(image_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_compiled_training_saves_plain_weights(image_dir, tmp_path):
+def test_compiled_training_saves_plain_weights(image_dir, tmp_path, monkeypatch):
+    # Dynamo's "eager" backend: the same compiled module around the network, without the
+    # minute of C++ code generation inductor spends on 2 cores.
+    compile_module, compiled = torch.nn.Module.compile, []
+
+    def compile_eagerly(self, **kwargs):
+        compiled.append(type(self).__name__)
+        compile_module(self, backend="eager", **kwargs)
+
+    monkeypatch.setattr(torch.nn.Module, "compile", compile_eagerly)
     summary = train(smoke_config(image_dir, "compile=true", "warmup_steps=2", "admm_steps=2",
                                  "finetune_steps=2", "admm_every=1", "log_every=2"),
                     tmp_path, log=lambda _: None)  # fmt: skip
     assert math.isfinite(summary["final_eval_psnr"])
     model = load_model(tmp_path / "model.pt")  # the names of an uncompiled CAE's weights
     assert int(model.mask.sum()) == summary["kept_slots"]
+    assert compiled == ["CAE"]
 
 
 def test_cli_trains_and_reports_bad_input(image_dir, tmp_path, capsys):
