@@ -254,27 +254,28 @@ def test_mixed_rounding_decodes_rounded_values_and_rates_noisy_ones():
     assert not torch.equal(bits_1, bits_2)  # the noise
 
 
-def test_eval_rate_is_the_estimate_of_the_encoded_symbols_and_only_of_kept_slots():
-    model = rate_model().eval()
-    mask = tiny_mask(model)
-    model.set_mask(mask)
+def masked_eval_rate(**options):
+    """A masked rate model in eval mode, an input, its rate and its encoded symbols."""
+    model = rate_model(**options).eval()
+    model.set_mask(tiny_mask(model))
     x = torch.rand(2, 3, 48, 48)
     with torch.no_grad():
-        _, latent, bits = model(x, rate=True)
+        bits = model(x, rate=True)[2]
         symbols = model.encode(x).float()
+    return model, x, bits, symbols
+
+
+def test_eval_rate_is_the_estimate_of_the_encoded_symbols_and_only_of_kept_slots():
+    model, _, bits, symbols = masked_eval_rate()
+    with torch.no_grad():
         per_slot = -torch.log2(model.entropy.likelihoods(symbols))
-    assert torch.allclose(bits, per_slot[:, mask].sum(dim=1))
+    assert torch.allclose(bits, per_slot[:, model.mask].sum(dim=1))
 
 
 def test_adaptive_rate_estimate_is_the_per_image_adapted_bits_and_trains_the_encoder():
-    model = rate_model(rate_estimate="adaptive").eval()
-    mask = tiny_mask(model)
-    model.set_mask(mask)
-    x = torch.rand(2, 3, 48, 48)
+    model, x, bits, symbols = masked_eval_rate(rate_estimate="adaptive")
     with torch.no_grad():
-        _, _, bits = model(x, rate=True)
-        symbols = model.encode(x).float()
-        adaptive = model.entropy.adaptive_bits(symbols, LATENT_MAX, mask)
+        adaptive = model.entropy.adaptive_bits(symbols, LATENT_MAX, model.mask)
     assert torch.allclose(bits, adaptive)
     model.train()
     model(x, rate=True)[2].sum().backward()
