@@ -32,6 +32,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 # Run as a script, this file's folder comes first on sys.path, where bench/coding.py would
@@ -46,7 +47,7 @@ from caeadmm.images import list_images, load_rgb  # noqa: E402
 from caeadmm.metrics import bpp as bits_per_pixel  # noqa: E402
 from caeadmm.metrics import quality_metrics  # noqa: E402
 from caeadmm.model import CAE  # noqa: E402
-from caeadmm.rd import Curve, bd_rate  # noqa: E402
+from caeadmm.rd import Curve, bd_matrix, markdown_table  # noqa: E402
 
 DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "data" / "train"
 HELD_OUT = 16
@@ -187,22 +188,20 @@ def evaluate(model: CAE, images: list[np.ndarray]) -> dict[str, float]:
 
 
 def bd_table(results: dict[str, list[dict]]) -> str:
-    """Each family's BD-rate against the paper's family (PSNR, MS-SSIM in dB), as markdown."""
-    curves = {family: Curve(family, family, [p["bpp"] for p in points],
-                            psnr=[p["psnr"] for p in points],
-                            ms_ssim=[p["ms_ssim"] for p in points])
-              for family, points in results.items()}
-    if "paper" not in curves:
+    """Each family's BD-rate (%) against the paper's family (PSNR, MS-SSIM in dB), as
+    markdown; n/a where the curves do not overlap."""
+    curves = [Curve(family, family, [p["bpp"] for p in points],
+                    psnr=[p["psnr"] for p in points], ms_ssim=[p["ms_ssim"] for p in points])
+              for family, points in results.items()]
+    anchor = next((c for c in curves if c.name == "paper"), None)
+    if anchor is None:
         return "(no BD-rates: the paper family, their anchor, was not run)"
-
-    def cell(value: float) -> str:
-        return "no overlap" if math.isnan(value) else f"{value:+.1f} %"
-
-    lines = ["| family | BD-rate PSNR vs paper | BD-rate MS-SSIM vs paper |", "|---|---|---|"]
-    for family, curve in curves.items():
-        lines.append(f"| {family} | {cell(bd_rate(curves['paper'], curve, 'psnr'))} | "
-                     f"{cell(bd_rate(curves['paper'], curve, 'ms_ssim_db'))} |")
-    return "\n".join(lines)
+    frame = pd.DataFrame({
+        f"BD-rate {label} vs paper (%)": bd_matrix(curves, [anchor], metric).iloc[:, 0]
+        for label, metric in (("PSNR", "psnr"), ("MS-SSIM", "ms_ssim_db"))
+    })
+    frame.index.name = "family"
+    return markdown_table(frame, floatfmt="+.1f").rstrip("\n")
 
 
 def main(argv: list[str] | None = None) -> None:
