@@ -15,10 +15,12 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -185,8 +187,12 @@ def _free_port() -> int:
 class LocalCluster:
     """A Ray head (with the job server) and a second raylet on 127.0.0.1, 2 CPUs each."""
 
-    def __init__(self, root: Path):
+    def __init__(self, logs: Path):
         self.gcs_port, self.dashboard_port = _free_port(), _free_port()
+        # Ray's temp dir holds its Unix sockets, whose paths may not exceed 107 bytes: a
+        # pytest folder (/tmp/pytest-of-root/pytest-102/...) plus Ray's session and socket
+        # names is over that, so the temp dir is a short one of its own, removed at stop.
+        self.temp = Path(tempfile.mkdtemp(prefix="caeadmm-rc-", dir=os.path.realpath("/tmp")))
         # This cluster stays apart from any other Ray on the machine: its own temp dir and
         # ports, no token from ~/.ray (it only listens on 127.0.0.1), and RAY_ADDRESS in its
         # processes' environment, so that Ray code in them that looks for "the" cluster (Ray
@@ -207,11 +213,11 @@ class LocalCluster:
                   "--min-worker-port", "0", "--max-worker-port", "0",
                   "--object-store-memory", str(200 * 1024 * 1024)]  # fmt: skip
         head = [
-            "--head", "--port", str(self.gcs_port), "--temp-dir", str(root),
+            "--head", "--port", str(self.gcs_port), "--temp-dir", str(self.temp),
             "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port),
             "--ray-client-server-port", str(_free_port()),
         ]
-        self.logs = root.parent / f"{root.name}-nodes.log"
+        self.logs = logs
         self.procs: list[subprocess.Popen] = []
         self._start([*common, *head, "--dashboard-agent-listen-port", str(_free_port())])
         self._wait_for(nodes=1)
@@ -243,7 +249,8 @@ class LocalCluster:
                 break
             time.sleep(1)
         self.stop()
-        pytest.fail(f"the test cluster did not come up; see {self.logs}")
+        tail = "\n".join(self.logs.read_text(errors="replace").splitlines()[-40:])
+        pytest.fail(f"the test cluster did not come up; the end of {self.logs}:\n{tail}")
 
     def stop(self) -> None:
         """SIGTERM each `ray start --block` (it stops the Ray processes it started), then
@@ -259,13 +266,14 @@ class LocalCluster:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+        shutil.rmtree(self.temp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     if not RAY_CLI.exists():
         pytest.skip(f"no ray command beside {sys.executable}")
-    cluster = LocalCluster(tmp_path_factory.mktemp("raycluster"))
+    cluster = LocalCluster(tmp_path_factory.mktemp("raycluster") / "nodes.log")
     yield cluster
     cluster.stop()
 
