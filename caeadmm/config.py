@@ -267,6 +267,14 @@ class TrainConfig:
             )
         if self.entropy_fit_steps > 0 and self.model.entropy_model == "none":
             raise ConfigError("entropy_fit_steps > 0 needs a model.entropy_model")
+        if self.entropy_fit_steps > 0 and self.model.rate_estimate == "adaptive":
+            # The final fit matches the density to the pooled histogram (the fixed estimate's
+            # objective); the adaptive estimate centres and scales it per image, so that fit
+            # would move the density away from what the rate term trained it for.
+            raise ConfigError(
+                "entropy_fit_steps fits the fixed estimate; with model.rate_estimate: adaptive "
+                "set entropy_fit_steps: 0"
+            )
         if self.total_steps() <= 0:
             raise ConfigError("warmup_steps + admm_steps + finetune_steps must be positive")
         if self.pruning_ratio > 0 and self.finetune_steps > 0 and (

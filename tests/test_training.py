@@ -68,6 +68,9 @@ def test_yaml_and_overrides(tmp_path):
         (["warmup_steps=0", "admm_steps=0"], "hard prune needs"),
         (["entropy_fit_steps=-1"], "entropy_fit_steps must not be negative"),
         (["entropy_fit_steps=10"], "entropy_fit_steps > 0 needs a model.entropy_model"),
+        (["model.latent_norm=none", "model.entropy_model=factorized", "rate_lambda=8",
+          "model.rate_estimate=adaptive", "entropy_fit_steps=10"],
+         "with model.rate_estimate: adaptive set entropy_fit_steps: 0"),
     ],
 )
 def test_bad_config_is_refused_with_the_reason(overrides, message):
