@@ -41,6 +41,7 @@ import torch
 sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import coding  # noqa: E402
+from bench.image_codec import KODAK  # noqa: E402
 from caeadmm import bitstream, image_codec  # noqa: E402
 from caeadmm.images import list_images, load_rgb  # noqa: E402
 from caeadmm.model import CAE, LATENT_MAX  # noqa: E402
@@ -50,9 +51,6 @@ from caeadmm.zoo import load  # noqa: E402
 from coding import channels, kernels  # noqa: E402
 
 SIZE = 2 * LATENT_MAX + 1
-
-# The Kodak set next to the repository (a checkout of this project's workspace).
-KODAK = Path(__file__).resolve().parents[2] / "shared" / "data" / "kodak"
 
 
 def entropy_bits(counts: np.ndarray) -> float:
