@@ -2,8 +2,10 @@
 
 `caeadmm/models/registry.json` lists each model's name, checkpoint file (beside the
 registry), the file's sha256, the model fingerprint (hex sha256 of `CAE.fingerprint()`),
-and its operating point in words, plus which model is the default. The environment variable
-CAEADMM_REGISTRY may point at another registry.json (a site's own collection of models).
+its operating point in words and, where measured, its Kodak figures (`kodak`: mean bpp of
+the real files, PSNR in dB, MS-SSIM, from `caeadmm eval`), plus which model is the default.
+The environment variable CAEADMM_REGISTRY may point at another registry.json (a site's own
+collection of models).
 
 Everywhere a model is asked for (`--model`), a registry name or a checkpoint path works.
 The registry may be empty (no trained model ships yet); then a checkpoint path is needed and
@@ -36,11 +38,29 @@ class ModelInfo:
     fingerprint: str  # hex sha256 of CAE.fingerprint()
     operating_point: str
     default: bool
+    kodak: dict[str, float] | None = None  # {"bpp", "psnr", "ms_ssim"} on Kodak, if measured
+
+    def kodak_line(self) -> str:
+        """Rate and quality on Kodak in one cell ("" if the registry has none)."""
+        if not self.kodak:
+            return ""
+        k = self.kodak
+        return f"{k['bpp']:.3f} bpp, {k['psnr']:.2f} dB, MS-SSIM {k['ms_ssim']:.4f}"
 
     @property
     def size(self) -> int | None:
         """Checkpoint size in bytes, None if the file is missing."""
         return self.file.stat().st_size if self.file.is_file() else None
+
+
+def _kodak(value: object) -> dict[str, float] | None:
+    """A registry entry's `kodak` figures as floats; a malformed one raises ValueError (the
+    caller reports the registry as unreadable)."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) != {"bpp", "psnr", "ms_ssim"}:
+        raise ValueError(f"'kodak' must hold exactly bpp, psnr and ms_ssim, got {value!r}")
+    return {key: float(v) for key, v in value.items()}
 
 
 def registry_path() -> Path:
@@ -61,6 +81,7 @@ def list_models() -> list[ModelInfo]:
                 fingerprint=entry["fingerprint"].lower(),
                 operating_point=entry.get("operating_point", ""),
                 default=entry["name"] == default,
+                kodak=_kodak(entry.get("kodak")),
             )
             for entry in registry["models"]
         ]

@@ -192,11 +192,38 @@ def test_registered_models_are_found_by_name_and_fingerprint(
     assert main(["models"]) == 0
     out = capsys.readouterr().out
     assert "tiny-test" in out and fingerprint[:32] in out and "random weights" in out
+    assert "not measured" in out  # no Kodak figures in this entry
     cae = tmp_path / "a.cae"
     assert main(["compress", str(corpus / "a.png"), "-o", str(cae)]) == 0  # the default
     assert main(["decompress", str(cae), "-o", str(tmp_path / "a.png")]) == 0  # by fingerprint
     assert main(["info", str(cae)]) == 0
     assert "(registered model tiny-test)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "kodak, shown",
+    [
+        ({"bpp": 0.2986, "psnr": 24.991, "ms_ssim": 0.92634},
+         "0.299 bpp, 24.99 dB, MS-SSIM 0.9263"),
+        ({"bpp": 0.3, "psnr": 25.0}, "model registry"),  # ms_ssim missing: unreadable
+        ("0.3 bpp", "model registry"),
+    ],
+)
+def test_models_shows_the_kodak_figures_or_refuses_malformed_ones(
+    checkpoint, tmp_path, monkeypatch, capsys, kodak, shown
+):
+    registry = tmp_path / "registry.json"
+    registry.write_text(json.dumps({"default": None, "models": [{
+        "name": "m", "file": str(checkpoint), "fingerprint": "00", "sha256": "ab" * 32,
+        "kodak": kodak,
+    }]}))
+    monkeypatch.setenv("CAEADMM_REGISTRY", str(registry))
+    rc = main(["models"])
+    out = capsys.readouterr()
+    if shown == "model registry":
+        assert rc == 2 and "is unreadable" in out.err and "'kodak'" in out.err
+    else:
+        assert rc == 0 and shown in out.out
 
 
 def test_damaged_registered_model_is_refused(checkpoint, corpus, tmp_path, monkeypatch, capsys):

@@ -45,9 +45,23 @@ def test_shipped_model_matches_registry_and_decodes_reference(info):
     header, _ = parse((DATA / f"{info.name}.cae").read_bytes())
     assert (header.version, header.layout) == (2, "channels")
     assert_decodes_reference(DATA / f"{info.name}.cae", DATA / f"{info.name}.png", model)
-    v1 = DATA / "v1" / f"{info.name}.cae"
+    assert info.kodak is not None, "ship with --kodak: `caeadmm models` shows rate and quality"
+
+
+# The models shipped before bitstream version 2 keep decoding their version-1 streams.
+V1_STREAMS = sorted((DATA / "v1").glob("*.cae"))
+
+
+@pytest.mark.parametrize("v1", V1_STREAMS, ids=[p.stem for p in V1_STREAMS])
+def test_version_1_reference_stream_decodes(v1):
+    assert v1.stem in {m.name for m in MODELS}, f"{v1.name}: its model is no longer shipped"
     assert parse(v1.read_bytes())[0].version == 1
-    assert_decodes_reference(v1, DATA / "v1" / f"{info.name}.png", model)
+    assert_decodes_reference(v1, v1.with_suffix(".png"), zoo.load(v1.stem))
+
+
+def test_every_model_shipped_before_version_2_has_a_version_1_stream():
+    assert {p.stem for p in V1_STREAMS} >= {"small-k2", "small-k3", "small-k6", "small-k12",
+                                            "small-k20"}
 
 
 @pytest.fixture(scope="module")

@@ -12,8 +12,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "models",
         help="list the shipped models",
-        description="List the registered models (name, fingerprint, checkpoint size, operating "
-        "point); * marks the default. CAEADMM_REGISTRY may name another registry.json.",
+        description="List the registered models (name, fingerprint, checkpoint size, rate and "
+        "quality on the Kodak set, operating point); * marks the default. CAEADMM_REGISTRY may "
+        "name another registry.json.",
     )
     p.set_defaults(func=run)
 
@@ -32,13 +33,13 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_OK
-    rows = [("", "NAME", "FINGERPRINT", "SIZE", "OPERATING POINT")]
+    rows = [("", "NAME", "FINGERPRINT", "SIZE", "KODAK (REAL BYTES)", "OPERATING POINT")]
     for m in models:
         size = "missing" if m.size is None else f"{m.size / 1e6:.1f} MB"
         rows.append(("*" if m.default else "", m.name, m.fingerprint[:32], size,
-                     m.operating_point))
-    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+                     m.kodak_line() or "not measured", m.operating_point))  # fmt: skip
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
     for row in rows:
-        cells = [cell.ljust(w) for cell, w in zip(row[:4], widths, strict=True)]
-        print("  ".join([*cells, row[4]]))
+        cells = [cell.ljust(w) for cell, w in zip(row[:5], widths, strict=True)]
+        print("  ".join([*cells, row[5]]))
     return EXIT_OK
