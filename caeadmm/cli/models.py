@@ -38,8 +38,9 @@ def run(args: argparse.Namespace) -> int:
         size = "missing" if m.size is None else f"{m.size / 1e6:.1f} MB"
         rows.append(("*" if m.default else "", m.name, m.fingerprint[:32], size,
                      m.kodak_line() or "not measured", m.operating_point))  # fmt: skip
-    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    # Every column padded to its widest cell but the last (the operating point, free text).
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
-        cells = [cell.ljust(w) for cell, w in zip(row[:5], widths, strict=True)]
-        print("  ".join([*cells, row[5]]))
+        cells = [cell.ljust(w) for cell, w in zip(row[:-1], widths, strict=True)]
+        print("  ".join([*cells, row[-1]]))
     return EXIT_OK
