@@ -19,7 +19,11 @@ payload decoded back into the symbols the codec wrote; on exactly those symbols:
   length prefixes, byte padding); stream: the whole .cae file, header included;
 - adapt: the estimate with each channel's density moved to the image's mean of that channel
   and stretched by the best of a few scales (EntropyModel.adaptive_bits): how close a rate
-  estimate that adapts to each image, as the coder's per-image tables do, comes.
+  estimate that adapts to each image, as the coder's per-image tables do, comes;
+- runs: the same adapted apart after a zero and after a non-zero symbol (adaptive_bits with
+  zero_context, `rate_estimate: adaptive-runs`): what the coder's zero-run tokens save;
+- H_ctx: each channel's order-0 entropy in this image, apart after a zero and after a
+  non-zero symbol (the bound of runs, as H_pc is of adapt).
 
 Ratios are over the payload. With --fit-images the entropy model is first fitted alone (the
 network frozen: caeadmm.train_loop.fit_entropy_model) to the symbols of --fit-batches
@@ -67,15 +71,29 @@ def histograms(symbols: np.ndarray) -> np.ndarray:
 
 
 @torch.no_grad()
-def estimated_bits(model: CAE, kept: torch.Tensor, symbols: np.ndarray) -> tuple[float, float]:
-    """The entropy model's bits of (K, h, w) symbols of the kept channels: its estimate, and
-    its per-image adaptive estimate (EntropyModel.adaptive_bits)."""
+def estimated_bits(model: CAE, kept: torch.Tensor, symbols: np.ndarray) -> tuple[float, ...]:
+    """The entropy model's bits of (K, h, w) symbols of the kept channels: its estimate, its
+    per-image adaptive estimate (EntropyModel.adaptive_bits) and that with zero_context."""
     latent = torch.zeros(1, model.config.latent_channels, *symbols.shape[1:])
     latent[0, kept] = torch.from_numpy(symbols.astype(np.float32))
     mask = torch.zeros(model.config.latent_channels, 1, 1, dtype=torch.bool)
     mask[kept] = True
     return (float(model.entropy.bits(latent, mask)[0]),
-            float(model.entropy.adaptive_bits(latent, LATENT_MAX, mask)[0]))
+            float(model.entropy.adaptive_bits(latent, LATENT_MAX, mask)[0]),
+            float(model.entropy.adaptive_bits(latent, LATENT_MAX, mask, zero_context=True)[0]))
+
+
+def context_entropy_bits(symbols: np.ndarray) -> float:
+    """Order-0 entropy of each row of (K, N) symbols, apart after a zero and after a non-zero
+    symbol (the row's first symbol counts as after a non-zero), summed."""
+    after_zero = np.zeros(symbols.shape, bool)
+    after_zero[:, 1:] = symbols[:, :-1] == 0
+    shifted = symbols.astype(np.int64) + LATENT_MAX
+    return sum(
+        entropy_bits(np.bincount(row[part], minlength=SIZE)[None])
+        for row, context in zip(shifted, after_zero, strict=True)
+        for part in (context, ~context)
+    )
 
 
 def payload_parts(symbols: np.ndarray) -> dict[str, float]:
@@ -112,8 +130,10 @@ def measure(model: CAE, images: list[np.ndarray]) -> list[dict[str, float]]:
         latent = symbols.reshape(len(kept), *header.latent_size)
         rows.append({
             "pixels": float(image.shape[0] * image.shape[1]),
-            **dict(zip(("est", "adapt"), estimated_bits(model, kept, latent), strict=True)),
+            **dict(zip(("est", "adapt", "runs"), estimated_bits(model, kept, latent),
+                       strict=True)),
             "H_pc": entropy_bits(hist),
+            "H_ctx": context_entropy_bits(symbols),
             "stream": 8.0 * len(stream),
             "hist": hist,
             **parts,
@@ -131,8 +151,8 @@ def table(names: list[str], rows: list[dict[str, float]]) -> str:
     lines = [
         "| image | bpp (payload) | est/payload | H_pool/payload | H_pc/payload | "
         "H_grp/payload | code/payload | tables/payload | est/H_pool | est/stream | "
-        "adapt/payload |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "adapt/payload | runs/payload | H_ctx/payload |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in [*zip(names, rows, strict=True), ("total", total)]:
         pay = r["payload"]
@@ -140,7 +160,8 @@ def table(names: list[str], rows: list[dict[str, float]]) -> str:
             f"| {name} | {pay / r['pixels']:.4f} | {r['est'] / pay:.3f} | "
             f"{r['H_pool'] / pay:.3f} | {r['H_pc'] / pay:.3f} | {r['H_grp'] / pay:.3f} | "
             f"{r['code'] / pay:.3f} | {r['tables'] / pay:.3f} | {r['est'] / r['H_pool']:.3f} | "
-            f"{r['est'] / r['stream']:.3f} | {r['adapt'] / pay:.3f} |"
+            f"{r['est'] / r['stream']:.3f} | {r['adapt'] / pay:.3f} | {r['runs'] / pay:.3f} | "
+            f"{r['H_ctx'] / pay:.3f} |"
         )
     return "\n".join(lines)
 
@@ -165,7 +186,7 @@ def main() -> None:
     paths = list_images([args.kodak])[: args.limit]
     images = [load_rgb(path) for path in paths]
     names = [path.stem for path in paths]
-    own = "adapt" if model.config.rate_estimate == "adaptive" else "est"
+    own = {"adaptive": "adapt", "adaptive-runs": "runs"}.get(model.config.rate_estimate, "est")
     print(f"model {args.model}, {len(images)} images from {args.kodak}; its rate term (what it "
           f"was trained on, and reports): {own}\n")
     print(table(names, measure(model, images)))

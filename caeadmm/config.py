@@ -46,7 +46,7 @@ MODEL_CHOICES: dict[str, tuple[str, ...]] = {
     "latent_norm": ("batchnorm", "none"),
     "entropy_model": ("none", "factorized", "laplacian"),
     "train_rounding": ("stochastic", "mixed"),
-    "rate_estimate": ("fixed", "adaptive"),
+    "rate_estimate": ("fixed", "adaptive", "adaptive-runs"),
 }
 
 
@@ -88,9 +88,10 @@ class ModelConfig:
     # gradient, for the decoder and the rate alike) or "mixed" (the rate term sees the latent
     # plus uniform noise, the decoder the rounded latent with a straight-through gradient).
     train_rounding: str = "stochastic"
-    # What the rate term charges: "fixed" (each channel's one density) or "adaptive" (the
+    # What the rate term charges: "fixed" (each channel's one density), "adaptive" (the
     # density moved to each image's channel mean and stretched, as the codec's per-image
-    # tables adapt; EntropyModel.adaptive_bits).
+    # tables adapt; EntropyModel.adaptive_bits) or "adaptive-runs" (the same, adapted apart
+    # after a zero and after a non-zero symbol: what the coder's zero-run tokens save).
     rate_estimate: str = "fixed"
 
     def __post_init__(self) -> None:
@@ -267,13 +268,13 @@ class TrainConfig:
             )
         if self.entropy_fit_steps > 0 and self.model.entropy_model == "none":
             raise ConfigError("entropy_fit_steps > 0 needs a model.entropy_model")
-        if self.entropy_fit_steps > 0 and self.model.rate_estimate == "adaptive":
+        if self.entropy_fit_steps > 0 and self.model.rate_estimate != "fixed":
             # The final fit matches the density to the pooled histogram (the fixed estimate's
             # objective); the adaptive estimate centres and scales it per image, so that fit
             # would move the density away from what the rate term trained it for.
             raise ConfigError(
-                "entropy_fit_steps fits the fixed estimate; with model.rate_estimate: adaptive "
-                "set entropy_fit_steps: 0"
+                "entropy_fit_steps fits the fixed estimate; with model.rate_estimate: "
+                f"{self.model.rate_estimate} set entropy_fit_steps: 0"
             )
         if self.total_steps() <= 0:
             raise ConfigError("warmup_steps + admm_steps + finetune_steps must be positive")

@@ -12,7 +12,8 @@ Two families (docs/rate.md compares them):
 - "laplacian": a zero-mean Laplacian with a learned per-channel scale: one parameter per
   channel, no freedom of shape.
 
-`adaptive_bits` estimates what a coder that adapts its tables to each image spends.
+`adaptive_bits` estimates what a coder that adapts its tables to each image spends (with
+`zero_context`, also what its zero-run tokens save).
 `probability_tables` gives each channel's probability of every symbol in the coder's range
 (inference: estimating code tables); `fit` fits a model to given symbols, `fit_counts` to
 their per-channel histograms (`symbol_counts`).
@@ -80,7 +81,8 @@ class EntropyModel(nn.Module):
         return bits.flatten(1).sum(dim=1)
 
     def adaptive_bits(
-        self, latent: torch.Tensor, max_symbol: int, mask: torch.Tensor | None = None
+        self, latent: torch.Tensor, max_symbol: int, mask: torch.Tensor | None = None,
+        zero_context: bool = False,
     ) -> torch.Tensor:
         """Estimated bits of each image's latent (B,) when each channel's density is first
         moved to the image's mean of that channel and stretched by the best of
@@ -89,27 +91,56 @@ class EntropyModel(nn.Module):
         slots in this image. What a coder that adapts its tables to each image (as the
         per-image Huffman tables of the codec do) can spend, the two numbers per channel and
         image it would be told not counted (docs/rate.md measures it). Differentiable in the
-        latent; `mask` as in `bits`."""
+        latent; `mask` as in `bits`.
+
+        zero_context: each channel's slots are split in two by whether the kept symbol before
+        them in the coder's scan order (channel by channel, row by row; the first counts as
+        after a non-zero) rounds to zero, and each part gets its own mean and stretch: an
+        order-1 estimate that sees what the coder's zero-run tokens gain on runs of zeros,
+        which no order-0 estimate can.
+        """
         if latent.dim() != 4 or latent.shape[1] != self.channels:
             raise ValueError(
                 f"latent must be (B, {self.channels}, h, w), got {tuple(latent.shape)}"
             )
-        weight = torch.ones_like(latent[0])
+        weight = torch.ones_like(latent)
         if mask is not None:
             weight = weight * mask.to(latent.dtype)
-        slots = weight.sum(dim=(1, 2)).clamp_min(1)  # (C,)
-        image_mean = (latent * weight).sum(dim=(2, 3)) / slots  # (B, C)
+        if not zero_context:
+            return self._adapted_bits(latent, [weight], max_symbol)
+        kept = weight[0].flatten() > 0
+        zero = torch.round(latent.detach()).flatten(1)[:, kept] == 0
+        after_zero = torch.zeros_like(latent, dtype=torch.bool).flatten(1)
+        after_zero[:, kept] = F.pad(zero[:, :-1], (1, 0))
+        after_zero = after_zero.reshape(latent.shape).to(latent.dtype)
+        return self._adapted_bits(
+            latent, [weight * after_zero, weight * (1 - after_zero)], max_symbol
+        )
+
+    def _adapted_bits(
+        self, latent: torch.Tensor, parts: list[torch.Tensor], max_symbol: int
+    ) -> torch.Tensor:
+        """adaptive_bits of the slots where one of the disjoint `parts` (each (B, C, h, w),
+        0 or 1) is 1, each part of each channel and image with its own mean and stretch. One
+        pass of the density over the latent, however many parts."""
+        batch = latent.shape[0]
+        centre = torch.zeros_like(latent)
+        for weight in parts:
+            part_mean = (latent * weight).sum(dim=(2, 3)) / weight.sum(dim=(2, 3)).clamp_min(1)
+            centre = centre + weight * part_mean[:, :, None, None]
         grid = torch.arange(-max_symbol, max_symbol + 1, dtype=torch.float64)
         mean = (self.probability_tables(max_symbol) * grid).sum(dim=1).to(latent.dtype)
-        offset = (latent - image_mean[:, :, None, None]).transpose(0, 1).reshape(self.channels, -1)
-        best = None
+        offset = (latent - centre).transpose(0, 1).reshape(self.channels, -1)
+        parts = [w.transpose(0, 1).reshape(self.channels, batch, -1) for w in parts]
+        best: list[torch.Tensor | None] = [None] * len(parts)
         for scale in ADAPTIVE_SCALES:
             mass = self._interval_mass(mean[:, None] + offset / scale, 0.5 / scale)
             bits = -torch.log2(lower_bound(mass, LIKELIHOOD_BOUND))
-            bits = bits.reshape(self.channels, latent.shape[0], -1) * weight.flatten(1)[:, None]
-            per_channel = bits.sum(dim=2)  # (C, B)
-            best = per_channel if best is None else torch.minimum(best, per_channel)
-        return best.sum(dim=0)
+            bits = bits.reshape(self.channels, batch, -1)
+            for k, weight in enumerate(parts):
+                per_channel = (bits * weight).sum(dim=2)  # (C, B)
+                best[k] = per_channel if best[k] is None else torch.minimum(best[k], per_channel)
+        return sum(b.sum(dim=0) for b in best)
 
     @torch.no_grad()
     def probability_tables(self, max_symbol: int) -> torch.Tensor:

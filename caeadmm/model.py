@@ -238,8 +238,11 @@ class CAE(nn.Module):
         if not rate:
             return x_hat, latent
         with torch.autocast(x.device.type, enabled=False):
-            if self.config.rate_estimate == "adaptive":
-                bits = self.entropy.adaptive_bits(rate_input, LATENT_MAX, self.mask)
+            if self.config.rate_estimate != "fixed":
+                bits = self.entropy.adaptive_bits(
+                    rate_input, LATENT_MAX, self.mask,
+                    zero_context=self.config.rate_estimate == "adaptive-runs",
+                )
             else:
                 bits = self.entropy.bits(rate_input, self.mask)
         return x_hat, latent, bits

@@ -254,9 +254,10 @@ def test_mixed_rounding_decodes_rounded_values_and_rates_noisy_ones():
     assert not torch.equal(bits_1, bits_2)  # the noise
 
 
-def masked_eval_rate(**options):
-    """A masked rate model in eval mode, an input, its rate and its encoded symbols."""
-    model = rate_model(**options).eval()
+def masked_eval_rate(model: CAE | None = None):
+    """A masked rate model in eval mode (`model`, or the default rate_model), an input, its rate
+    and its encoded symbols."""
+    model = (model or rate_model()).eval()
     model.set_mask(tiny_mask(model))
     x = torch.rand(2, 3, 48, 48)
     with torch.no_grad():
@@ -272,11 +273,25 @@ def test_eval_rate_is_the_estimate_of_the_encoded_symbols_and_only_of_kept_slots
     assert torch.allclose(bits, per_slot[:, model.mask].sum(dim=1))
 
 
-def test_adaptive_rate_estimate_is_the_per_image_adapted_bits_and_trains_the_encoder():
-    model, x, bits, symbols = masked_eval_rate(rate_estimate="adaptive")
+@pytest.mark.parametrize("estimate", ["adaptive", "adaptive-runs"])
+def test_adaptive_rate_estimate_is_the_per_image_adapted_bits_and_trains_the_encoder(
+    estimate, monkeypatch
+):
+    model = rate_model(rate_estimate=estimate)
+    asked = []
+    adaptive_bits = model.entropy.adaptive_bits
+
+    def recording(*args, **kwargs):
+        asked.append(kwargs["zero_context"])
+        return adaptive_bits(*args, **kwargs)
+
+    monkeypatch.setattr(model.entropy, "adaptive_bits", recording)
+    model, x, bits, symbols = masked_eval_rate(model)
+    runs = estimate == "adaptive-runs"
     with torch.no_grad():
-        adaptive = model.entropy.adaptive_bits(symbols, LATENT_MAX, model.mask)
+        adaptive = adaptive_bits(symbols, LATENT_MAX, model.mask, runs)
     assert torch.allclose(bits, adaptive)
+    assert asked == [runs]
     model.train()
     model(x, rate=True)[2].sum().backward()
     assert model.encoder[0][1].weight.grad.abs().sum() > 0

@@ -71,6 +71,10 @@ def test_yaml_and_overrides(tmp_path):
         (["model.latent_norm=none", "model.entropy_model=factorized", "rate_lambda=8",
           "model.rate_estimate=adaptive", "entropy_fit_steps=10"],
          "with model.rate_estimate: adaptive set entropy_fit_steps: 0"),
+        (["model.latent_norm=none", "model.entropy_model=factorized", "rate_lambda=8",
+          "model.rate_estimate=adaptive-runs", "entropy_fit_steps=10"],
+         "with model.rate_estimate: adaptive-runs set entropy_fit_steps: 0"),
+        (["model.rate_estimate=runs"], "rate_estimate"),
     ],
 )
 def test_bad_config_is_refused_with_the_reason(overrides, message):
