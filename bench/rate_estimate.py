@@ -14,6 +14,7 @@ payload decoded back into the symbols the codec wrote; on exactly those symbols:
 - H_pc: the order-0 entropy of each channel of this image alone, the bits of ideal tables
   adapted to the image (H_pool - H_pc is what per-image tables gain over any fixed density);
 - H_grp: the order-0 entropy of each group of channels that shares a Huffman table;
+- zeros: the share of zeros among the kept symbols;
 - payload: the coded payload (coding.encode_channels) in bits, split into the Huffman codes
   of the symbols (code), the code tables (tables) and the rest (group labels, parameters,
   length prefixes, byte padding); stream: the whole .cae file, header included;
@@ -132,6 +133,8 @@ def measure(model: CAE, images: list[np.ndarray]) -> list[dict[str, float]]:
             "pixels": float(image.shape[0] * image.shape[1]),
             **dict(zip(("est", "adapt", "runs"), estimated_bits(model, kept, latent),
                        strict=True)),
+            "zeros": float((symbols == 0).sum()),
+            "symbols": float(symbols.size),
             "H_pc": entropy_bits(hist),
             "H_ctx": context_entropy_bits(symbols),
             "stream": 8.0 * len(stream),
@@ -149,15 +152,16 @@ def table(names: list[str], rows: list[dict[str, float]]) -> str:
         r["H_pool"] = float((r["hist"] * cost).sum())
     total = {k: sum(r[k] for r in rows) for k in rows[0] if k != "hist"}
     lines = [
-        "| image | bpp (payload) | est/payload | H_pool/payload | H_pc/payload | "
+        "| image | bpp (payload) | zeros | est/payload | H_pool/payload | H_pc/payload | "
         "H_grp/payload | code/payload | tables/payload | est/H_pool | est/stream | "
         "adapt/payload | runs/payload | H_ctx/payload |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in [*zip(names, rows, strict=True), ("total", total)]:
         pay = r["payload"]
         lines.append(
-            f"| {name} | {pay / r['pixels']:.4f} | {r['est'] / pay:.3f} | "
+            f"| {name} | {pay / r['pixels']:.4f} | {r['zeros'] / max(r['symbols'], 1):.3f} | "
+            f"{r['est'] / pay:.3f} | "
             f"{r['H_pool'] / pay:.3f} | {r['H_pc'] / pay:.3f} | {r['H_grp'] / pay:.3f} | "
             f"{r['code'] / pay:.3f} | {r['tables'] / pay:.3f} | {r['est'] / r['H_pool']:.3f} | "
             f"{r['est'] / r['stream']:.3f} | {r['adapt'] / pay:.3f} | {r['runs'] / pay:.3f} | "
