@@ -1,13 +1,14 @@
 """Ship a trained model inside the package: export, register, and record a reference stream.
 
     python scripts/ship_model.py NAME CHECKPOINT --operating-point "ratio 0.75, C=32" \
-        --kodak BPP,PSNR,MS_SSIM [--default]
+        --kodak EVAL_DIR|BPP,PSNR,MS_SSIM [--default]
 
 Writes caeadmm/models/NAME.pt (inference-only: config, weights, mask), adds or replaces its
 entry in caeadmm/models/registry.json (file, sha256, fingerprint, operating point, and the
-Kodak figures of `caeadmm eval $KODAK --codecs cae:CHECKPOINT`, which `caeadmm models`
-shows), and compresses tests/data/reference.png with it into tests/data/NAME.cae and its decoding
-tests/data/NAME.png, which tests/test_shipped_models.py checks on every run.
+Kodak figures of `caeadmm eval $KODAK --codecs cae:CHECKPOINT -o EVAL_DIR`, read from that
+folder's cae.json or given as numbers, which `caeadmm models` shows; a new entry goes in
+Kodak bpp order), and compresses tests/data/reference.png with it into tests/data/NAME.cae
+and its decoding tests/data/NAME.png, which tests/test_shipped_models.py checks on every run.
 """
 
 from __future__ import annotations
@@ -30,11 +31,34 @@ MAX_BYTES = 10 * 1024 * 1024
 
 
 def _kodak(text: str) -> dict[str, float]:
-    try:
-        bpp, psnr, ms_ssim = (float(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected BPP,PSNR,MS_SSIM, got {text!r}") from None
-    return {"bpp": bpp, "psnr": psnr, "ms_ssim": ms_ssim}
+    """Kodak figures from a `caeadmm eval` folder of one cae point, or typed as numbers."""
+    results = Path(text) / "cae.json"
+    if results.is_file():
+        points = json.loads(results.read_text())["results"]
+        if len(points["bpp"]) != 1:
+            raise argparse.ArgumentTypeError(
+                f"{results} has {len(points['bpp'])} CAE points; evaluate the model alone"
+            )
+        bpp, psnr, ms_ssim = (points[k][0] for k in ("bpp", "psnr-rgb", "ms-ssim-rgb"))
+    else:
+        try:
+            bpp, psnr, ms_ssim = (float(v) for v in text.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected a `caeadmm eval` output folder or BPP,PSNR,MS_SSIM, got {text!r}"
+            ) from None
+    return {"bpp": round(bpp, 4), "psnr": round(psnr, 2), "ms_ssim": round(ms_ssim, 4)}
+
+
+def _register(models: list[dict], entry: dict) -> list[dict]:
+    """`models` with `entry` in place of the one of its name, or else inserted before the first
+    model of a higher Kodak bpp."""
+    if entry["name"] in [m["name"] for m in models]:
+        return [entry if m["name"] == entry["name"] else m for m in models]
+    bpp = entry["kodak"]["bpp"]
+    higher = [i for i, m in enumerate(models) if m.get("kodak", {}).get("bpp", 0) > bpp]
+    at = higher[0] if higher else len(models)
+    return [*models[:at], entry, *models[at:]]
 
 
 def main() -> None:
@@ -43,7 +67,8 @@ def main() -> None:
     parser.add_argument("checkpoint")
     parser.add_argument("--operating-point", required=True)
     parser.add_argument("--kodak", type=_kodak, required=True,
-                        help="mean bpp,PSNR,MS-SSIM on Kodak (a `caeadmm eval` summary's cae row)")
+                        help="the `caeadmm eval` output folder of the model alone on Kodak, or "
+                             "its mean bpp,PSNR,MS-SSIM there")
     parser.add_argument("--default", action="store_true", help="make it the default model")
     args = parser.parse_args()
 
@@ -61,7 +86,7 @@ def main() -> None:
     }
     registry_file = MODELS / "registry.json"
     registry = json.loads(registry_file.read_text())
-    registry["models"] = [m for m in registry["models"] if m["name"] != args.name] + [entry]
+    registry["models"] = _register(registry["models"], entry)
     if args.default or registry.get("default") is None:
         registry["default"] = args.name
     registry_file.write_text(json.dumps(registry, indent=2) + "\n")
