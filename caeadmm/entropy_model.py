@@ -44,11 +44,16 @@ class EntropyModel(nn.Module):
         super().__init__()
         self.channels = channels
 
-    def cdf_logits(self, values: torch.Tensor) -> torch.Tensor:
-        """logit F_c(v) for values (C, N), channel by channel: shape (C, N)."""
+    def cdf_logits(
+        self, values: torch.Tensor, channels: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """logit F_c(v) for values (C, N), channel by channel: shape (C, N). `channels` (a bool
+        index of the C channels): values holds those channels' rows only."""
         raise NotImplementedError
 
-    def _interval_mass(self, values: torch.Tensor, half: float = 0.5) -> torch.Tensor:
+    def _interval_mass(
+        self, values: torch.Tensor, half: float = 0.5, channels: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """F_c(v + half) - F_c(v - half) for values (C, N) (half 1/2: the mass of an integer).
 
         Computed on the side of the median where both CDF values are far from 1, so that two
@@ -56,8 +61,8 @@ class EntropyModel(nn.Module):
         sigmoid(-l) - sigmoid(-u). (At the median exactly l + u = 0 and either side is right;
         torch.sign would give 0 there, and a zero probability.)
         """
-        lower = self.cdf_logits(values - half)
-        upper = self.cdf_logits(values + half)
+        lower = self.cdf_logits(values - half, channels)
+        upper = self.cdf_logits(values + half, channels)
         sign = torch.where(lower + upper > 0, -1.0, 1.0).to(lower.dtype).detach()
         return (torch.sigmoid(sign * upper) - torch.sigmoid(sign * lower)).abs()
 
@@ -122,21 +127,24 @@ class EntropyModel(nn.Module):
     ) -> torch.Tensor:
         """adaptive_bits of the slots where one of the disjoint `parts` (each (B, C, h, w),
         0 or 1) is 1, each part of each channel and image with its own mean and stretch. One
-        pass of the density over the latent, however many parts."""
-        batch = latent.shape[0]
+        pass of the density over the latent, however many parts, and over the channels with a
+        slot in some part only (a pruned channel costs nothing)."""
+        active = sum(parts).sum(dim=(0, 2, 3)) > 0
+        latent, parts = latent[:, active], [weight[:, active] for weight in parts]
+        batch, channels, height, width = latent.shape
         centre = torch.zeros_like(latent)
         for weight in parts:
             part_mean = (latent * weight).sum(dim=(2, 3)) / weight.sum(dim=(2, 3)).clamp_min(1)
             centre = centre + weight * part_mean[:, :, None, None]
         grid = torch.arange(-max_symbol, max_symbol + 1, dtype=torch.float64)
-        mean = (self.probability_tables(max_symbol) * grid).sum(dim=1).to(latent.dtype)
-        offset = (latent - centre).transpose(0, 1).reshape(self.channels, -1)
-        parts = [w.transpose(0, 1).reshape(self.channels, batch, -1) for w in parts]
+        mean = (self.probability_tables(max_symbol)[active] * grid).sum(dim=1).to(latent.dtype)
+        offset = (latent - centre).transpose(0, 1).reshape(channels, batch * height * width)
+        parts = [w.transpose(0, 1).reshape(channels, batch, height * width) for w in parts]
         best: list[torch.Tensor | None] = [None] * len(parts)
         for scale in ADAPTIVE_SCALES:
-            mass = self._interval_mass(mean[:, None] + offset / scale, 0.5 / scale)
+            mass = self._interval_mass(mean[:, None] + offset / scale, 0.5 / scale, active)
             bits = -torch.log2(lower_bound(mass, LIKELIHOOD_BOUND))
-            bits = bits.reshape(self.channels, batch, -1)
+            bits = bits.reshape(channels, batch, height * width)
             for k, weight in enumerate(parts):
                 per_channel = (bits * weight).sum(dim=2)  # (C, B)
                 best[k] = per_channel if best[k] is None else torch.minimum(best[k], per_channel)
@@ -179,12 +187,15 @@ class FactorizedDensity(EntropyModel):
             if k < len(widths) - 2:
                 self.factors.append(nn.Parameter(torch.zeros(channels, widths[k + 1], 1)))
 
-    def cdf_logits(self, values: torch.Tensor) -> torch.Tensor:
+    def cdf_logits(
+        self, values: torch.Tensor, channels: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        pick = slice(None) if channels is None else channels
         x = values.unsqueeze(1)  # (C, 1, N)
         for k, (weight, bias) in enumerate(zip(self.weights, self.biases, strict=True)):
-            x = torch.matmul(F.softplus(weight), x) + bias
+            x = torch.matmul(F.softplus(weight[pick]), x) + bias[pick]
             if k < len(self.factors):
-                x = x + torch.tanh(self.factors[k]) * torch.tanh(x)
+                x = x + torch.tanh(self.factors[k][pick]) * torch.tanh(x)
         return x.squeeze(1)
 
 
@@ -196,8 +207,11 @@ class DiscretizedLaplacian(EntropyModel):
         super().__init__(channels)
         self.log_scale = nn.Parameter(torch.full((channels,), math.log(init_scale)))
 
-    def cdf_logits(self, values: torch.Tensor) -> torch.Tensor:
-        t = values.abs() / self.log_scale.exp().unsqueeze(1)
+    def cdf_logits(
+        self, values: torch.Tensor, channels: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        scale = self.log_scale.exp() if channels is None else self.log_scale[channels].exp()
+        t = values.abs() / scale.unsqueeze(1)
         # logit(1 - e^-t / 2) = log(2 e^t - 1) = t + log(2 - e^-t); odd in v.
         return torch.sign(values) * (t + torch.log(2 - torch.exp(-t)))
 

@@ -295,3 +295,5 @@ def test_the_adaptive_estimate_counts_kept_slots_only_and_passes_gradients(zero_
     assert latent.grad[:, 1].abs().sum() == 0
     with pytest.raises(ValueError, match="latent must be"):
         model.adaptive_bits(torch.zeros(1, 2, 4, 4), MAX, zero_context=zero_context)
+    nothing_kept = model.adaptive_bits(latent, MAX, torch.zeros_like(mask), zero_context)
+    assert torch.equal(nothing_kept, torch.zeros(2))
