@@ -161,12 +161,12 @@ def train(cfg: TrainConfig, pool: torch.Tensor, device: torch.device,
 
 
 def stream_estimate(model: CAE, header: bitstream.Header, payload: bytes) -> float:
-    """The model's rate estimate (fixed or per-image adaptive, as it was trained) of exactly
-    the symbols a version 2 payload holds."""
+    """The model's rate estimate (fixed, per-image adaptive or that with the zero context, as
+    it was trained) of exactly the symbols a version 2 payload holds."""
     kept = image_codec.kept_channels(model)
     symbols = coding.decode_channels(payload).reshape(len(kept), *header.latent_size)
-    fixed, adaptive = estimated_bits(model, kept, symbols)
-    return adaptive if model.config.rate_estimate == "adaptive" else fixed
+    fixed, adaptive, runs = estimated_bits(model, kept, symbols)
+    return {"adaptive": adaptive, "adaptive-runs": runs}.get(model.config.rate_estimate, fixed)
 
 
 @torch.no_grad()
