@@ -78,6 +78,8 @@ FAMILIES: dict[str, list[tuple[str, dict, dict]]] = {
                       for lam in LAMBDAS],
     "rate-adaptive-admm": [(f"l{lam:g}", {**RATE, "rate_estimate": "adaptive"},
                             {"rate_lambda": lam, "pruning_ratio": 0.5}) for lam in LAMBDAS],
+    "rate-adaptive-runs-admm": [(f"l{lam:g}", {**RATE, "rate_estimate": "adaptive-runs"},
+                                 {"rate_lambda": lam, "pruning_ratio": 0.5}) for lam in LAMBDAS],
     "rate-laplacian": [(f"l{lam:g}", {**RATE, "entropy_model": "laplacian"},
                         {"rate_lambda": lam}) for lam in LAMBDAS],
 }
