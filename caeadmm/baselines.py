@@ -20,7 +20,9 @@ files (docs/results.md), not as baselines.
 
 The CAE codec (`cae`) is the same kind of entry: its settings are model names for
 `caeadmm.zoo.load`, one model per operating point; `caeadmm.image_codec` and `caeadmm.zoo` are
-imported only when a CAE point is measured.
+imported only when a CAE point is measured. `cae-refined` is the same models with the latent
+of each image refined before coding (caeadmm.refine, its default steps, the rate weighed by
+the model's registered rate_lambda): the same decoder, a slower encoder.
 
 `parse_codecs("cae:small-k3+small-k6,jpeg,webp:10+50")` turns the command line's codec list
 into {codec name: [settings]}; a codec without settings gets its default sweep.
@@ -151,6 +153,14 @@ def _cae_encode(rgb: np.ndarray, model_name: str) -> bytes:
     return image_codec.compress(rgb, _cae_model(model_name))
 
 
+def _cae_refined_encode(rgb: np.ndarray, model_name: str) -> bytes:
+    from caeadmm import image_codec
+    from caeadmm.refine import refinement_for
+
+    refine = refinement_for(model_name)
+    return image_codec.compress(rgb, _cae_model(model_name), refine=refine)
+
+
 def _cae_decode(data: bytes, model_name: str) -> np.ndarray:
     from caeadmm import image_codec
 
@@ -211,8 +221,14 @@ CODECS: dict[str, Codec] = {
         ),
         Codec(
             "cae", "CAE-ADMM",
-            "CAE-ADMM (caeadmm), tile-by-tile, Huffman + run-length coded; setting = model",
+            "CAE-ADMM (caeadmm), whole image, Huffman + run-length coded; setting = model",
             (), _cae_setting, _cae_encode, _cae_decode, prepare=_cae_model,
+        ),
+        Codec(
+            "cae-refined", "CAE-ADMM, refined latent",
+            "CAE-ADMM (caeadmm), the latent of each image refined by gradient steps before "
+            "coding (caeadmm.refine), the same decoder; setting = model",
+            (), _cae_setting, _cae_refined_encode, _cae_decode, prepare=_cae_model,
         ),
     )
 }

@@ -40,7 +40,7 @@ import io
 import math
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from fractions import Fraction
 from pathlib import Path
@@ -63,6 +63,7 @@ from caeadmm.bitstream import (
 from caeadmm.files import write_atomic
 from caeadmm.images import load_rgb, to_uint8
 from caeadmm.model import CAE, LATENT_MAX, channel_support, quantize
+from caeadmm.refine import Refinement, refine_window
 from coding.format import unpack_header
 
 TILE = 512  # pixels: the core side of a network window (a multiple of 8)
@@ -74,7 +75,12 @@ ALPHA_MODES = {"RGBA", "LA", "La", "RGBa", "PA"}
 
 
 def compress(
-    image: np.ndarray, model: CAE, *, tile: int | str | None = "auto", layout: str | None = None
+    image: np.ndarray,
+    model: CAE,
+    *,
+    tile: int | str | None = "auto",
+    layout: str | None = None,
+    refine: Refinement | None = None,
 ) -> bytes:
     """Encode a uint8 image, (H, W, 3) RGB or (H, W) grayscale, into a .cae stream.
 
@@ -83,6 +89,8 @@ def compress(
     It bounds memory and does not change the stream.
     layout: None picks "channels" when the model's mask allows it, else "tiles"; "tiles"
     forces independent tiles (version 1's layout, for comparisons).
+    refine: optimize the latent for this image before rounding (caeadmm.refine; "channels"
+    layout only): slower encoding, the same decoder.
     """
     if layout not in (None, "tiles", "channels"):
         raise ValueError(f"layout must be None, 'tiles' or 'channels', got {layout!r}")
@@ -95,10 +103,12 @@ def compress(
     fingerprint = model.fingerprint()[: bitstream.FINGERPRINT_BYTES]
     channels = model.config.latent_channels
     if kept is None or layout == "tiles":
+        if refine is not None and refine.steps > 0:
+            raise ValueError("latent refinement needs the 'channels' layout")
         symbols, layout = _encode_tiles(image, model), "tiles"
         kept_count, tile_size = int(_kept_slots(model).sum()), model.config.patch_size
     else:
-        symbols = _encode_channels(image, model, kept, tile)
+        symbols = _encode_channels(image, model, kept, tile, refine)
         kept_count, tile_size, layout = len(kept), 0, "channels"
     payload = _encode_payload(symbols, layout)
     header = Header(
@@ -241,22 +251,68 @@ def kept_channels(model: CAE) -> torch.Tensor | None:
 
 
 def _encode_channels(
-    image: np.ndarray, model: CAE, kept: torch.Tensor, tile: int | str | None = "auto"
+    image: np.ndarray,
+    model: CAE,
+    kept: torch.Tensor,
+    tile: int | str | None = "auto",
+    refine: Refinement | None = None,
 ) -> np.ndarray:
     """The kept channels of the whole image's quantized latent, int8 (K, H'/8, W'/8) where
-    H', W' = padded_side(H), padded_side(W); computed window by window."""
+    H', W' = padded_side(H), padded_side(W); computed window by window, and with `refine`
+    optimized window by window over the decoder's windows before the rounding."""
     rows, cols = (padded_side(n) // LATENT_STRIDE for n in image.shape[:2])
-    symbols = np.empty((len(kept), rows, cols), np.int8)
+    latent = torch.empty((len(kept), rows, cols))
     halo = _halos(model)[0]
     device = _device(model)
     with _inference(model):
         for (r0, r1, s0, s1), (c0, c1, t0, t1) in _windows(rows, cols, tile, halo):
-            crop = _window_pixels(image, s0, s1, t0, t1)
-            x = torch.from_numpy(crop).permute(2, 0, 1)[None].to(device).float() / 255
-            latent = quantize(_run(model.encoder, x, x.shape[-2] * x.shape[-1]), stochastic=False)
-            core = latent[0, kept.to(device), r0 - s0 : r1 - s0, c0 - t0 : c1 - t0]
-            symbols[:, r0:r1, c0:c1] = core.to(torch.int8).cpu().numpy()
-    return symbols
+            x = _window_tensor(image, s0, s1, t0, t1, device)
+            y = _run(model.analysis, x, x.shape[-2] * x.shape[-1]).float()
+            latent[:, r0:r1, c0:c1] = y[0, kept.to(device), r0 - s0 : r1 - s0, c0 - t0 : c1 - t0]
+    if refine is not None and refine.steps > 0:
+        latent = _refined(image, model, kept, latent, tile, refine)
+    return quantize(latent, stochastic=False).to(torch.int8).numpy()
+
+
+def _refined(
+    image: np.ndarray,
+    model: CAE,
+    kept: torch.Tensor,
+    latent: torch.Tensor,
+    tile: int | str | None,
+    refine: Refinement,
+) -> torch.Tensor:
+    """`latent` (K, h, w, on the CPU) refined core by core over the decoder's windows, each
+    core with the latent around it as refined so far (caeadmm.refine.refine_window)."""
+    rows, cols = latent.shape[-2:]
+    height, width = image.shape[:2]
+    halo = _halos(model)[1]
+    device = _device(model)
+    latent = latent.clone()
+    was_training = model.training
+    model.eval()
+    try:
+        for (r0, r1, s0, s1), (c0, c1, t0, t1) in _windows(rows, cols, tile, halo):
+            visible = (min(LATENT_STRIDE * r1, height) - LATENT_STRIDE * r0,
+                       min(LATENT_STRIDE * c1, width) - LATENT_STRIDE * c0)
+            if min(visible) <= 0:  # a core of padding alone
+                continue
+            x = _window_tensor(image, s0, s1, t0, t1, device)
+            window = latent[:, s0:s1, t0:t1].to(device)
+            core = (r0 - s0, r1 - s0, c0 - t0, c1 - t0)
+            window = refine_window(model, x, window, kept.to(device), core, visible, refine)
+            latent[:, r0:r1, c0:c1] = window[:, core[0] : core[1], core[2] : core[3]].cpu()
+    finally:
+        model.train(was_training)
+    return latent
+
+
+def _window_tensor(
+    image: np.ndarray, r0: int, r1: int, c0: int, c1: int, device: torch.device
+) -> torch.Tensor:
+    """The window's pixels (`_window_pixels`) as a (1, 3, h, w) float tensor in [0, 1]."""
+    crop = _window_pixels(image, r0, r1, c0, c1)
+    return torch.from_numpy(crop).permute(2, 0, 1)[None].to(device).float() / 255
 
 
 def _decode_channels(
@@ -277,8 +333,8 @@ def _decode_channels(
             latent = torch.zeros((*shape, s1 - s0, t1 - t0), dtype=dtype, device=device)
             window = torch.from_numpy(symbols[:, s0:s1, t0:t1]).to(device, dtype)
             latent[0, kept.to(device)] = window.clamp(-LATENT_MAX, LATENT_MAX)
-            pixels = _run(model.decoder, latent, latent[0, 0].numel() * LATENT_STRIDE**2)
-            decoded = to_uint8((torch.tanh(pixels) + 1) / 2)[0]
+            pixels = _run(model.synthesis, latent, latent[0, 0].numel() * LATENT_STRIDE**2)
+            decoded = to_uint8(pixels)[0]
             y1, x1 = min(LATENT_STRIDE * r1, height), min(LATENT_STRIDE * c1, width)
             top, left = LATENT_STRIDE * (r0 - s0), LATENT_STRIDE * (c0 - t0)
             _put(out, y0, x0, decoded[top : top + y1 - y0, left : left + x1 - x0])
@@ -320,7 +376,9 @@ def _window_pixels(image: np.ndarray, r0: int, r1: int, c0: int, c1: int) -> np.
     return np.repeat(crop[..., None], 3, axis=2) if crop.ndim == 2 else crop
 
 
-def _run(network: nn.Module, x: torch.Tensor, pixels: int) -> torch.Tensor:
+def _run(
+    network: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, pixels: int
+) -> torch.Tensor:
     """network(x) for a batch of one; a window under SMALL_WINDOW pixels runs as a batch of
     two copies so that every convolution takes oneDNN (see the module docstring)."""
     if pixels < SMALL_WINDOW and x.device.type == "cpu":
@@ -426,13 +484,18 @@ def save_image(path: str | os.PathLike, image: np.ndarray, *, overwrite: bool = 
 
 
 def compress_file(
-    src: str | os.PathLike, dst: str | os.PathLike, model: CAE, *, overwrite: bool = False
+    src: str | os.PathLike,
+    dst: str | os.PathLike,
+    model: CAE,
+    *,
+    overwrite: bool = False,
+    refine: Refinement | None = None,
 ) -> tuple[int, float]:
     """Compress an image file into a .cae file; returns (bytes written, bits per pixel)."""
     if not overwrite and Path(dst).exists():  # before the work, not only at the write
         raise FileExistsError(f"{dst} exists (use --force to overwrite)")
     image = load_image(src)
-    data = compress(image, model)
+    data = compress(image, model, refine=refine)
     write_atomic(dst, data, overwrite=overwrite)
     return len(data), 8 * len(data) / (image.shape[0] * image.shape[1])
 

@@ -224,7 +224,7 @@ class CAE(nn.Module):
             raise ConfigError("rate=True needs a model with an entropy_model")
         # Float32 from here to the rounding and in the entropy model, also under autocast
         # (TrainConfig.precision): bfloat16's 8-bit mantissa cannot hold a latent's fraction.
-        y = self._analysis(x).float()
+        y = self.analysis(x).float()
         if not self.training:
             latent = quantize(y, stochastic=False)
             rate_input = latent
@@ -234,7 +234,7 @@ class CAE(nn.Module):
         else:
             latent = rate_input = quantize(y, stochastic=True)
         latent = self._apply_mask(latent)
-        x_hat = self._decode_float(latent)
+        x_hat = self.synthesis(latent)
         if not rate:
             return x_hat, latent
         with torch.autocast(x.device.type, enabled=False):
@@ -258,7 +258,7 @@ class CAE(nn.Module):
         """
         self._check_image(x)
         with eval_mode(self):
-            latent = quantize(self._analysis(x), stochastic=False)
+            latent = quantize(self.analysis(x), stochastic=False)
         return self._apply_mask(latent).to(torch.int32)
 
     @torch.no_grad()
@@ -274,7 +274,7 @@ class CAE(nn.Module):
         dtype = next(self.parameters()).dtype
         latent = latent.to(dtype).clamp(-LATENT_MAX, LATENT_MAX)
         with eval_mode(self):
-            return self._decode_float(self._apply_mask(latent))
+            return self.synthesis(self._apply_mask(latent))
 
     def fingerprint(self) -> bytes:
         """sha256 over the canonical config JSON and every state_dict tensor (mask included).
@@ -291,17 +291,20 @@ class CAE(nn.Module):
             h.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
         return h.digest()
 
-    # -- helpers -----------------------------------------------------------------------------
+    # -- the two halves, unrounded and unmasked (the codec's windows and latent refinement) ---
 
-    def _analysis(self, x: torch.Tensor) -> torch.Tensor:
+    def analysis(self, x: torch.Tensor) -> torch.Tensor:
         """The encoder's output scaled by the gain: the values that get rounded."""
         y = self.encoder(x)
         return y * self.log_gain.exp() if self.config.latent_gain else y
 
-    def _decode_float(self, latent: torch.Tensor) -> torch.Tensor:
+    def synthesis(self, latent: torch.Tensor) -> torch.Tensor:
+        """A float latent (B, C, h, w) -> images in [0, 1], the gain undone first."""
         if self.config.latent_gain:
             latent = latent * torch.exp(-self.log_gain)
         return (torch.tanh(self.decoder(latent)) + 1) / 2
+
+    # -- helpers -----------------------------------------------------------------------------
 
     def _apply_mask(self, latent: torch.Tensor) -> torch.Tensor:
         if self.mask is None:

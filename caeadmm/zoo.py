@@ -3,7 +3,9 @@
 `caeadmm/models/registry.json` lists each model's name, checkpoint file (beside the
 registry), the file's sha256, the model fingerprint (hex sha256 of `CAE.fingerprint()`),
 its operating point in words and, where measured, its Kodak figures (`kodak`: mean bpp of
-the real files, PSNR in dB, MS-SSIM, from `caeadmm eval`), plus which model is the default.
+the real files, PSNR in dB, MS-SSIM, from `caeadmm eval`), for a rate-aware model the
+`rate_lambda` it was trained with (what latent refinement weighs the rate by), plus which
+model is the default.
 The environment variable CAEADMM_REGISTRY may point at another registry.json (a site's own
 collection of models).
 
@@ -39,6 +41,7 @@ class ModelInfo:
     operating_point: str
     default: bool
     kodak: dict[str, float] | None = None  # {"bpp", "psnr", "ms_ssim"} on Kodak, if measured
+    rate_lambda: float = 0.0  # the rate term's weight in training (0: none)
 
     def kodak_line(self) -> str:
         """Rate and quality on Kodak in one cell ("" if the registry has none)."""
@@ -82,6 +85,7 @@ def list_models() -> list[ModelInfo]:
                 operating_point=entry.get("operating_point", ""),
                 default=entry["name"] == default,
                 kodak=_kodak(entry.get("kodak")),
+                rate_lambda=float(entry.get("rate_lambda", 0.0)),
             )
             for entry in registry["models"]
         ]
@@ -92,6 +96,15 @@ def list_models() -> list[ModelInfo]:
 def find_by_fingerprint(prefix: bytes) -> ModelInfo | None:
     """The registered model whose fingerprint starts with `prefix` (as a stream stores it)."""
     return next((m for m in list_models() if m.fingerprint.startswith(prefix.hex())), None)
+
+
+def rate_lambda(name_or_path: str | os.PathLike | None = None) -> float:
+    """The rate_lambda a registered model (None: the default) was trained with; 0 for a model
+    without one and for a checkpoint path (the model file does not record it)."""
+    for info in list_models():
+        if info.name == name_or_path or (name_or_path is None and info.default):
+            return info.rate_lambda
+    return 0.0
 
 
 def load(name_or_path: str | os.PathLike | None = None) -> CAE:

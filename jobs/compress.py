@@ -20,6 +20,7 @@ import sys
 from caeadmm.cli import flags
 from caeadmm.distributed.batch_compress import Interrupted, compress_corpus
 from caeadmm.distributed.session import connect
+from caeadmm.refine import refinement_for
 from caeadmm.zoo import ModelLoadError, load
 
 
@@ -35,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--gpus-per-actor", type=float,
                         help="default: 1 when the cluster has GPUs, else 0")
     flags.add_force(parser, "recompress existing outputs")
+    flags.add_refine(parser)
     flags.add_quiet(parser, "no progress output (a bar on a terminal, else a line every 30 s)",
                     old="--no-progress")
     parser.add_argument("--address", help="Ray cluster to join (default: $RAY_ADDRESS, else "
@@ -59,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
         summary = compress_corpus(
             args.inputs, output, args.model, manifest=manifest,
             concurrency=args.concurrency, num_cpus=args.cpus_per_actor,
-            num_gpus=args.gpus_per_actor, force=args.force, progress=not args.quiet,
+            num_gpus=args.gpus_per_actor, force=args.force,
+            refine=refinement_for(args.model, args.refine), progress=not args.quiet,
         )
     except Interrupted as stop:
         print(f"compress: {stop}; manifest: {stop.manifest}", file=sys.stderr)

@@ -4,7 +4,8 @@
         --kodak EVAL_DIR|BPP,PSNR,MS_SSIM [--default]
 
 Writes caeadmm/models/NAME.pt (inference-only: config, weights, mask), adds or replaces its
-entry in caeadmm/models/registry.json (file, sha256, fingerprint, operating point, and the
+entry in caeadmm/models/registry.json (file, sha256, fingerprint, operating point, the
+training checkpoint's rate_lambda for a rate-aware model (latent refinement weighs by it), the
 Kodak figures of `caeadmm eval $KODAK --codecs cae:CHECKPOINT -o EVAL_DIR`, read from that
 folder's cae.json or given as numbers, which `caeadmm models` shows; a new entry goes in
 Kodak bpp order), and compresses tests/data/reference.png with it into tests/data/NAME.cae
@@ -22,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from caeadmm import image_codec
-from caeadmm.checkpoint import export_model, load_model
+from caeadmm.checkpoint import export_model, load_checkpoint, load_model
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "caeadmm" / "models"
@@ -61,6 +62,17 @@ def _register(models: list[dict], entry: dict) -> list[dict]:
     return [*models[:at], entry, *models[at:]]
 
 
+def _rate_lambda(checkpoint: Path) -> float:
+    """rate_lambda of the training config in `checkpoint`, else in the run's checkpoint.pt
+    beside an exported model.pt; 0 when neither records one."""
+    for path in (checkpoint, checkpoint.with_name("checkpoint.pt")):
+        if path.is_file():
+            config = load_checkpoint(path).get("config")
+            if config:
+                return float(config.get("rate_lambda", 0.0))
+    return 0.0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("name")
@@ -70,6 +82,9 @@ def main() -> None:
                         help="the `caeadmm eval` output folder of the model alone on Kodak, or "
                              "its mean bpp,PSNR,MS-SSIM there")
     parser.add_argument("--default", action="store_true", help="make it the default model")
+    parser.add_argument("--rate-lambda", type=float,
+                        help="the rate term's weight it was trained with (default: read from the "
+                             "training checkpoint, or the run's checkpoint.pt beside model.pt)")
     args = parser.parse_args()
 
     out = export_model(args.checkpoint, MODELS / f"{args.name}.pt")
@@ -84,6 +99,11 @@ def main() -> None:
         "operating_point": args.operating_point,
         "kodak": args.kodak,
     }
+    rate_lambda = args.rate_lambda
+    if rate_lambda is None:
+        rate_lambda = _rate_lambda(Path(args.checkpoint))
+    if rate_lambda > 0:
+        entry["rate_lambda"] = rate_lambda
     registry_file = MODELS / "registry.json"
     registry = json.loads(registry_file.read_text())
     registry["models"] = _register(registry["models"], entry)

@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import importlib.util
 import signal
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from caeadmm.config import ModelConfig
 from caeadmm.model import CAE
+
+
+def load_script(path: Path):
+    """Import a script (jobs/*.py, scripts/*.py) as a module, to call its functions."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def tiny_model(seed: int = 0, keep: float = 0.5, patch_size: int = 32) -> CAE:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import signal
 import subprocess
@@ -12,7 +11,7 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from helpers import default_sigint, test_image, tiny_model, write_images
+from helpers import default_sigint, load_script, test_image, tiny_model, write_images
 from PIL import Image
 
 from caeadmm import image_codec
@@ -25,10 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def load_job():
-    spec = importlib.util.spec_from_file_location("jobs_compress", ROOT / "jobs" / "compress.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "jobs" / "compress.py")
 
 
 @pytest.fixture(scope="module")

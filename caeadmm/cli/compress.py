@@ -1,4 +1,5 @@
-"""`caeadmm compress INPUT... [-o FILE|DIR] [--model M] [--workers N] [--force|--skip-existing]`."""
+"""`caeadmm compress INPUT... [-o FILE|DIR] [--model M] [--refine [STEPS]] [--workers N]
+[--force|--skip-existing]`."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import argparse
 import functools
 from pathlib import Path
 
-from caeadmm.cli import common
+from caeadmm.cli import common, flags
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -23,6 +24,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     common.add_common_options(p, model_help="registered model name or checkpoint path "
                               "(default: the registry's default model)")
+    flags.add_refine(p)
     p.set_defaults(func=run)
 
 
@@ -35,17 +37,25 @@ def run(args: argparse.Namespace) -> int:
         common.cached_model(args.model)  # fail early, once, if the model is unusable
     except (common.UsageError, ModelLoadError) as exc:
         return common.usage_error("compress", str(exc))
-    task = functools.partial(compress_one, model=args.model, existing=common.existing_mode(args))
+    task = functools.partial(compress_one, model=args.model, existing=common.existing_mode(args),
+                             refine_steps=args.refine)
     return common.execute("compress", pairs, errors, task, args.workers,
                           quiet=args.quiet)
 
 
-def compress_one(src: Path, dst: Path, model: str | None, existing: str) -> common.Done:
+def compress_one(
+    src: Path, dst: Path, model: str | None, existing: str, refine_steps: int | None = 0
+) -> common.Done:
+    """Compress one file; refine_steps as `--refine` gives it (flags.add_refine)."""
     from caeadmm.image_codec import compress_file
+    from caeadmm.refine import refinement_for
     from caeadmm.resume import check_stream
 
+    refine = refinement_for(model, refine_steps)
+
     def write(overwrite: bool) -> str:
-        nbytes, bpp = compress_file(src, dst, common.cached_model(model), overwrite=overwrite)
+        nbytes, bpp = compress_file(src, dst, common.cached_model(model), overwrite=overwrite,
+                                    refine=refine)
         return f"{src} -> {dst}: {nbytes} bytes, {bpp:.4f} bpp"
 
     return common.run_task(src, dst, existing, check_stream, write)

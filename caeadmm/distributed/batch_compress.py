@@ -37,6 +37,7 @@ from caeadmm.images import list_images
 from caeadmm.inputs import plan_outputs
 from caeadmm.lifeline import die_with_parent
 from caeadmm.progress import Progress
+from caeadmm.refine import Refinement
 from caeadmm.resume import check_stream
 
 MANIFEST_SCHEMA = pa.schema([
@@ -77,6 +78,7 @@ def compress_corpus(
     num_cpus: float = 1,
     num_gpus: float | None = None,
     force: bool = False,
+    refine: Refinement | None = None,
     progress: bool = False,
     on_row: Callable[[dict], None] | None = None,
 ) -> Summary:
@@ -86,6 +88,7 @@ def compress_corpus(
     - concurrency: actors; num_cpus, num_gpus: per actor (num_gpus None: 1 when the cluster
       has GPUs, else 0);
     - manifest: Parquet path (default OUTPUT_DIR/manifest.parquet);
+    - refine: refine each image's latent before coding (caeadmm.refine.refinement_for);
     - progress: a progress bar on stderr; on_row: called with each new manifest row.
     Connects to Ray (`caeadmm.distributed.session.connect`) if this process is not yet.
     """
@@ -110,7 +113,7 @@ def compress_corpus(
     skipped = len(rows) - sum(r["status"] == "failed" for r in rows)
     compressed = 0
     bar = Progress(len(todo), "compress", "file", enabled=progress)
-    results = _run_actors(todo, model, concurrency, num_cpus, num_gpus, force)
+    results = _run_actors(todo, model, concurrency, num_cpus, num_gpus, force, refine)
     try:
         for row in results:
             rows.append(row)
@@ -140,7 +143,8 @@ def compress_corpus(
 class _Compressor:
     """Ray Data actor: holds one model, compresses a batch of (source, output) rows."""
 
-    def __init__(self, model: str | None, overwrite: bool, threads: int):
+    def __init__(self, model: str | None, overwrite: bool, threads: int,
+                 refine: Refinement | None = None):
         import torch
 
         die_with_parent(os.getppid(), kernel_signal=False)  # the raylet: gone with the driver
@@ -149,6 +153,7 @@ class _Compressor:
         if torch.cuda.is_available():  # true only when Ray gave this actor a GPU
             self.model.to("cuda")
         self.overwrite = overwrite
+        self.refine = refine
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         rows = [self._one(str(s), str(d), bool(r)) for s, d, r in
@@ -157,7 +162,7 @@ class _Compressor:
 
     def _one(self, src: str, dst: str, replace: bool) -> dict:
         try:
-            nbytes, bpp = image_codec.compress_file(src, dst, self.model,
+            nbytes, bpp = image_codec.compress_file(src, dst, self.model, refine=self.refine,
                                                     overwrite=self.overwrite or replace)
         except Exception as exc:  # a bad file must never stop the corpus
             return _row(src, "", error=f"{type(exc).__name__}: {' '.join(str(exc).split())}")
@@ -166,7 +171,7 @@ class _Compressor:
 
 def _run_actors(
     todo: list[dict], model: str | None, concurrency: int, num_cpus: float, num_gpus: float | None,
-    overwrite: bool,
+    overwrite: bool, refine: Refinement | None,
 ) -> Iterator[dict]:
     if not todo:
         return
@@ -178,17 +183,19 @@ def _run_actors(
         # max_restarts has no named parameter in Ray 2.60, so it goes through the deprecated
         # ray_remote_args; this run asks for it on purpose.
         warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated")
-        ds = _map(ds, model, concurrency, num_cpus, num_gpus, overwrite, len(todo))
+        ds = _map(ds, model, concurrency, num_cpus, num_gpus, overwrite, refine, len(todo))
     with quiet_data():
         yield from ds.iter_rows()
 
 
 def _map(ds: ray.data.Dataset, model: str | None, concurrency: int, num_cpus: float,
-         num_gpus: float, overwrite: bool, n: int) -> ray.data.Dataset:
+         num_gpus: float, overwrite: bool, refine: Refinement | None,
+         n: int) -> ray.data.Dataset:
     return ds.map_batches(
         _Compressor,
         fn_constructor_kwargs={
             "model": model, "overwrite": overwrite, "threads": max(1, int(num_cpus)),
+            "refine": refine,
         },
         batch_size=1,
         compute=ray.data.ActorPoolStrategy(size=min(concurrency, n)),

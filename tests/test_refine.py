@@ -1,0 +1,181 @@
+"""Encoder-side latent refinement (caeadmm.refine through image_codec.compress): the refined
+stream is an ordinary stream, better for the objective, for any image size and window."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import load_script, test_image, tiny_model
+from PIL import Image
+
+from caeadmm import baselines, image_codec, zoo
+from caeadmm.checkpoint import save_checkpoint
+from caeadmm.cli import main
+from caeadmm.config import TrainConfig
+from caeadmm.losses import distortion
+from caeadmm.model import CAE
+from caeadmm.refine import Refinement
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLES = ROOT / "caeadmm" / "samples"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def channel_model(seed: int = 0) -> CAE:
+    """The tiny test model with channels 0, 2, 3 and 6 kept everywhere ("channels" layout)."""
+    model = tiny_model(seed=seed)
+    mask = torch.zeros(model.config.latent_shape(), dtype=torch.bool)
+    mask[[0, 2, 3, 6]] = True
+    model.set_mask(mask)
+    return model
+
+
+@pytest.fixture(scope="module")
+def model() -> CAE:
+    return channel_model()
+
+
+def load_job():
+    return load_script(ROOT / "jobs" / "compress.py")
+
+
+def mse(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.mean((a.astype(np.float64) - b) ** 2))
+
+
+def test_shipped_model_refined_is_better_at_about_the_same_rate():
+    """The default model on a photo crop: the training objective's distortion falls and the
+    real bytes stay within 3 %; the plain decoder reads the refined stream."""
+    name = next(m.name for m in zoo.list_models() if m.default)
+    model = zoo.load(name)
+    image = np.asarray(Image.open(SAMPLES / "astronaut.png").convert("RGB"))[96:224, 160:320]
+    plain = image_codec.compress(image, model)
+    refined = image_codec.compress(
+        image, model, refine=Refinement(steps=10, rate_lambda=zoo.rate_lambda(name))
+    )
+    assert refined != plain
+    assert len(refined) <= 1.03 * len(plain)
+
+    def loss(data: bytes) -> float:
+        decoded = image_codec.decompress(data, model)
+        as_tensor = [torch.from_numpy(a).permute(2, 0, 1)[None].float() / 255
+                     for a in (decoded, image)]
+        return float(distortion(*as_tensor)[0])
+
+    assert loss(refined) < loss(plain) - 1.0
+
+
+def test_zero_steps_is_the_plain_stream(model):
+    image = test_image(40, 56)
+    assert image_codec.compress(image, model, refine=Refinement(steps=0)) == \
+        image_codec.compress(image, model)
+
+
+@pytest.mark.parametrize("size, tile", [((75, 101), 32), ((75, 101), None), ((200, 96), 64)])
+def test_every_window_is_refined(model, size, tile):
+    """Windowed or not, the refined stream decodes to an image closer to the input."""
+    image = test_image(*size, seed=3)
+    plain = image_codec.decompress(image_codec.compress(image, model, tile=tile), model)
+    data = image_codec.compress(image, model, tile=tile, refine=Refinement(steps=10, lr=0.3))
+    refined = image_codec.decompress(data, model)
+    assert refined.shape == image.shape
+    assert mse(refined, image) < 0.97 * mse(plain, image)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (1, 45), (45, 1), (9, 9, 3), (20, 30)])
+def test_tiny_odd_and_grayscale_images(model, shape):
+    image = test_image(*shape[:2], seed=1)
+    if len(shape) == 2:
+        image = image[..., 0]
+    data = image_codec.compress(image, model, refine=Refinement(steps=2, lr=0.3))
+    assert image_codec.decompress(data, model).shape == image.shape
+
+
+def test_the_model_is_left_as_it_was(model):
+    before = model.fingerprint()
+    model.train()
+    image_codec.compress(test_image(32, 48), model, refine=Refinement(steps=2))
+    assert model.training and model.fingerprint() == before
+    assert all(p.grad is None for p in model.parameters())
+    model.eval()
+
+
+def test_refusals(model):
+    image = test_image(32, 32)
+    with pytest.raises(ValueError, match="'channels' layout"):
+        image_codec.compress(image, model, layout="tiles", refine=Refinement(steps=1))
+    with pytest.raises(ValueError, match="entropy model"):  # the tiny model has none
+        image_codec.compress(image, model, refine=Refinement(steps=1, rate_lambda=10))
+    for bad in ({"steps": -1}, {"lr": 0.0}, {"rate_lambda": -1.0}):
+        with pytest.raises(ValueError):
+            Refinement(**bad)
+
+
+def test_registered_rate_lambda():
+    """Rate-aware models record their rate_lambda; others and checkpoint paths give 0."""
+    models = zoo.list_models()
+    assert any(m.rate_lambda > 0 for m in models)
+    for info in models:
+        assert zoo.rate_lambda(info.name) == info.rate_lambda
+        assert (info.rate_lambda > 0) == (zoo.load(info.name).config.entropy_model != "none")
+    assert zoo.rate_lambda("no/such/model.pt") == 0.0
+
+
+def test_cli_compress_refine(model, tmp_path, capsys):
+    checkpoint = tmp_path / "tiny.pt"
+    save_checkpoint(checkpoint, model=model, admm=None, optimizer=None, step=0,
+                    config=TrainConfig(model=model.config))
+    src = tmp_path / "a.png"
+    Image.fromarray(test_image(40, 50)).save(src)
+    plain, refined = tmp_path / "plain.cae", tmp_path / "refined.cae"
+    assert main(["compress", str(src), "-o", str(plain), "--model", str(checkpoint)]) == 0
+    assert main(["compress", str(src), "-o", str(refined), "--model", str(checkpoint),
+                 "--refine", "3"]) == 0
+    assert refined.read_bytes() != plain.read_bytes()
+    decoded = image_codec.decompress(refined.read_bytes(), model)
+    assert decoded.shape == (40, 50, 3)
+    with pytest.raises(SystemExit):
+        main(["compress", str(src), "--refine", "-1"])
+    assert "steps must be >= 0" in capsys.readouterr().err
+
+
+def test_eval_codec_cae_refined():
+    assert baselines.parse_codecs("cae:a+b,cae-refined:a") == {"cae": ["a", "b"],
+                                                               "cae-refined": ["a"]}
+    codec = baselines.get_codec("cae-refined")
+    assert codec.label != baselines.get_codec("cae").label
+
+
+def test_corpus_job_refines_as_compress_does(ray_local, model, tmp_path):
+    """jobs/compress.py's actors (Ray Data) write the refined stream compress() gives."""
+    from caeadmm.distributed.batch_compress import compress_corpus
+
+    checkpoint = tmp_path / "tiny.pt"
+    save_checkpoint(checkpoint, model=model, admm=None, optimizer=None, step=0,
+                    config=TrainConfig(model=model.config))
+    root = tmp_path / "corpus"
+    root.mkdir()
+    image = test_image(40, 56, seed=4)
+    Image.fromarray(image).save(root / "a.png")
+    refine = Refinement(steps=3, lr=0.3)
+    summary = compress_corpus([root], tmp_path / "out", str(checkpoint), refine=refine,
+                              concurrency=1)
+    assert summary.compressed == 1
+    written = (tmp_path / "out" / "a.cae").read_bytes()
+    assert written == image_codec.compress(image, model, refine=refine)
+    assert written != image_codec.compress(image, model)
+
+    job = load_job()
+    assert job.build_parser().parse_args(["x", "-o", "y", "--refine"]).refine is None
+    assert job.build_parser().parse_args(["x", "-o", "y", "--refine", "4"]).refine == 4
+    assert job.build_parser().parse_args(["x", "-o", "y"]).refine == 0
