@@ -60,14 +60,15 @@ def add_quiet(parser: argparse.ArgumentParser, help: str = "no progress output",
 def add_refine(parser: argparse.ArgumentParser) -> None:
     """`--refine [STEPS]`: 0 (absent) plain coding, None (alone) refine.STEPS, else STEPS."""
     parser.add_argument(
-        "--refine", type=_steps, nargs="?", const=None, default=0, metavar="STEPS",
+        "--refine", type=steps, nargs="?", const=None, default=0, metavar="STEPS",
         help="refine each image's latent by STEPS gradient steps before coding (alone: the "
         "default steps of caeadmm.refine): better quality at about the same rate, the same "
         "decoder, encoding tens of seconds per megapixel on a CPU core (docs/cli.md)",
     )
 
 
-def _steps(text: str) -> int:
+def steps(text: str) -> int:
+    """A --refine value: a count of steps, 0 or more."""
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"steps must be >= 0, got {value}")
