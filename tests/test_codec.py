@@ -4,6 +4,7 @@ determinism, grayscale, wrong models, bounded memory and fuzzing of the whole de
 
 from __future__ import annotations
 
+import math
 import resource
 import struct
 import subprocess
@@ -172,6 +173,26 @@ def test_unpruned_model_codes_every_channel():
     header, _ = parse(data)
     assert (header.layout, header.kept, header.n_symbols) == ("channels", 8, 8 * 5 * 7)
     assert image_codec.decompress(data, model).shape == image.shape
+
+
+def test_latent_gain_is_applied_as_in_the_model():
+    """A model with a learned latent gain: the codec rounds gain * encoder output and decodes
+    symbols / gain, exactly as the model's own eval-mode forward pass does."""
+    trained = tiny_model(seed=2)
+    trained.set_mask(None)
+    model = CAE(replace(trained.config, latent_gain=True)).eval()
+    model.load_state_dict(trained.state_dict(), strict=False)  # all but the gain
+    with torch.no_grad():
+        model.log_gain.fill_(math.log(0.5))
+    image = test_image(48, 64, seed=5)
+    x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        x_hat, latent = model(x)
+    data = image_codec.compress(image, model)
+    assert latent.abs().max() >= 2  # symbols that the gain changes
+    np.testing.assert_array_equal(symbols_of(data), latent[0].flatten(1).to(torch.int32).numpy())
+    expected = (x_hat * 255).round().clamp(0, 255).to(torch.uint8)[0].permute(1, 2, 0).numpy()
+    np.testing.assert_array_equal(image_codec.decompress(data, model), expected)
 
 
 def test_same_bytes_with_one_or_two_threads(model):
