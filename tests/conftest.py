@@ -10,6 +10,19 @@ import pytest
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Torch on one thread for a module (`pytestmark = pytest.mark.usefixtures(...)`): small
+    models gain nothing from a second thread, and OpenMP's waiting threads make them many
+    times slower on a busy 2-core machine. (Thread-count independence is tested.)"""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """A local Ray instance shared by the tests that need one, shut down at the end.

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from helpers import default_sigint, test_image, tiny_model, wait_until_gone, write_images
 from PIL import Image
 
@@ -23,13 +22,7 @@ from caeadmm.cli import flags, main
 from caeadmm.cli.common import cached_model
 from caeadmm.config import TrainConfig
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(autouse=True)

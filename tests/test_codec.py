@@ -70,14 +70,7 @@ def tile_reconstruction(image: np.ndarray, model: CAE) -> np.ndarray:
     return pixels.reshape(rows * tile, cols * tile, 3)[:h, :w]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The tiny model gains nothing from a second thread, and OpenMP's waiting threads make
-    it many times slower on a busy 2-core machine. (Thread-count independence is tested.)"""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -23,12 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "caeadmm" / "samples"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def channel_model(seed: int = 0) -> CAE:
