@@ -63,7 +63,7 @@ def add_refine(parser: argparse.ArgumentParser) -> None:
         "--refine", type=steps, nargs="?", const=None, default=0, metavar="STEPS",
         help="refine each image's latent by STEPS gradient steps before coding (alone: the "
         "default steps of caeadmm.refine): better quality at about the same rate, the same "
-        "decoder, encoding tens of seconds per megapixel on a CPU core (docs/cli.md)",
+        "decoder, encoding about 40 s per Kodak image on a CPU core (docs/refine.md)",
     )
 
 
