@@ -9,6 +9,7 @@ Reruns skip what is done (checked whole; damaged outputs are made again); bad im
 listed in the manifest (status "failed") and do not fail the job. Under `ray job submit`
 the output must be an absolute path. Exit code 0 once every file has been tried, 2 for bad
 arguments or no model, 130 when interrupted (the manifest then lists what finished).
+`--refine [STEPS]` refines each image's latent before coding (docs/refine.md).
 See docs/cli.md ("Corpora on a Ray cluster") and caeadmm/distributed/batch_compress.py.
 """
 
