@@ -237,15 +237,18 @@ class CAE(nn.Module):
         x_hat = self.synthesis(latent)
         if not rate:
             return x_hat, latent
-        with torch.autocast(x.device.type, enabled=False):
-            if self.config.rate_estimate != "fixed":
-                bits = self.entropy.adaptive_bits(
-                    rate_input, LATENT_MAX, self.mask,
-                    zero_context=self.config.rate_estimate == "adaptive-runs",
-                )
-            else:
-                bits = self.entropy.bits(rate_input, self.mask)
-        return x_hat, latent, bits
+        return x_hat, latent, self.rate_bits(rate_input, self.mask)
+
+    def rate_bits(self, latent: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        """The rate term's estimate of each image's bits (B,) for a float latent (B, C, h, w),
+        counting the slots where `mask` (broadcastable to (C, h, w); None: all) is True, as
+        `config.rate_estimate` says. Float32 also under autocast."""
+        with torch.autocast(latent.device.type, enabled=False):
+            if self.config.rate_estimate == "fixed":
+                return self.entropy.bits(latent, mask)
+            return self.entropy.adaptive_bits(
+                latent, LATENT_MAX, mask, zero_context=self.config.rate_estimate == "adaptive-runs"
+            )
 
     # -- inference path ------------------------------------------------------------------------
 

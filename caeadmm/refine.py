@@ -25,7 +25,7 @@ import torch
 
 from caeadmm import zoo
 from caeadmm.losses import distortion
-from caeadmm.model import CAE, LATENT_MAX, add_uniform_noise, round_straight_through
+from caeadmm.model import CAE, add_uniform_noise, round_straight_through
 
 STEPS = 15  # Adam steps: on Kodak most of the gain comes in the first 10-15 (docs/evaluation.md)
 LEARNING_RATE = 0.02  # in symbol units, decayed linearly to 0 over the steps
@@ -95,10 +95,7 @@ def refine_window(
         loss, _ = distortion(decoded, target, mse_only=mse_only)
         if settings.rate_lambda > 0:
             noisy = add_uniform_noise(full) * channels[:, None, None]
-            bits = model.entropy.adaptive_bits(
-                noisy, LATENT_MAX, channels[:, None, None],
-                zero_context=model.config.rate_estimate == "adaptive-runs",
-            )
+            bits = model.rate_bits(noisy, channels[:, None, None])
             loss = loss + settings.rate_lambda * bits.sum() / (visible[0] * visible[1])
         (grad,) = torch.autograd.grad(loss, [inner])
         inner.grad = grad
