@@ -4,21 +4,23 @@ entry placed in Kodak bpp order (so that `caeadmm models` lists the curve from l
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from helpers import load_script, tiny_model
+
+from caeadmm.checkpoint import export_model, save_checkpoint
+from caeadmm.config import TrainConfig
+from caeadmm.model import CAE
 
 SHIP = Path(__file__).resolve().parent.parent / "scripts" / "ship_model.py"
 
 
 @pytest.fixture(scope="module")
 def ship():
-    spec = importlib.util.spec_from_file_location("ship_model", SHIP)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SHIP)
 
 
 def write_eval(folder: Path, bpp: list[float]) -> Path:
@@ -50,3 +52,18 @@ def test_a_new_entry_goes_in_bpp_order_and_a_shipped_name_is_replaced_in_place(s
     replaced = ship._register(models, entry("k6", 0.28))
     assert [m["name"] for m in replaced] == ["k2", "k6", "site-model", "k20"]
     assert replaced[1]["kodak"]["bpp"] == 0.28
+
+
+def test_rate_lambda_comes_from_the_training_checkpoint(ship, tmp_path):
+    """Read from the checkpoint given, or from the run's checkpoint.pt beside an exported
+    model.pt; 0 when neither records one (an export alone)."""
+    model = CAE(replace(tiny_model().config, entropy_model="factorized"))
+    run = tmp_path / "run"
+    run.mkdir()
+    checkpoint = save_checkpoint(run / "checkpoint.pt", model=model, admm=None, optimizer=None,
+                                 step=0, config=TrainConfig(model=model.config, rate_lambda=96.0))
+    export_model(checkpoint, run / "model.pt")
+    export_model(checkpoint, tmp_path / "alone.pt")
+    assert ship._rate_lambda(checkpoint) == 96.0
+    assert ship._rate_lambda(run / "model.pt") == 96.0
+    assert ship._rate_lambda(tmp_path / "alone.pt") == 0.0
