@@ -110,13 +110,13 @@ def crop_pool(train: list[Path], crop: int, seed: int = 0) -> torch.Tensor:
     return torch.from_numpy(np.stack(crops)).permute(0, 3, 1, 2).contiguous()
 
 
-def held_out(images: list[Path]) -> list[np.ndarray]:
-    """The central EVAL_SIDE square (or the largest that fits) of each image, uint8 RGB."""
+def held_out(images: list[Path], side: int = EVAL_SIDE) -> list[np.ndarray]:
+    """The central `side` square (or the largest that fits) of each image, uint8 RGB."""
     out = []
     for path in images:
         img = load_rgb(path)
         h, w = img.shape[:2]
-        sh, sw = min(EVAL_SIDE, h), min(EVAL_SIDE, w)
+        sh, sw = min(side, h), min(side, w)
         top, left = (h - sh) // 2, (w - sw) // 2
         out.append(np.ascontiguousarray(img[top : top + sh, left : left + sw]))
     return out

@@ -26,17 +26,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ablation import split  # noqa: E402
+from ablation import held_out, split  # noqa: E402
 
 from caeadmm import image_codec, metrics, zoo  # noqa: E402
-from caeadmm.images import load_rgb  # noqa: E402
 from caeadmm.refine import Refinement  # noqa: E402
-
-
-def centre(image: np.ndarray, side: int) -> np.ndarray:
-    h, w = image.shape[:2]
-    top, left = max(0, (h - side) // 2), max(0, (w - side) // 2)
-    return image[top : top + side, left : left + side]
 
 
 def measure(image: np.ndarray, model, refine: Refinement | None, repeats: int) -> dict:
@@ -67,7 +60,7 @@ def main() -> None:
 
     model = zoo.load(args.model)
     rate_lambda = zoo.rate_lambda(args.model)
-    images = [centre(load_rgb(p), args.side) for p in split(args.images)[1][: args.count]]
+    images = held_out(split(args.images)[1][: args.count], args.side)
     image_codec.compress(images[0], model)  # Numba compiles the coder before any timing
     plain = [measure(im, model, None, args.repeats) for im in images]
     print(f"model {args.model or 'default'} (rate_lambda {rate_lambda:g}), {len(images)} "

@@ -62,7 +62,7 @@ from caeadmm.bitstream import (
 )
 from caeadmm.files import write_atomic
 from caeadmm.images import load_rgb, to_uint8
-from caeadmm.model import CAE, LATENT_MAX, channel_support, quantize
+from caeadmm.model import CAE, LATENT_MAX, channel_support, eval_mode, quantize
 from caeadmm.refine import Refinement, refine_window
 from coding.format import unpack_header
 
@@ -289,9 +289,7 @@ def _refined(
     halo = _halos(model)[1]
     device = _device(model)
     latent = latent.clone()
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         for (r0, r1, s0, s1), (c0, c1, t0, t1) in _windows(rows, cols, tile, halo):
             visible = (min(LATENT_STRIDE * r1, height) - LATENT_STRIDE * r0,
                        min(LATENT_STRIDE * c1, width) - LATENT_STRIDE * c0)
@@ -302,8 +300,6 @@ def _refined(
             core = (r0 - s0, r1 - s0, c0 - t0, c1 - t0)
             window = refine_window(model, x, window, kept.to(device), core, visible, refine)
             latent[:, r0:r1, c0:c1] = window[:, core[0] : core[1], core[2] : core[3]].cpu()
-    finally:
-        model.train(was_training)
     return latent
 
 
@@ -520,13 +516,8 @@ def _check_image(image: np.ndarray) -> tuple[np.ndarray, str]:
 @contextmanager
 def _inference(model: CAE) -> Iterator[None]:
     """Inference mode with the model in eval mode (BatchNorm running statistics), restored."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            yield
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.inference_mode():
+        yield
 
 
 def _device(model: CAE) -> torch.device:

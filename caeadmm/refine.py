@@ -6,7 +6,7 @@ was trained on (distortion + rate_lambda * bpp): the decoder sees the rounded la
 gradient passed straight through the rounding) and the rate term the entropy model's
 estimate of the noisy latent, as in training. This is "content-adaptive optimization"
 (Campos et al., 2019) of the latent only: the stream format and the decoder do not change,
-so any decoder reads a refined stream. docs/evaluation.md measures what it buys on Kodak.
+so any decoder reads a refined stream. docs/refine.md measures what it buys on Kodak.
 
 `refine_window` runs on one network window of the codec (caeadmm.image_codec): the latent of
 the window's core is optimized with the latent around it fixed, the distortion measured on
@@ -24,10 +24,11 @@ from dataclasses import dataclass
 import torch
 
 from caeadmm import zoo
+from caeadmm.bitstream import LATENT_STRIDE
 from caeadmm.losses import distortion
 from caeadmm.model import CAE, add_uniform_noise, round_straight_through
 
-STEPS = 15  # Adam steps: on Kodak most of the gain comes in the first 10-15 (docs/evaluation.md)
+STEPS = 15  # Adam steps: most of what 25 give (bench/refine.py, docs/refine.md)
 LEARNING_RATE = 0.02  # in symbol units, decayed linearly to 0 over the steps
 
 
@@ -78,7 +79,7 @@ def refine_window(
     if settings.rate_lambda > 0 and model.config.entropy_model == "none":
         raise ValueError("a rate term (rate_lambda > 0) needs a model with an entropy model")
     r0, r1, c0, c1 = core
-    y0, x0 = 8 * r0, 8 * c0
+    y0, x0 = LATENT_STRIDE * r0, LATENT_STRIDE * c0
     target = pixels[..., y0 : y0 + visible[0], x0 : x0 + visible[1]]
     mse_only = min(visible) <= 32  # MS-SSIM needs more than 32 px (losses.ms_ssim_window)
     channels = torch.zeros(model.config.latent_channels, dtype=torch.bool, device=latent.device)

@@ -6,8 +6,12 @@ from __future__ import annotations
 import argparse
 import functools
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from caeadmm.cli import common, flags
+
+if TYPE_CHECKING:
+    from caeadmm.refine import Refinement
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,28 +34,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from caeadmm.images import list_images
+    from caeadmm.refine import refinement_for
     from caeadmm.zoo import ModelLoadError
 
     try:
         pairs, errors = common.plan(args.inputs, args.output, ".cae", lambda d: list_images([d]))
         common.cached_model(args.model)  # fail early, once, if the model is unusable
+        refine = refinement_for(args.model, args.refine)
     except (common.UsageError, ModelLoadError) as exc:
         return common.usage_error("compress", str(exc))
     task = functools.partial(compress_one, model=args.model, existing=common.existing_mode(args),
-                             refine_steps=args.refine)
+                             refine=refine)
     return common.execute("compress", pairs, errors, task, args.workers,
                           quiet=args.quiet)
 
 
 def compress_one(
-    src: Path, dst: Path, model: str | None, existing: str, refine_steps: int | None = 0
+    src: Path, dst: Path, model: str | None, existing: str, refine: Refinement | None = None
 ) -> common.Done:
-    """Compress one file; refine_steps as `--refine` gives it (flags.add_refine)."""
     from caeadmm.image_codec import compress_file
-    from caeadmm.refine import refinement_for
     from caeadmm.resume import check_stream
-
-    refine = refinement_for(model, refine_steps)
 
     def write(overwrite: bool) -> str:
         nbytes, bpp = compress_file(src, dst, common.cached_model(model), overwrite=overwrite,
