@@ -38,7 +38,6 @@ import torch
 # Run as a script, this file's folder comes first on sys.path, where bench/coding.py would
 # shadow the `coding` package: look in the repository root instead.
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
-import coding  # noqa: E402
 from bench.rate_estimate import estimated_bits  # noqa: E402
 from caeadmm import bitstream, image_codec, train_loop  # noqa: E402
 from caeadmm.checkpoint import load_model  # noqa: E402
@@ -166,7 +165,7 @@ def stream_estimate(model: CAE, header: bitstream.Header, payload: bytes) -> flo
     """The model's rate estimate (fixed, per-image adaptive or that with the zero context, as
     it was trained) of exactly the symbols a version 2 payload holds."""
     kept = image_codec.kept_channels(model)
-    symbols = coding.decode_channels(payload).reshape(len(kept), *header.latent_size)
+    symbols = image_codec.decode_payload(header, payload).reshape(len(kept), *header.latent_size)
     fixed, adaptive, runs = estimated_bits(model, kept, symbols)
     return {"adaptive": adaptive, "adaptive-runs": runs}.get(model.config.rate_estimate, fixed)
 

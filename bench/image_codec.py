@@ -1,4 +1,4 @@
-"""Codec speed, memory and quality on Kodak: CAE version 2 (whole image, "channels"
+"""Codec speed, memory and quality on Kodak: CAE version 2 (whole image, "predicted"
 layout) next to version 1's layout (independent 128 px tiles), each split into network and
 entropy coding, with Pillow JPEG and WebP timed on the same images in the same run.
 
@@ -85,7 +85,7 @@ def minus(a: tuple[float, float], b: tuple[float, float]) -> tuple[float, float]
 
 LAYOUTS = {"v2": None, "v1": "tiles"}  # row prefix -> compress(layout=...)
 # row prefix -> (entropy encoder, entropy decoder) of that layout's payload
-ENTROPY = {"v2": (coding.encode_channels, coding.decode_channels),
+ENTROPY = {"v2": (coding.encode_planes, coding.decode_planes),
            "v1": (coding.encode, coding.decode)}
 
 
@@ -136,7 +136,7 @@ def payload_table(paths: list[Path], names: list[str]) -> str:
         model = load(name)
         single, grouped, single_bpp, grouped_bpp = [], [], [], []
         for image in images:
-            data = image_codec.compress(image, model)
+            data = image_codec.compress(image, model, layout="channels")
             header, payload = parse(data)
             one_table = len(data) - len(payload) + len(
                 coding.encode(coding.decode_channels(payload).ravel()))
@@ -215,8 +215,9 @@ def main() -> None:
     parser.add_argument("--pruning-ratio", type=float, default=0.5)
     parser.add_argument("--limit", type=int, help="only the first N images (a quick check)")
     parser.add_argument("--large", action="store_true", help="one 8000 x 6000 image instead")
-    parser.add_argument("--layout", choices=["channels", "tiles"], default="channels",
-                        help="--large: the layout to measure (default: channels, version 2)")
+    parser.add_argument("--layout", choices=["predicted", "channels", "tiles"],
+                        default="predicted",
+                        help="--large: the layout to measure (default: predicted)")
     parser.add_argument("--payload", action="store_true",
                         help="sizes only: per-channel-group payload against one table")
     args = parser.parse_args()

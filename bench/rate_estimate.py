@@ -121,7 +121,7 @@ def measure(model: CAE, images: list[np.ndarray]) -> list[dict[str, float]]:
         raise SystemExit("the model's mask is not channel-structured: no version 2 streams")
     rows = []
     for image in images:
-        stream = image_codec.compress(image, model)
+        stream = image_codec.compress(image, model, layout="channels")
         header, payload = bitstream.parse(stream)
         symbols = coding.decode_channels(payload)
         parts = payload_parts(symbols)

@@ -6,10 +6,12 @@ payload holds. `parse` validates every field, the total length and a CRC32 over 
 payload, and raises BitstreamError (a ValueError) for anything wrong, so that callers see one
 error type for every malformed file. docs/bitstream.md is the specification.
 
-Version 2 (written) has a layout byte: "channels" (the whole image through the network, the
-kept latent channels coded with a Huffman table per group of channels) or "tiles"
-(independent P x P tiles, version 1's layout and single-table payload, for models whose mask
-is not channel-structured). Version 1 streams (always "tiles") are read.
+Version 2 (written) has a layout byte: "predicted" (the whole image through the network, the
+kept latent channels coded as the residuals of a linear prediction, with a Huffman table per
+group of channels), "channels" (the same latent without the prediction, written before
+"predicted" existed) or "tiles" (independent P x P tiles, version 1's layout and single-table
+payload, for models whose mask is not channel-structured). Version 1 streams (always "tiles")
+are read.
 """
 
 from __future__ import annotations
@@ -24,10 +26,12 @@ READABLE_VERSIONS = (1, 2)
 FINGERPRINT_BYTES = 16  # leading bytes of the model's sha256 fingerprint
 MODES = {0: "RGB", 1: "L"}
 MODE_CODES = {name: code for code, name in MODES.items()}
-# Symbol layouts and their payload kinds ("channels": coding.encode_channels, "tiles":
-# coding.encode). A new payload kind is a new code here, not a new version.
-LAYOUTS = {0: "tiles", 1: "channels"}
+# Symbol layouts and their payload kinds ("predicted": coding.encode_planes, "channels":
+# coding.encode_channels, "tiles": coding.encode). A new payload kind is a new code here, not
+# a new version.
+LAYOUTS = {0: "tiles", 1: "channels", 2: "predicted"}
 LAYOUT_CODES = {name: code for code, name in LAYOUTS.items()}
+WHOLE_IMAGE_LAYOUTS = ("channels", "predicted")  # one latent for the whole image
 
 # magic, version, mode, tile size, latent channels, layout, reserved, width, height,
 # kept (slots per tile or channels), model fingerprint, payload length, CRC32.
@@ -60,7 +64,7 @@ class ModelMismatchError(BitstreamError):
 
 
 def padded_side(n: int) -> int:
-    """The side the network sees for an image side of n pixels ("channels" layout): the
+    """The side the network sees for an image side of n pixels (whole-image layouts): the
     next multiple of 8, at least 16 (the image is replicate-padded at the bottom/right)."""
     return max(MIN_SIDE, -(-n // LATENT_STRIDE) * LATENT_STRIDE)
 
@@ -72,12 +76,12 @@ class Header:
     width: int
     height: int
     mode: str  # "RGB" or "L": the mode the image had, and the one decompress returns
-    layout: str  # "channels" or "tiles"
+    layout: str  # "predicted", "channels" or "tiles"
     latent_channels: int
-    kept: int  # "channels": kept latent channels; "tiles": kept latent slots per tile
+    kept: int  # whole image: kept latent channels; "tiles": kept latent slots per tile
     fingerprint: bytes  # first FINGERPRINT_BYTES bytes of the model fingerprint
     payload_length: int
-    tile_size: int = 0  # "tiles" only: the tile side P; 0 for "channels"
+    tile_size: int = 0  # "tiles" only: the tile side P; 0 for a whole-image layout
     version: int = VERSION
 
     @property
@@ -87,7 +91,7 @@ class Header:
 
     @property
     def latent_size(self) -> tuple[int, int]:
-        """"channels" layout: (rows, columns) of the whole image's latent."""
+        """Whole-image layouts: (rows, columns) of the whole image's latent."""
         return (padded_side(self.height) // LATENT_STRIDE,
                 padded_side(self.width) // LATENT_STRIDE)
 
@@ -181,7 +185,7 @@ def _check_fields(header: Header, max_pixels: int | None) -> None:
             raise BitstreamError(
                 f"{header.kept} kept slots per tile, but a tile has only {slots}"
             )
-    elif header.layout == "channels":
+    elif header.layout in WHOLE_IMAGE_LAYOUTS:
         if tile != 0:
             raise BitstreamError(f"tile size {tile} in a whole-image stream (must be 0)")
         if not 0 <= header.kept <= header.latent_channels:

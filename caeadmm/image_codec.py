@@ -1,13 +1,15 @@
 """Whole images to .cae streams and back (the format: docs/bitstream.md).
 
-Channel-masked models (`prune_structure: channel`, or no mask) use the "channels" layout:
+Channel-masked models (`prune_structure: channel`, or no mask) use the "predicted" layout:
 the mask is the same at every latent position, so the network runs over the whole image,
 replicate-padded at the bottom and right to a multiple of 8 (at least 16), the kept latent
-channels are coded (channel, then row, then column) with a Huffman table per group of
-channels (coding.encode_channels), and the decoder reconstructs the whole image and crops
-the padding. Models with any other mask (`prune_structure: slot`) keep the
-"tiles" layout of version 1: independent P x P tiles, each coded as its kept mask slots, all
-with one Huffman table (coding.encode).
+channels (K, h, w) are coded as the residuals of a linear prediction from each symbol's
+causal neighbours and the channels before it, with a Huffman table per group of channels
+(coding.encode_planes), and the decoder reconstructs the whole image and crops the padding.
+The "channels" layout is the same latent without the prediction (coding.encode_channels;
+written before "predicted" existed, and still read). Models with any other mask
+(`prune_structure: slot`) keep the "tiles" layout of version 1: independent P x P tiles,
+each coded as its kept mask slots, all with one Huffman table (coding.encode).
 
 Bounded memory: an image of up to ONE_WINDOW_PIXELS (padded) pixels goes through the
 network in one pass, which is also the fastest way; a larger one in overlapping windows of
@@ -55,6 +57,7 @@ from caeadmm import bitstream
 from caeadmm.bitstream import (
     DEFAULT_MAX_PIXELS,
     LATENT_STRIDE,
+    WHOLE_IMAGE_LAYOUTS,
     BitstreamError,
     Header,
     ModelMismatchError,
@@ -87,29 +90,33 @@ def compress(
     tile: core side in pixels of the windows the network runs over (a multiple of 8; None:
     one window for the whole image; "auto": one window up to ONE_WINDOW_PIXELS, else TILE).
     It bounds memory and does not change the stream.
-    layout: None picks "channels" when the model's mask allows it, else "tiles"; "tiles"
-    forces independent tiles (version 1's layout, for comparisons).
-    refine: optimize the latent for this image before rounding (caeadmm.refine; "channels"
-    layout only): slower encoding, the same decoder.
+    layout: None picks "predicted" when the model's mask allows it, else "tiles";
+    "channels" codes the same latent without the prediction and "tiles" forces independent
+    tiles (version 1's layout), both for comparisons.
+    refine: optimize the latent for this image before rounding (caeadmm.refine; whole-image
+    layouts only): slower encoding, the same decoder.
     """
-    if layout not in (None, "tiles", "channels"):
-        raise ValueError(f"layout must be None, 'tiles' or 'channels', got {layout!r}")
+    if layout not in (None, "tiles", *WHOLE_IMAGE_LAYOUTS):
+        raise ValueError(
+            f"layout must be None, 'tiles', 'channels' or 'predicted', got {layout!r}"
+        )
     image, mode = _check_image(image)
     height, width = image.shape[:2]
     kept = kept_channels(model)
-    if layout == "channels" and kept is None:
-        raise ValueError("the 'channels' layout needs a mask that is the same at every "
+    if layout in WHOLE_IMAGE_LAYOUTS and kept is None:
+        raise ValueError(f"the {layout!r} layout needs a mask that is the same at every "
                          "latent position (prune_structure: channel)")
     fingerprint = model.fingerprint()[: bitstream.FINGERPRINT_BYTES]
     channels = model.config.latent_channels
     if kept is None or layout == "tiles":
         if refine is not None and refine.steps > 0:
-            raise ValueError("latent refinement needs the 'channels' layout")
+            raise ValueError("latent refinement needs a whole-image layout "
+                             "('predicted' or 'channels')")
         symbols, layout = _encode_tiles(image, model), "tiles"
         kept_count, tile_size = int(_kept_slots(model).sum()), model.config.patch_size
     else:
         symbols = _encode_channels(image, model, kept, tile, refine)
-        kept_count, tile_size, layout = len(kept), 0, "channels"
+        kept_count, tile_size, layout = len(kept), 0, layout or "predicted"
     payload = _encode_payload(symbols, layout)
     header = Header(
         width=width, height=height, mode=mode, layout=layout, latent_channels=channels,
@@ -133,10 +140,10 @@ def decompress(
     """
     header, payload = bitstream.parse(data, max_pixels)
     _check_model(header, model)
-    symbols = _decode_payload(header, payload)
+    symbols = decode_payload(header, payload)
     shape = (header.height, header.width) + (() if header.mode == "L" else (3,))
     out = np.empty(shape, np.uint8)
-    if header.layout == "channels":
+    if header.layout in WHOLE_IMAGE_LAYOUTS:
         latent = symbols.reshape(header.kept, *header.latent_size)
         _decode_channels(latent, model, kept_channels(model), tile, out)
     else:
@@ -145,29 +152,40 @@ def decompress(
 
 
 def _encode_payload(symbols: np.ndarray, layout: str) -> bytes:
-    """The coded payload: "channels" symbols (K, h, w) as one stream with a Huffman table per
-    group of channels (coding.encode_channels over (K, h w)); "tiles" symbols as one table."""
+    """The coded payload: "predicted" symbols (K, h, w) as prediction residuals
+    (coding.encode_planes), "channels" symbols with a Huffman table per group of channels
+    (coding.encode_channels over (K, h w)), "tiles" symbols with one table."""
+    if layout == "predicted":
+        return coding.encode_planes(symbols)
     if layout == "channels":
         kept, rows, cols = symbols.shape
         return coding.encode_channels(symbols.reshape(kept, rows * cols))
     return coding.encode(symbols.ravel())
 
 
-def _decode_payload(header: Header, payload: bytes) -> np.ndarray:
-    """The payload's symbols, checked against the header: (K, h w) for "channels", (tiles, K)
-    for "tiles". The header bounds the symbol count before anything is decoded or allocated;
-    any disagreement, or a coding.CorruptStreamError, raises BitstreamError."""
+def decode_payload(header: Header, payload: bytes) -> np.ndarray:
+    """The payload's symbols, checked against the header: (K, h w) for the whole-image
+    layouts, (tiles, K) for "tiles". The header bounds the symbol count before anything is
+    decoded or allocated; any disagreement, or a coding.CorruptStreamError, raises
+    BitstreamError."""
     try:
-        if header.layout == "channels":
+        if header.layout in WHOLE_IMAGE_LAYOUTS:
             rows, cols = header.latent_size
-            expected = (header.kept, rows * cols)
             # The bound admits the position count of a stream with no kept channels too.
-            symbols = coding.decode_channels(payload, max_symbols=max(header.n_symbols,
-                                                                      rows * cols))
-            if symbols.shape != expected:
+            limit = max(header.n_symbols, rows * cols)
+            if header.layout == "predicted":
+                planes = coding.decode_planes(payload, max_symbols=limit)
+                if planes.shape != (header.kept, rows, cols):
+                    raise BitstreamError(
+                        f"payload holds {' x '.join(map(str, planes.shape))} symbols, the "
+                        f"header implies {header.kept} x {rows} x {cols}"
+                    )
+                return planes.reshape(header.kept, rows * cols)
+            symbols = coding.decode_channels(payload, max_symbols=limit)
+            if symbols.shape != (header.kept, rows * cols):
                 raise BitstreamError(
                     f"payload holds {symbols.shape[0]} channels x {symbols.shape[1]} "
-                    f"positions, the header implies {expected[0]} x {expected[1]}"
+                    f"positions, the header implies {header.kept} x {rows * cols}"
                 )
             return symbols
         # The payload's own symbol count (its first bytes) is checked before anything is
@@ -237,7 +255,7 @@ def _halos(model: CAE) -> tuple[int, int]:
     return -(-encoder_reach(model) // LATENT_STRIDE), decoder_reach(model)
 
 
-# -- the "channels" layout: the whole image, in windows --------------------------------------
+# -- the whole-image layouts ("predicted", "channels"), in windows ----------------------------
 
 
 def kept_channels(model: CAE) -> torch.Tensor | None:
@@ -531,7 +549,7 @@ def _check_model(header: Header, model: CAE) -> None:
     if not given.startswith(header.fingerprint):
         raise ModelMismatchError(header.fingerprint, given)
     channels = model.config.latent_channels
-    if header.layout == "channels":
+    if header.layout in WHOLE_IMAGE_LAYOUTS:
         kept = kept_channels(model)
         if kept is None:
             raise BitstreamError("a whole-image stream, but the model's mask is not the same "

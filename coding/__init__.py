@@ -7,6 +7,9 @@
     data = coding.encode_channels(x)   # (C, N) integer array: one table per group of channels
     x = coding.decode_channels(data, max_symbols=...)   # (C, N) int32
 
+    data = coding.encode_planes(x)     # (C, H, W) integer array: residuals of a prediction
+    x = coding.decode_planes(data, max_symbols=...)     # (C, H, W) int32
+
 Each stream carries its own compact code table, so streams decode on their own. Bad input to
 decode raises CorruptStreamError. docs/coding.md describes the format and its performance.
 This package needs only numpy and numba.
@@ -16,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from coding import channels, codec
+from coding import channels, codec, planes
 from coding.errors import CorruptStreamError
 from coding.format import MAX_CHANNELS, MAX_SYMBOLS, SYMBOL_MAX, SYMBOL_MIN
 
@@ -28,8 +31,10 @@ __all__ = [
     "CorruptStreamError",
     "decode",
     "decode_channels",
+    "decode_planes",
     "encode",
     "encode_channels",
+    "encode_planes",
     "encoded_bits",
     "encoded_bits_channels",
 ]
@@ -80,3 +85,22 @@ def decode_channels(data: bytes, max_symbols: int = MAX_SYMBOLS) -> np.ndarray:
 def encoded_bits_channels(symbols: np.ndarray) -> int:
     """Exact size of encode_channels(symbols) in bits (always a whole number of bytes)."""
     return channels.encoded_bits(symbols)
+
+
+def encode_planes(symbols: np.ndarray) -> bytes:
+    """Code a (C, H, W) integer array (C planes of H x W, e.g. a latent's channels) as the
+    residuals of a linear prediction from each value's causal neighbours and the planes before
+    it, with weights fitted to the array; never more than a few bytes over encode_channels.
+
+    The input checks of `encode_channels` apply; a non-3-D array raises ValueError.
+    """
+    return planes.encode(symbols)
+
+
+def decode_planes(data: bytes, max_symbols: int = MAX_SYMBOLS) -> np.ndarray:
+    """The (C, H, W) int32 array of a stream from `encode_planes`.
+
+    Raises CorruptStreamError for anything `encode_planes` did not write, and for streams that
+    declare more than `max_symbols` symbols (checked before anything is allocated).
+    """
+    return planes.decode(data, max_symbols)

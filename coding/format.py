@@ -29,6 +29,13 @@ MAX_SYMBOLS = 2**28  # 1 GiB of int32: far beyond one image's latents, refused b
 
 CHANNELS_FORMAT_VERSION = 2  # the first byte of a coding.channels stream
 MAX_CHANNELS = 2**16
+PLANES_FORMAT_VERSION = 3  # the first byte of a coding.planes stream
+
+# coding.planes: each value is predicted from its neighbours (and from the planes before it)
+# by integer weights in units of 2**-WEIGHT_SHIFT; the prediction is floor(sum / 2**shift + 1/2).
+WEIGHT_SHIFT = 6
+MAX_WEIGHT = 2**15 - 1  # |weight| at most this: the sums stay far inside int64
+MAX_DEPTH = 32  # a plane is predicted from at most this many planes before it
 
 MAX_CODE_LENGTH = 15  # Huffman codes are length-limited so that one table lookup decodes
 MAX_ALPHABET = 1 << MAX_CODE_LENGTH  # every token gets a code, so the alphabet must fit
@@ -187,6 +194,7 @@ ERR_CODE = 3
 ERR_OVERFLOW = 4
 ERR_VALUE = 5
 ERR_TRAILING = 6
+ERR_PREDICTION = 7
 
 ERROR_MESSAGES = {
     ERR_TRUNCATED: "stream is truncated",
@@ -195,4 +203,5 @@ ERROR_MESSAGES = {
     ERR_OVERFLOW: "tokens run past the declared symbol count",
     ERR_VALUE: "escaped value out of the int32 range",
     ERR_TRAILING: "data or non-zero padding after the last token",
+    ERR_PREDICTION: "predicted value out of the int32 range",
 }

@@ -22,18 +22,22 @@ from numba import njit
 from coding.format import (
     ERR_CODE,
     ERR_OVERFLOW,
+    ERR_PREDICTION,
     ERR_TABLE,
     ERR_TRAILING,
     ERR_TRUNCATED,
     ERR_VALUE,
     MAX_CODE_LENGTH,
     OK,
+    SYMBOL_MAX,
+    SYMBOL_MIN,
     TABLE_CODE_MAX_LENGTH,
     TABLE_ESCAPE,
     TABLE_ESCAPE_BITS,
     TABLE_FIRST_PREDICTION,
     TABLE_LENGTH_BITS,
     TABLE_SYMBOLS,
+    WEIGHT_SHIFT,
 )
 
 U64 = np.uint64
@@ -648,3 +652,46 @@ def merge_groups(hist, bin_bits, group_bits):
             groups += 1
         labels[c] = relabel[owner[c]]
     return labels
+
+
+# ---------------------------------------------------------------------------- prediction
+
+
+@njit(cache=True)
+def predict_planes(planes, residuals, taps, weights, inverse):
+    """Linear prediction over (C, H, W) int64 planes, in raster order plane by plane.
+
+    Value (i, y, x) is predicted as floor((w0 + sum_t w_t v_t) / 2**WEIGHT_SHIFT + 1/2), v_t the
+    value of tap t = (back, dy, dx) at plane i - back, position (y + dy, x + dx) (zero outside
+    the plane; taps with back > i skipped), with the weights `weights[i]` = (w0, w_1, ...).
+    Taps with back = 0 must come before (i, y, x) in raster order. Forward (inverse=False)
+    fills `residuals` = planes - prediction; inverse fills `planes` = residuals + prediction,
+    checking that every value stays in the int32 range (ERR_PREDICTION otherwise).
+    """
+    channels, height, width = planes.shape
+    half = np.int64(1) << (WEIGHT_SHIFT - 1)
+    for i in range(channels):
+        for y in range(height):
+            for x in range(width):
+                acc = weights[i, 0]
+                for t in range(taps.shape[0]):
+                    w = weights[i, t + 1]
+                    back = taps[t, 0]
+                    if w == 0 or back > i:
+                        continue
+                    yy = y + taps[t, 1]
+                    xx = x + taps[t, 2]
+                    if 0 <= yy < height and 0 <= xx < width:
+                        acc += w * planes[i - back, yy, xx]
+                prediction = (acc + half) >> WEIGHT_SHIFT
+                if inverse:
+                    value = residuals[i, y, x] + prediction
+                    if value < SYMBOL_MIN or value > SYMBOL_MAX:
+                        return ERR_PREDICTION
+                    planes[i, y, x] = value
+                else:
+                    value = planes[i, y, x] - prediction
+                    if value < SYMBOL_MIN or value > SYMBOL_MAX:
+                        return ERR_PREDICTION
+                    residuals[i, y, x] = value
+    return OK

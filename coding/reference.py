@@ -14,6 +14,7 @@ import numpy as np
 from coding.format import (
     ERR_CODE,
     ERR_OVERFLOW,
+    ERR_PREDICTION,
     ERR_TABLE,
     ERR_TRAILING,
     ERR_TRUNCATED,
@@ -21,12 +22,14 @@ from coding.format import (
     MAX_CODE_LENGTH,
     OK,
     SYMBOL_MAX,
+    SYMBOL_MIN,
     TABLE_CODE_MAX_LENGTH,
     TABLE_ESCAPE,
     TABLE_ESCAPE_BITS,
     TABLE_FIRST_PREDICTION,
     TABLE_LENGTH_BITS,
     TABLE_SYMBOLS,
+    WEIGHT_SHIFT,
 )
 
 
@@ -384,3 +387,28 @@ def merge_groups(hist, bin_bits, group_bits):
     for label, root in enumerate(sorted(groups)):  # a group's root is its first channel
         labels[groups[root][0]] = label
     return labels
+
+
+# ---------------------------------------------------------------------------- prediction
+
+
+def predict_planes(planes, residuals, taps, weights, inverse):
+    """kernels.predict_planes with Python integers (no overflow) and explicit bounds."""
+    channels, height, width = planes.shape
+    for i in range(channels):
+        for y in range(height):
+            for x in range(width):
+                acc = int(weights[i, 0])
+                for t, (back, dy, dx) in enumerate(taps.tolist()):
+                    inside = 0 <= y + dy < height and 0 <= x + dx < width
+                    if back <= i and inside:
+                        acc += int(weights[i, t + 1]) * int(planes[i - back, y + dy, x + dx])
+                prediction = (acc + 2 ** (WEIGHT_SHIFT - 1)) // 2**WEIGHT_SHIFT
+                if inverse:
+                    value = int(residuals[i, y, x]) + prediction
+                else:
+                    value = int(planes[i, y, x]) - prediction
+                if not SYMBOL_MIN <= value <= SYMBOL_MAX:
+                    return ERR_PREDICTION
+                (planes if inverse else residuals)[i, y, x] = value
+    return OK

@@ -32,3 +32,20 @@ def channel_laplacians(channels: int, positions: int, seed: int = 0) -> np.ndarr
         zeros = CHANNEL_ZEROS[c % len(CHANNEL_ZEROS)]
         out[c] = sparse_laplacian(positions, zeros, float(scales[c]), seed=seed * 100_003 + c)
     return out
+
+
+def smooth_planes(channels: int, height: int, width: int, scale: float = 3.0,
+                  seed: int = 0) -> np.ndarray:
+    """(channels, height, width) int32 symbols like an image latent's: smooth random fields
+    (white noise blurred along both axes), mixed across channels so that they correlate,
+    scaled to a standard deviation of about `scale` and rounded."""
+    rng = np.random.default_rng(seed)
+    fields = rng.normal(size=(channels, height, width))
+    for axis in (1, 2):
+        for _ in range(4):  # [1, 2, 1] / 4 blur, four times: a smooth field
+            fields = (np.roll(fields, 1, axis) + 2 * fields + np.roll(fields, -1, axis)) / 4
+    mixed = np.tensordot(rng.normal(size=(channels, channels)) + 2 * np.eye(channels), fields, 1)
+    if mixed.size and mixed.std() > 0:
+        mixed /= mixed.std()
+    noise = rng.normal(0, 0.3, mixed.shape)
+    return np.round(scale * mixed + noise).astype(np.int32)

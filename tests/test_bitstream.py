@@ -105,7 +105,7 @@ def test_empty_payload_is_valid():
         (with_field(stream(), 4, "<B", 3), "version 3"),
         (with_field(stream(), 4, "<B", 0), "version 0"),
         (with_field(stream(), 5, "<B", 9), "mode"),
-        (with_field(stream(), 10, "<B", 2), "layout code 2"),
+        (with_field(stream(), 10, "<B", 3), "layout code 3"),
         (with_field(stream(), 11, "<B", 1), "reserved"),
         (with_field(stream(), 6, "<H", 32), "tile size 32 in a whole-image"),
         (with_field(stream(), 20, "<I", 9), "9 kept channels"),

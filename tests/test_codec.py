@@ -26,6 +26,7 @@ from caeadmm import image_codec
 from caeadmm.bitstream import HEADER_BYTES, BitstreamError, ModelMismatchError, pack, parse
 from caeadmm.files import write_atomic
 from caeadmm.model import CAE
+from coding import planes
 from coding.format import get_varint
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -84,8 +85,8 @@ def slot_model() -> CAE:
 
 
 def symbols_of(data: bytes) -> np.ndarray:
-    """The (kept channels, positions) symbols of a "channels" stream."""
-    return coding.decode_channels(parse(data)[1])
+    """The (kept channels, positions) symbols of a whole-image stream."""
+    return image_codec.decode_payload(*parse(data))
 
 
 def group_count(payload: bytes) -> int:
@@ -97,7 +98,7 @@ def group_count(payload: bytes) -> int:
     return value
 
 
-# -- whole-image ("channels") layout ---------------------------------------------------------
+# -- whole-image layouts ("predicted", "channels") ------------------------------------------
 
 
 @pytest.mark.parametrize("size", [(1, 1), (1, 45), (45, 1), (7, 3), (1, 5000), (127, 129),
@@ -107,7 +108,7 @@ def test_round_trip_equals_one_pass_over_the_whole_image(model, size):
     data = image_codec.compress(image, model)
     header, _ = parse(data)
     assert (header.height, header.width, header.mode) == (*size, "RGB")
-    assert (header.version, header.layout, header.tile_size, header.kept) == (2, "channels", 0, 4)
+    assert (header.version, header.layout, header.tile_size, header.kept) == (2, "predicted", 0, 4)
     symbols, pixels = whole_image_reconstruction(image, model)
     np.testing.assert_array_equal(symbols_of(data), symbols.reshape(len(symbols), -1))
     decoded = image_codec.decompress(data, model)
@@ -139,13 +140,30 @@ def test_windows_give_the_one_pass_result(model, tile):
 
 @pytest.mark.parametrize(("size", "seed", "groups"), [((64, 96), 0, 2), ((40, 72), 2, 1)])
 def test_channels_payload_has_a_table_per_channel_group(model, size, seed, groups):
-    """The payload is coding.encode_channels of (kept channels, positions): here once with
-    two tables (two groups of channels) and once with the single-table fallback."""
+    """The "channels" payload is coding.encode_channels of (kept channels, positions): here
+    once with two tables (two groups of channels) and once with the single-table fallback."""
     image = test_image(*size, seed=seed)
     symbols, _ = whole_image_reconstruction(image, model)
-    payload = parse(image_codec.compress(image, model))[1]
+    data = image_codec.compress(image, model, layout="channels")
+    header, payload = parse(data)
+    assert header.layout == "channels"
     assert payload == coding.encode_channels(symbols.reshape(len(symbols), -1))
     assert group_count(payload) == groups
+    np.testing.assert_array_equal(image_codec.decompress(data, model),
+                                  image_codec.decompress(image_codec.compress(image, model),
+                                                         model))
+
+
+def test_predicted_payload_is_the_latent_as_planes(model):
+    """The default payload is coding.encode_planes of the (kept channels, rows, columns)
+    latent: the same symbols as the "channels" stream, in fewer bytes on a smooth image."""
+    image = test_image(96, 128)
+    symbols, _ = whole_image_reconstruction(image, model)
+    predicted = image_codec.compress(image, model)
+    channels = image_codec.compress(image, model, layout="channels")
+    assert parse(predicted)[1] == coding.encode_planes(symbols)
+    np.testing.assert_array_equal(symbols_of(predicted), symbols_of(channels))
+    assert len(predicted) < len(channels)
 
 
 def test_model_without_kept_channels_codes_an_empty_payload():
@@ -164,7 +182,7 @@ def test_unpruned_model_codes_every_channel():
     image = test_image(40, 56)
     data = image_codec.compress(image, model)
     header, _ = parse(data)
-    assert (header.layout, header.kept, header.n_symbols) == ("channels", 8, 8 * 5 * 7)
+    assert (header.layout, header.kept, header.n_symbols) == ("predicted", 8, 8 * 5 * 7)
     assert image_codec.decompress(data, model).shape == image.shape
 
 
@@ -367,23 +385,29 @@ def test_layout_the_model_cannot_decode_is_refused(slot_model):
         image_codec.decompress(bytes(data), slot_model)
 
 
-def test_wrong_symbol_count_is_refused(model):
+@pytest.mark.parametrize(("layout", "held", "two"), [
+    ("predicted", "4 x 5 x 5 symbols, the header implies 4 x 6 x 5", "2 x 10 x 5 symbols"),
+    ("channels", "4 channels x 25 positions, the header implies 4 x 30", "2 channels x 50"),
+])
+def test_wrong_symbol_count_is_refused(model, layout, held, two):
     """More symbols than the header implies are refused by coding's bound (before decoding);
     fewer, or another shape, by the decoded shape against (kept channels, positions)."""
-    data = bytearray(image_codec.compress(test_image(40, 40), model))  # 4 x (5 x 5)
+    data = bytearray(image_codec.compress(test_image(40, 40), model, layout=layout))  # 4x5x5
     struct.pack_into("<I", data, 16, 20)  # height 40 -> 20: the header implies 4 x (3 x 5)
     _fix_crc(data)
     with pytest.raises(BitstreamError, match="corrupt payload: .* over the limit 60"):
         image_codec.decompress(bytes(data), model)
     struct.pack_into("<I", data, 16, 48)  # height 48: the header implies 4 x (6 x 5)
     _fix_crc(data)
-    with pytest.raises(BitstreamError, match="4 channels x 25 positions, the header implies "
-                                             "4 x 30"):
+    with pytest.raises(BitstreamError, match=held):
         image_codec.decompress(bytes(data), model)
-    symbols = coding.decode_channels(parse(bytes(data))[1])
-    payload = coding.encode_channels(symbols.reshape(2, -1))  # 2 x 50: within the bound
+    symbols = symbols_of(image_codec.compress(test_image(40, 40), model))
+    if layout == "predicted":
+        payload = coding.encode_planes(symbols.reshape(2, 10, 5))  # 100 symbols: in the bound
+    else:
+        payload = coding.encode_channels(symbols.reshape(2, -1))
     header = replace(parse(bytes(data))[0], height=40, payload_length=len(payload))
-    with pytest.raises(BitstreamError, match="2 channels x 50 positions"):
+    with pytest.raises(BitstreamError, match=two):
         image_codec.decompress(pack(header, payload), model)
 
 
@@ -513,14 +537,21 @@ def test_fuzz_v2_whole_image_streams_give_only_bitstream_errors(model):
     decodes or raises BitstreamError, within 2 s (hypothesis deadline), and the process's
     peak memory grows by less than 256 MB over all of them. The payload has two channel
     groups (labels, a group length and two tables to corrupt)."""
-    valid = image_codec.compress(test_image(64, 96, seed=0), model)
+    valid = image_codec.compress(test_image(64, 96, seed=0), model, layout="channels")
     assert group_count(parse(valid)[1]) == 2
     _fuzz(model, valid, 2000)
 
 
+def test_fuzz_predicted_streams_give_only_bitstream_errors(model):
+    """The same for the default layout: a prediction with weights (smooth image)."""
+    valid = image_codec.compress(test_image(64, 96, seed=0), model)
+    assert planes.predictor_of(parse(valid)[1]).spatial
+    _fuzz(model, valid, 1000)
+
+
 def test_fuzz_v2_single_table_streams_give_only_bitstream_errors(model):
     """The same for a payload where one table for all channels was smaller (one group)."""
-    valid = image_codec.compress(test_image(40, 72, seed=2), model)
+    valid = image_codec.compress(test_image(40, 72, seed=2), model, layout="channels")
     assert group_count(parse(valid)[1]) == 1
     _fuzz(model, valid, 500)
 
@@ -580,11 +611,15 @@ def shipped() -> tuple[str, CAE]:
 
 
 def test_reference_image_encodes_to_the_same_stream(shipped):
-    """Same header, and the same symbols up to a few float-rounding flips on another CPU."""
+    """Same header (in the reference's layout), and the same symbols up to a few
+    float-rounding flips on another CPU, in that layout and in the default one."""
     name, model = shipped
     reference = (DATA / f"{name}.cae").read_bytes()
-    data = image_codec.compress(image_codec.load_image(DATA / "reference.png"), model)
-    (ours_header, ours), (theirs_header, theirs) = (parse(d) for d in (data, reference))
+    theirs_header, _ = parse(reference)
+    image = image_codec.load_image(DATA / "reference.png")
+    data = image_codec.compress(image, model, layout=theirs_header.layout)
+    ours_header, _ = parse(data)
     assert replace(ours_header, payload_length=0) == replace(theirs_header, payload_length=0)
-    ours, theirs = coding.decode_channels(ours), coding.decode_channels(theirs)
-    assert ours.shape == theirs.shape and (ours == theirs).mean() > 0.999
+    theirs = symbols_of(reference)
+    for ours in symbols_of(data), symbols_of(image_codec.compress(image, model)):
+        assert ours.shape == theirs.shape and (ours == theirs).mean() > 0.999

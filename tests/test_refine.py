@@ -107,7 +107,7 @@ def test_the_model_is_left_as_it_was(model):
 
 def test_refusals(model):
     image = test_image(32, 32)
-    with pytest.raises(ValueError, match="'channels' layout"):
+    with pytest.raises(ValueError, match="whole-image layout"):
         image_codec.compress(image, model, layout="tiles", refine=Refinement(steps=1))
     with pytest.raises(ValueError, match="entropy model"):  # the tiny model has none
         image_codec.compress(image, model, refine=Refinement(steps=1, rate_lambda=10))

@@ -58,7 +58,8 @@ def describe(name: str, header: Header, size: int) -> list[tuple[str, str]]:
     else:
         rows, cols = header.latent_size
         layout = [
-            ("layout", f"whole image (latent {cols}x{rows})"),
+            ("layout", f"whole image (latent {cols}x{rows}), "
+                       + ("predicted" if header.layout == "predicted" else "not predicted")),
             ("latent channels", f"{header.kept} of {header.latent_channels} kept"),
         ]
     return [
