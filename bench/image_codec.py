@@ -17,8 +17,9 @@ the table gives the median over the images (and the slowest image), in wall-cloc
 and in CPU seconds of this process (all threads: on a machine shared with other work, the
 CPU time is the steadier measure of the work done). --large reports the process's peak RSS
 for one layout (run it once per layout: the peak of a process only grows). --payload compares,
-per --model, the size of version 2 streams with their payload (a Huffman table per group of
-channels) against the same symbols coded with one table (coding.encode), no timing.
+per --model, the bpp of the same symbols coded with one table (coding.encode), a table per
+group of channels (the "channels" layout) and as predicted planes (the default "predicted"
+layout), no timing.
 """
 
 from __future__ import annotations
@@ -126,29 +127,30 @@ def measure_image(image: np.ndarray, model: CAE, repeats: int) -> dict[str, tupl
 
 
 def payload_table(paths: list[Path], names: list[str]) -> str:
-    """Per model: mean bytes and bpp of version 2 streams with their payload (one Huffman
-    table per group of channels) and with the same symbols coded with one table."""
-    lines = ["| model | images | mean bytes, one table | mean bytes, per channel group | "
-             "mean bpp, one table | mean bpp, per channel group | change |",
+    """Per model: mean bpp of whole-image streams whose payload codes the same symbols with
+    one Huffman table, with a table per group of channels ("channels" layout) and as the
+    residuals of the prediction ("predicted", the default), and the changes between them."""
+    lines = ["| model | images | bpp, one table | bpp, per channel group | bpp, predicted | "
+             "group against one table | predicted against group |",
              "|---|---|---|---|---|---|---|"]
     images = [load_rgb(path) for path in paths]
     for name in names:
         model = load(name)
-        single, grouped, single_bpp, grouped_bpp = [], [], [], []
+        single, grouped, predicted = [], [], []
         for image in images:
             data = image_codec.compress(image, model, layout="channels")
             header, payload = parse(data)
-            one_table = len(data) - len(payload) + len(
-                coding.encode(coding.decode_channels(payload).ravel()))
+            head = len(data) - len(payload)
+            symbols = coding.decode_channels(payload)
             pixels = header.width * header.height
-            single.append(one_table)
-            grouped.append(len(data))
-            single_bpp.append(8 * one_table / pixels)
-            grouped_bpp.append(8 * len(data) / pixels)
-        change = sum(grouped) / sum(single) - 1
-        lines.append(f"| {name} | {len(images)} | {statistics.mean(single):.0f} | "
-                     f"{statistics.mean(grouped):.0f} | {statistics.mean(single_bpp):.4f} | "
-                     f"{statistics.mean(grouped_bpp):.4f} | {100 * change:+.1f} % |")
+            single.append(8 * (head + len(coding.encode(symbols.ravel()))) / pixels)
+            grouped.append(8 * len(data) / pixels)
+            planes = symbols.reshape(len(symbols), *header.latent_size)
+            predicted.append(8 * (head + len(coding.encode_planes(planes))) / pixels)
+        lines.append(f"| {name} | {len(images)} | {statistics.mean(single):.4f} | "
+                     f"{statistics.mean(grouped):.4f} | {statistics.mean(predicted):.4f} | "
+                     f"{100 * (sum(grouped) / sum(single) - 1):+.1f} % | "
+                     f"{100 * (sum(predicted) / sum(grouped) - 1):+.1f} % |")
     return "\n".join(lines)
 
 
@@ -219,7 +221,7 @@ def main() -> None:
                         default="predicted",
                         help="--large: the layout to measure (default: predicted)")
     parser.add_argument("--payload", action="store_true",
-                        help="sizes only: per-channel-group payload against one table")
+                        help="sizes only: one table, per channel group, predicted planes")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)

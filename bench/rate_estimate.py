@@ -4,8 +4,10 @@ where a gap comes from.
     .venv/bin/python bench/rate_estimate.py --model PATH_OR_NAME [--kodak DIR] [--limit N]
     .venv/bin/python bench/rate_estimate.py --model M --fit-images DIR [--fit-steps 500]
 
-For each image the model's version 2 stream is made (caeadmm.image_codec.compress) and its
-payload decoded back into the symbols the codec wrote; on exactly those symbols:
+For each image the model's "channels" stream is made (caeadmm.image_codec.compress with
+layout="channels": the per-channel coder the rate term models; the default "predicted"
+payload codes the same symbols 15-24 % smaller, docs/coding.md) and its payload decoded back
+into the symbols the codec wrote; on exactly those symbols:
 
 - est: the entropy model's estimate in bits (eval mode), sum of -log2 P_c(symbol);
 - H_pool: the order-0 entropy of each channel pooled over all the images measured, i.e. the

@@ -102,19 +102,21 @@ def fit(planes: np.ndarray, predictor: Predictor) -> np.ndarray:
     count, height, width = planes.shape
     taps = predictor.taps()
     weights = np.zeros((count, len(taps) + 1), np.int64)
-    padded = np.pad(planes, ((0, 0), (2, 2), (2, 2))).astype(np.float64)
+    padded = np.pad(planes, ((0, 0), (2, 2), (2, 2)))
     step = max(1, height * width // FIT_POSITIONS)
     for i in range(count):
         used = predictor.weight_count(i)
         if not used:
             continue
-        columns = [np.ones(height * width)]
+        columns = [np.ones(-(-height * width // step))]
         for back, dy, dx in taps[: used - 1]:
-            columns.append(padded[i - back, 2 + dy : 2 + dy + height, 2 + dx : 2 + dx + width]
-                           .ravel())
-        design = np.stack(columns, 1)[::step]
-        solution = np.linalg.lstsq(design, planes[i].ravel()[::step].astype(np.float64),
-                                   rcond=None)[0]
+            shifted = padded[i - back, 2 + dy : 2 + dy + height, 2 + dx : 2 + dx + width]
+            columns.append(shifted.ravel()[::step])
+        design = np.stack(columns, 1).astype(np.float64)
+        target = planes[i].ravel()[::step].astype(np.float64)
+        # The normal equations: a (taps x taps) problem, much cheaper than the SVD of the
+        # design matrix; lstsq also takes a singular one (flat planes, repeated taps).
+        solution = np.linalg.lstsq(design.T @ design, design.T @ target, rcond=None)[0]
         weights[i, :used] = np.clip(np.round(solution * (1 << WEIGHT_SHIFT)),
                                     -MAX_WEIGHT, MAX_WEIGHT)
     return weights

@@ -382,3 +382,14 @@ def test_outputs_of_submitted_jobs_must_be_absolute(monkeypatch, tmp_path):
         flags.resolve_output("runs/x")
     with pytest.raises(ValueError, match=r"`storage_path=\$PWD/runs`"):
         flags.resolve_output("runs", "storage_path=")
+
+
+@pytest.mark.parametrize("layout, shown", [("predicted", "whole image (latent 7x5), predicted"),
+                                           ("channels", "whole image (latent 7x5), not predicted")])
+def test_info_names_the_whole_image_payload_kind(layout, shown):
+    from caeadmm.bitstream import Header
+    from caeadmm.cli.info import describe
+
+    header = Header(width=50, height=40, mode="RGB", layout=layout, latent_channels=8, kept=4,
+                    fingerprint=bytes(16), payload_length=10)
+    assert ("layout", shown) in describe("a.cae", header, 62)
