@@ -659,7 +659,7 @@ def merge_groups(hist, bin_bits, group_bits):
 
 @njit(cache=True)
 def predict_planes(planes, residuals, taps, weights, inverse):
-    """Linear prediction over (C, H, W) int64 planes, in raster order plane by plane.
+    """Linear prediction over (C, H, W) int32 planes, in raster order plane by plane.
 
     Value (i, y, x) is predicted as floor((w0 + sum_t w_t v_t) / 2**WEIGHT_SHIFT + 1/2), v_t the
     value of tap t = (back, dy, dx) at plane i - back, position (y + dy, x + dx) (zero outside
@@ -682,15 +682,15 @@ def predict_planes(planes, residuals, taps, weights, inverse):
                     yy = y + taps[t, 1]
                     xx = x + taps[t, 2]
                     if 0 <= yy < height and 0 <= xx < width:
-                        acc += w * planes[i - back, yy, xx]
+                        acc += w * np.int64(planes[i - back, yy, xx])
                 prediction = (acc + half) >> WEIGHT_SHIFT
                 if inverse:
-                    value = residuals[i, y, x] + prediction
+                    value = np.int64(residuals[i, y, x]) + prediction
                     if value < SYMBOL_MIN or value > SYMBOL_MAX:
                         return ERR_PREDICTION
                     planes[i, y, x] = value
                 else:
-                    value = planes[i, y, x] - prediction
+                    value = np.int64(planes[i, y, x]) - prediction
                     if value < SYMBOL_MIN or value > SYMBOL_MAX:
                         return ERR_PREDICTION
                     residuals[i, y, x] = value

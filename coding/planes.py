@@ -83,7 +83,7 @@ CANDIDATES = (
 
 
 def as_planes(symbols: object) -> np.ndarray:
-    """A (C, H, W) int64 copy of `symbols`, after the checks of coding.encode."""
+    """(C, H, W) int32 `symbols`, after the checks of coding.encode."""
     x = np.asarray(symbols)
     if x.ndim != 3:
         raise ValueError(f"symbols must be a 3-D (channels, rows, columns) array, got {x.shape}")
@@ -92,8 +92,8 @@ def as_planes(symbols: object) -> np.ndarray:
     if x.size > MAX_SYMBOLS:
         raise ValueError(f"at most {MAX_SYMBOLS} symbols per stream, got {x.size}")
     if x.size == 0:
-        return np.zeros(x.shape, np.int64)
-    return as_symbols(x.reshape(-1)).reshape(x.shape).astype(np.int64)
+        return np.zeros(x.shape, np.int32)
+    return as_symbols(x.reshape(-1)).reshape(x.shape)
 
 
 def fit(planes: np.ndarray, predictor: Predictor) -> np.ndarray:
@@ -245,9 +245,8 @@ def decode(data: object, max_symbols: int = MAX_SYMBOLS,
         raise CorruptStreamError(
             f"residuals of shape {residual.shape} for {count} planes of {height} x {width}"
         )
-    planes = np.zeros((count, height, width), np.int64)
-    error = backend.predict_planes(planes, residual.reshape(planes.shape).astype(np.int64),
-                                   taps, weights, True)
+    planes = np.zeros((count, height, width), np.int32)
+    error = backend.predict_planes(planes, residual.reshape(planes.shape), taps, weights, True)
     if error != OK:
         raise CorruptStreamError(ERROR_MESSAGES[error])
-    return planes.astype(np.int32)
+    return planes

@@ -438,8 +438,13 @@ image_codec._run = lambda network, x, pixels: torch.zeros(1, 3, 8 * x.shape[-2],
 peak_mb = lambda: int(re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").read())[1]) // 1024
 height, width = 8192, 16384  # 2**27 pixels: the default limit
 payload = coding.encode_channels(np.zeros((4, (height // 8) * (width // 8)), np.int8))
+if {layout!r} == "predicted":  # the same zeros as planes, no prediction (docs/coding.md)
+    head = bytearray([3])
+    for n in (4, height // 8, width // 8):
+        coding.format.put_varint(head, n)
+    payload = bytes(head) + bytes([0, 0]) + payload
 header = bitstream.Header(
-    width=width, height=height, mode={mode!r}, layout="channels", latent_channels=8, kept=4,
+    width=width, height=height, mode={mode!r}, layout={layout!r}, latent_channels=8, kept=4,
     fingerprint=model.fingerprint()[:16], payload_length=len(payload))
 data = bitstream.pack(header, payload)
 before = peak_mb()
@@ -451,24 +456,27 @@ print(len(data), before, peak_mb())
 # memory of compiling them (a fresh checkout has no numba cache yet).
 WARM_UP = (
     "import numpy as np, coding; "
-    "coding.decode_channels(coding.encode_channels(np.zeros((4, 99), np.int8)))"
+    "coding.decode_channels(coding.encode_channels(np.zeros((4, 99), np.int8))); "
+    "coding.decode_planes(coding.encode_planes(np.arange(24).reshape(2, 3, 4)))"
 )
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmHWM (Linux)")
-@pytest.mark.parametrize("mode", ["L", "RGB"])
-def test_maximal_stream_decodes_in_bounded_memory(mode):
+@pytest.mark.parametrize(("mode", "layout"), [("L", "channels"), ("RGB", "channels"),
+                                               ("RGB", "predicted")])
+def test_maximal_stream_decodes_in_bounded_memory(mode, layout):
     """A crafted stream of a 16384 x 8192 image (the default pixel limit), decoded with the
     network replaced by a stand-in of the same shapes, in a process of its own: the peak stays
-    under 1 GB, and what decoding adds is the output image, the symbols and a window."""
+    under 1 GB, and what decoding adds is the output image, the symbols (int32; the predicted
+    payload's residuals too) and a window."""
     subprocess.run([sys.executable, "-c", WARM_UP], cwd=ROOT, timeout=600, check=True)
-    script = MEMORY_SCRIPT.format(tests=str(ROOT / "tests"), mode=mode)
+    script = MEMORY_SCRIPT.format(tests=str(ROOT / "tests"), mode=mode, layout=layout)
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             cwd=ROOT, timeout=900, check=True)
     size, before, peak = map(int, result.stdout.split())
     assert size < 2000  # a 1,600-byte stream...
     image = 16384 * 8192 * (1 if mode == "L" else 3) / 2**20  # MB
-    symbols = 4 * 4 * 1024 * 2048 / 2**20
+    symbols = (4 if layout == "channels" else 8) * 4 * 1024 * 2048 / 2**20
     assert peak - before < image + symbols + 100, (before, peak)  # ...in bounded memory
     assert peak < 1024
 
