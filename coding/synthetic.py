@@ -45,7 +45,7 @@ def smooth_planes(channels: int, height: int, width: int, scale: float = 3.0,
         for _ in range(4):  # [1, 2, 1] / 4 blur, four times: a smooth field
             fields = (np.roll(fields, 1, axis) + 2 * fields + np.roll(fields, -1, axis)) / 4
     mixed = np.tensordot(rng.normal(size=(channels, channels)) + 2 * np.eye(channels), fields, 1)
-    if mixed.size and mixed.std() > 0:
+    if mixed.size and mixed.std() > 1e-6 * np.abs(mixed).max():  # not a constant
         mixed /= mixed.std()
     noise = rng.normal(0, 0.3, mixed.shape)
     return np.round(scale * mixed + noise).astype(np.int32)
