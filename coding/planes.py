@@ -28,7 +28,7 @@ from coding.format import (
     OK,
     PLANES_FORMAT_VERSION,
     WEIGHT_SHIFT,
-    as_symbols,
+    as_channel_symbols,
     get_varint,
     put_varint,
 )
@@ -83,17 +83,12 @@ CANDIDATES = (
 
 
 def as_planes(symbols: object) -> np.ndarray:
-    """(C, H, W) int32 `symbols`, after the checks of coding.encode."""
+    """(C, H, W) int32 `symbols`, after the checks of coding.encode_channels."""
     x = np.asarray(symbols)
     if x.ndim != 3:
         raise ValueError(f"symbols must be a 3-D (channels, rows, columns) array, got {x.shape}")
-    if x.shape[0] > MAX_CHANNELS:
-        raise ValueError(f"at most {MAX_CHANNELS} channels per stream, got {x.shape[0]}")
-    if x.size > MAX_SYMBOLS:
-        raise ValueError(f"at most {MAX_SYMBOLS} symbols per stream, got {x.size}")
-    if x.size == 0:
-        return np.zeros(x.shape, np.int32)
-    return as_symbols(x.reshape(-1)).reshape(x.shape)
+    count, height, width = x.shape
+    return as_channel_symbols(x.reshape(count, height * width)).reshape(x.shape)
 
 
 def fit(planes: np.ndarray, predictor: Predictor) -> np.ndarray:
