@@ -19,13 +19,13 @@ Unlike a plain encode, a refined stream depends on the float rounding of the bac
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from caeadmm import zoo
 from caeadmm.bitstream import LATENT_STRIDE
-from caeadmm.losses import distortion
+from caeadmm.losses import DISTORTION_WEIGHTS, distortion
 from caeadmm.model import CAE, add_uniform_noise, round_straight_through
 
 STEPS = 15  # Adam steps: most of what 25 give (bench/refine.py, docs/refine.md)
@@ -34,12 +34,15 @@ LEARNING_RATE = 0.02  # in symbol units, decayed linearly to 0 over the steps
 
 @dataclass(frozen=True)
 class Refinement:
-    """How to refine: Adam steps and learning rate, and the rate term's weight (the lambda the
-    model was trained with: its registry entry's `rate_lambda`; 0 for distortion alone)."""
+    """How to refine: Adam steps and learning rate, and the loss the model was trained with:
+    the rate term's weight (its registry entry's `rate_lambda`; 0 for distortion alone) and
+    the distortion's weights (its entry's `distortion`, keyword arguments of
+    losses.distortion; empty for the default mix, MS-SSIM and SSIM first)."""
 
     steps: int = STEPS
     lr: float = LEARNING_RATE
     rate_lambda: float = 0.0
+    distortion: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.steps < 0:
@@ -48,15 +51,24 @@ class Refinement:
             raise ValueError(f"refinement learning rate must be > 0, got {self.lr}")
         if self.rate_lambda < 0:
             raise ValueError(f"rate_lambda must be >= 0, got {self.rate_lambda}")
+        for name, weight in self.distortion.items():
+            if name not in DISTORTION_WEIGHTS or not weight >= 0:
+                raise ValueError(f"distortion weights are {', '.join(DISTORTION_WEIGHTS)}, "
+                                 f"each >= 0; got {name}={weight}")
 
 
 def refinement_for(model: str | None, steps: int | None = None) -> Refinement | None:
     """What `--refine [STEPS]` asks of `model` (a registered name, None for the default, or a
-    checkpoint path): None for 0 steps; STEPS when steps is None; the rate weighed by the
-    model's registered rate_lambda (0 for a checkpoint path, whose file does not record it)."""
+    checkpoint path): None for 0 steps; STEPS when steps is None; the loss the model's registry
+    entry records (rate_lambda and distortion weights; for a checkpoint path, whose file does
+    not record them, the default distortion alone)."""
     if steps == 0:
         return None
-    return Refinement(steps=STEPS if steps is None else steps, rate_lambda=zoo.rate_lambda(model))
+    return Refinement(
+        steps=STEPS if steps is None else steps,
+        rate_lambda=zoo.rate_lambda(model),
+        distortion=zoo.distortion_weights(model),
+    )
 
 
 def refine_window(
@@ -93,7 +105,7 @@ def refine_window(
         full = _full_latent(model, window, kept)
         decoded = model.synthesis(round_straight_through(full))
         decoded = decoded[..., y0 : y0 + visible[0], x0 : x0 + visible[1]]
-        loss, _ = distortion(decoded, target, mse_only=mse_only)
+        loss, _ = distortion(decoded, target, mse_only=mse_only, **settings.distortion)
         if settings.rate_lambda > 0:
             noisy = add_uniform_noise(full) * channels[:, None, None]
             bits = model.rate_bits(noisy, channels[:, None, None])

@@ -4,8 +4,9 @@
 registry), the file's sha256, the model fingerprint (hex sha256 of `CAE.fingerprint()`),
 its operating point in words and, where measured, its Kodak figures (`kodak`: mean bpp of
 the real files, PSNR in dB, MS-SSIM, from `caeadmm eval`), for a rate-aware model the
-`rate_lambda` it was trained with (what latent refinement weighs the rate by), plus which
-model is the default.
+`rate_lambda` it was trained with (what latent refinement weighs the rate by), for a model
+trained with other distortion weights than the default mix its `distortion` weights (what
+latent refinement minimizes; the PSNR family's MSE), plus which model is the default.
 The environment variable CAEADMM_REGISTRY may point at another registry.json (a site's own
 collection of models).
 
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from caeadmm.checkpoint import CheckpointError, load_model
+from caeadmm.losses import DISTORTION_WEIGHTS
 from caeadmm.model import CAE
 
 PACKAGED_REGISTRY = Path(__file__).parent / "models" / "registry.json"
@@ -42,6 +44,7 @@ class ModelInfo:
     default: bool
     kodak: dict[str, float] | None = None  # {"bpp", "psnr", "ms_ssim"} on Kodak, if measured
     rate_lambda: float = 0.0  # the rate term's weight in training (0: none)
+    distortion: dict[str, float] | None = None  # its distortion weights, if not the default
 
     def kodak_line(self) -> str:
         """Rate and quality on Kodak in one cell ("" if the registry has none)."""
@@ -66,6 +69,19 @@ def _kodak(value: object) -> dict[str, float] | None:
     return {key: float(v) for key, v in value.items()}
 
 
+def _distortion(value: object) -> dict[str, float] | None:
+    """A registry entry's `distortion` weights as floats (losses.DISTORTION_WEIGHTS, each
+    >= 0); a malformed one raises ValueError."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not set(value) <= set(DISTORTION_WEIGHTS):
+        raise ValueError(f"'distortion' holds only {', '.join(DISTORTION_WEIGHTS)}, got {value!r}")
+    weights = {key: float(v) for key, v in value.items()}
+    if not all(w >= 0 for w in weights.values()):
+        raise ValueError(f"'distortion' weights must be >= 0, got {value!r}")
+    return weights
+
+
 def registry_path() -> Path:
     return Path(os.environ.get("CAEADMM_REGISTRY") or PACKAGED_REGISTRY)
 
@@ -86,6 +102,7 @@ def list_models() -> list[ModelInfo]:
                 default=entry["name"] == default,
                 kodak=_kodak(entry.get("kodak")),
                 rate_lambda=float(entry.get("rate_lambda", 0.0)),
+                distortion=_distortion(entry.get("distortion")),
             )
             for entry in registry["models"]
         ]
@@ -101,10 +118,22 @@ def find_by_fingerprint(prefix: bytes) -> ModelInfo | None:
 def rate_lambda(name_or_path: str | os.PathLike | None = None) -> float:
     """The rate_lambda a registered model (None: the default) was trained with; 0 for a model
     without one and for a checkpoint path (the model file does not record it)."""
-    for info in list_models():
-        if info.name == name_or_path or (name_or_path is None and info.default):
-            return info.rate_lambda
-    return 0.0
+    info = _registered(name_or_path)
+    return info.rate_lambda if info else 0.0
+
+
+def distortion_weights(name_or_path: str | os.PathLike | None = None) -> dict[str, float]:
+    """The distortion weights a registered model (None: the default) was trained with, as
+    keyword arguments of losses.distortion; empty (the default mix) for a model whose entry
+    records none and for a checkpoint path."""
+    info = _registered(name_or_path)
+    return dict(info.distortion or {}) if info else {}
+
+
+def _registered(name_or_path: str | os.PathLike | None) -> ModelInfo | None:
+    """The registry entry of a model name (None: the default); None for a path."""
+    return next((info for info in list_models()
+                 if info.name == name_or_path or (name_or_path is None and info.default)), None)
 
 
 def load(name_or_path: str | os.PathLike | None = None) -> CAE:

@@ -5,7 +5,8 @@
 
 Writes caeadmm/models/NAME.pt (inference-only: config, weights, mask), adds or replaces its
 entry in caeadmm/models/registry.json (file, sha256, fingerprint, operating point, the
-training checkpoint's rate_lambda for a rate-aware model (latent refinement weighs by it), the
+training checkpoint's rate_lambda for a rate-aware model and its distortion weights where they
+are not the default mix (latent refinement minimizes that loss), the
 Kodak figures of `caeadmm eval $KODAK --codecs cae:CHECKPOINT -o EVAL_DIR`, read from that
 folder's cae.json or given as numbers, which `caeadmm models` shows; a new entry goes in
 Kodak bpp order), and compresses tests/data/reference.png with it into tests/data/NAME.cae
@@ -24,6 +25,8 @@ from PIL import Image
 
 from caeadmm import image_codec
 from caeadmm.checkpoint import export_model, load_checkpoint, load_model
+from caeadmm.config import TrainConfig
+from caeadmm.losses import DISTORTION_WEIGHTS
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "caeadmm" / "models"
@@ -62,15 +65,23 @@ def _register(models: list[dict], entry: dict) -> list[dict]:
     return [*models[:at], entry, *models[at:]]
 
 
-def _rate_lambda(checkpoint: Path) -> float:
-    """rate_lambda of the training config in `checkpoint`, else in the run's checkpoint.pt
-    beside an exported model.pt; 0 when neither records one."""
+def _training_config(checkpoint: Path) -> dict:
+    """The training config in `checkpoint`, else in the run's checkpoint.pt beside an
+    exported model.pt; empty when neither records one."""
     for path in (checkpoint, checkpoint.with_name("checkpoint.pt")):
         if path.is_file():
             config = load_checkpoint(path).get("config")
             if config:
-                return float(config.get("rate_lambda", 0.0))
-    return 0.0
+                return config
+    return {}
+
+
+def _distortion(config: dict) -> dict[str, float] | None:
+    """The distortion weights of a training config where they are not the default mix (what
+    the registry records for latent refinement); None for the default."""
+    default = TrainConfig()
+    weights = {name: float(config.get(name, getattr(default, name))) for name in DISTORTION_WEIGHTS}
+    return None if all(w == getattr(default, n) for n, w in weights.items()) else weights
 
 
 def main() -> None:
@@ -99,11 +110,15 @@ def main() -> None:
         "operating_point": args.operating_point,
         "kodak": args.kodak,
     }
+    config = _training_config(Path(args.checkpoint))
     rate_lambda = args.rate_lambda
     if rate_lambda is None:
-        rate_lambda = _rate_lambda(Path(args.checkpoint))
+        rate_lambda = float(config.get("rate_lambda", 0.0))
     if rate_lambda > 0:
         entry["rate_lambda"] = rate_lambda
+    distortion = _distortion(config)
+    if distortion:
+        entry["distortion"] = distortion
     registry_file = MODELS / "registry.json"
     registry = json.loads(registry_file.read_text())
     registry["models"] = _register(registry["models"], entry)

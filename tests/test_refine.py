@@ -3,6 +3,7 @@ stream is an ordinary stream, better for the objective, for any image size and w
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -15,9 +16,9 @@ from caeadmm import baselines, image_codec, zoo
 from caeadmm.checkpoint import save_checkpoint
 from caeadmm.cli import main
 from caeadmm.config import TrainConfig
-from caeadmm.losses import distortion
+from caeadmm.losses import DISTORTION_WEIGHTS, distortion
 from caeadmm.model import CAE
-from caeadmm.refine import Refinement
+from caeadmm.refine import Refinement, refinement_for
 
 ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "caeadmm" / "samples"
@@ -38,6 +39,12 @@ def channel_model(seed: int = 0) -> CAE:
 @pytest.fixture(scope="module")
 def model() -> CAE:
     return channel_model()
+
+
+@pytest.fixture
+def checkpoint_path(model, tmp_path) -> Path:
+    return save_checkpoint(tmp_path / "m.pt", model=model, admm=None, optimizer=None, step=0,
+                           config=TrainConfig(model=model.config))
 
 
 def load_job():
@@ -111,9 +118,49 @@ def test_refusals(model):
         image_codec.compress(image, model, layout="tiles", refine=Refinement(steps=1))
     with pytest.raises(ValueError, match="entropy model"):  # the tiny model has none
         image_codec.compress(image, model, refine=Refinement(steps=1, rate_lambda=10))
-    for bad in ({"steps": -1}, {"lr": 0.0}, {"rate_lambda": -1.0}):
+    for bad in ({"steps": -1}, {"lr": 0.0}, {"rate_lambda": -1.0},
+                {"distortion": {"w_lpips": 1.0}}, {"distortion": {"w_mse": -1.0}}):
         with pytest.raises(ValueError):
             Refinement(**bad)
+
+
+def test_the_distortion_weights_are_the_ones_minimized(model):
+    """All weights 0: nothing to minimize, the plain stream; MSE alone (a PSNR-family model's
+    loss): the refined image is closer in MSE than with the default mix."""
+    image = test_image(48, 64, seed=5)
+    plain = image_codec.compress(image, model)
+    nothing = Refinement(steps=3, lr=0.3, distortion=dict.fromkeys(DISTORTION_WEIGHTS, 0.0))
+    assert image_codec.compress(image, model, refine=nothing) == plain
+    mse_only = {"w_msssim": 0.0, "w_ssim": 0.0, "w_mse": 1e4, "w_psnr": 0.0}
+
+    def refined_mse(weights: dict[str, float]) -> float:
+        data = image_codec.compress(image, model, refine=Refinement(10, 0.3, distortion=weights))
+        return mse(image_codec.decompress(data, model), image)
+
+    assert refined_mse(mse_only) < refined_mse({})
+
+
+def test_registered_distortion_weights(checkpoint_path, tmp_path, monkeypatch):
+    """An entry's `distortion` reaches refinement_for; a malformed one makes the registry
+    unreadable; entries without one and checkpoint paths give the default mix (empty)."""
+    def registry(distortion: object) -> None:
+        entry = {"name": "m", "file": str(checkpoint_path), "fingerprint": "00",
+                 "sha256": "ab" * 32, "distortion": distortion}
+        path = tmp_path / "registry.json"
+        path.write_text(json.dumps({"default": "m", "models": [entry]}))
+        monkeypatch.setenv("CAEADMM_REGISTRY", str(path))
+
+    registry({"w_msssim": 0, "w_ssim": 0, "w_mse": 1e5})
+    weights = {"w_msssim": 0.0, "w_ssim": 0.0, "w_mse": 1e5}
+    assert zoo.distortion_weights("m") == zoo.distortion_weights(None) == weights
+    assert refinement_for("m").distortion == weights
+    assert zoo.distortion_weights(str(checkpoint_path)) == {}
+    registry(None)
+    assert zoo.distortion_weights("m") == {}
+    for bad in ({"w_lpips": 1.0}, {"w_mse": -1}, "mse"):
+        registry(bad)
+        with pytest.raises(zoo.ModelLoadError, match="'distortion'"):
+            zoo.distortion_weights("m")
 
 
 def test_registered_rate_lambda():

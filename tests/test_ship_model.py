@@ -54,16 +54,24 @@ def test_a_new_entry_goes_in_bpp_order_and_a_shipped_name_is_replaced_in_place(s
     assert replaced[1]["kodak"]["bpp"] == 0.28
 
 
-def test_rate_lambda_comes_from_the_training_checkpoint(ship, tmp_path):
-    """Read from the checkpoint given, or from the run's checkpoint.pt beside an exported
-    model.pt; 0 when neither records one (an export alone)."""
+def test_the_training_loss_comes_from_the_training_checkpoint(ship, tmp_path):
+    """rate_lambda and the distortion weights are read from the checkpoint given, or from the
+    run's checkpoint.pt beside an exported model.pt; nothing when neither records them (an
+    export alone). Only weights other than the default mix are recorded."""
     model = CAE(replace(tiny_model().config, entropy_model="factorized"))
     run = tmp_path / "run"
     run.mkdir()
+    config = TrainConfig(model=model.config, rate_lambda=96.0, w_msssim=0.0, w_ssim=0.0,
+                         w_mse=1e5)
     checkpoint = save_checkpoint(run / "checkpoint.pt", model=model, admm=None, optimizer=None,
-                                 step=0, config=TrainConfig(model=model.config, rate_lambda=96.0))
+                                 step=0, config=config)
     export_model(checkpoint, run / "model.pt")
     export_model(checkpoint, tmp_path / "alone.pt")
-    assert ship._rate_lambda(checkpoint) == 96.0
-    assert ship._rate_lambda(run / "model.pt") == 96.0
-    assert ship._rate_lambda(tmp_path / "alone.pt") == 0.0
+    for path in (checkpoint, run / "model.pt"):
+        config = ship._training_config(path)
+        assert config["rate_lambda"] == 96.0
+        assert ship._distortion(config) == {"w_msssim": 0.0, "w_ssim": 0.0, "w_mse": 1e5,
+                                            "w_psnr": 1.0}
+    assert ship._training_config(tmp_path / "alone.pt") == {}
+    assert ship._distortion({}) is None
+    assert ship._distortion({"rate_lambda": 5.0, "w_mse": 1e4}) is None
