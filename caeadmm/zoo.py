@@ -54,6 +54,14 @@ class ModelInfo:
         return f"{k['bpp']:.3f} bpp, {k['psnr']:.2f} dB, MS-SSIM {k['ms_ssim']:.4f}"
 
     @property
+    def trained_for(self) -> str:
+        """"MSE" for a model trained on MSE (and PSNR) alone, the PSNR family; "MS-SSIM" for
+        the default mix, in which MS-SSIM and SSIM dominate."""
+        weights = self.distortion or {}
+        mse_alone = weights.get("w_msssim") == 0 and weights.get("w_ssim") == 0
+        return "MSE" if mse_alone else "MS-SSIM"
+
+    @property
     def size(self) -> int | None:
         """Checkpoint size in bytes, None if the file is missing."""
         return self.file.stat().st_size if self.file.is_file() else None

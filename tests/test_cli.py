@@ -186,6 +186,7 @@ def test_registered_models_are_found_by_name_and_fingerprint(
     out = capsys.readouterr().out
     assert "tiny-test" in out and fingerprint[:32] in out and "random weights" in out
     assert "not measured" in out  # no Kodak figures in this entry
+    assert "MS-SSIM " in out  # no distortion weights: the default mix
     cae = tmp_path / "a.cae"
     assert main(["compress", str(corpus / "a.png"), "-o", str(cae)]) == 0  # the default
     assert main(["decompress", str(cae), "-o", str(tmp_path / "a.png")]) == 0  # by fingerprint
@@ -217,6 +218,25 @@ def test_models_shows_the_kodak_figures_or_refuses_malformed_ones(
         assert rc == 2 and "is unreadable" in out.err and "'kodak'" in out.err
     else:
         assert rc == 0 and shown in out.out
+
+
+def test_models_names_the_distortion_each_model_was_trained_for(
+    checkpoint, tmp_path, monkeypatch, capsys
+):
+    def entry(name: str, **extra: object) -> dict:
+        return {"name": name, "file": str(checkpoint), "fingerprint": "00", "sha256": "ab" * 32,
+                **extra}
+
+    registry = tmp_path / "registry.json"
+    registry.write_text(json.dumps({"default": None, "models": [
+        entry("mix"), entry("mse", distortion={"w_msssim": 0, "w_ssim": 0, "w_mse": 1e5}),
+        entry("ssim", distortion={"w_msssim": 0, "w_mse": 1e5}),
+    ]}))
+    monkeypatch.setenv("CAEADMM_REGISTRY", str(registry))
+    assert main(["models"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert " FOR " in lines[0]
+    assert [line.split()[4] for line in lines[1:]] == ["MS-SSIM", "MSE", "MS-SSIM"]
 
 
 def test_damaged_registered_model_is_refused(checkpoint, corpus, tmp_path, monkeypatch, capsys):

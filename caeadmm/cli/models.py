@@ -12,8 +12,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
         "models",
         help="list the shipped models",
-        description="List the registered models (name, fingerprint, checkpoint size, rate and "
-        "quality on the Kodak set, operating point); * marks the default. CAEADMM_REGISTRY may "
+        description="List the registered models (name, fingerprint, checkpoint size, the "
+        "distortion trained for, rate and quality on the Kodak set, operating point); * marks "
+        "the default. CAEADMM_REGISTRY may "
         "name another registry.json.",
     )
     p.set_defaults(func=run)
@@ -33,10 +34,10 @@ def run(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return EXIT_OK
-    rows = [("", "NAME", "FINGERPRINT", "SIZE", "KODAK (REAL BYTES)", "OPERATING POINT")]
+    rows = [("", "NAME", "FINGERPRINT", "SIZE", "FOR", "KODAK (REAL BYTES)", "OPERATING POINT")]
     for m in models:
         size = "missing" if m.size is None else f"{m.size / 1e6:.1f} MB"
-        rows.append(("*" if m.default else "", m.name, m.fingerprint[:32], size,
+        rows.append(("*" if m.default else "", m.name, m.fingerprint[:32], size, m.trained_for,
                      m.kodak_line() or "not measured", m.operating_point))  # fmt: skip
     # Every column padded to its widest cell but the last (the operating point, free text).
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
