@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 
-from caeadmm.progress import Progress
+from caeadmm.progress import Progress, duration
 
 
 class _Terminal(io.StringIO):
@@ -13,14 +13,23 @@ class _Terminal(io.StringIO):
 
 
 def test_a_log_gets_plain_lines_not_a_bar():
+    """With the time so far and, until the end, the time left at the rate so far."""
     log = io.StringIO()
-    with Progress(4, "compress", "file", stream=log, interval_s=0) as progress:
+    clock = iter([100.0, 110.0, 110.0, 140.0, 140.0, 140.0]).__next__
+    with Progress(4, "compress", "file", stream=log, interval_s=0, clock=clock) as progress:
         progress.update()
         progress.update(3)
     assert log.getvalue().splitlines() == [
-        "[compress] 1/4 files (25%)", "[compress] 4/4 files (100%)", "[compress] 4/4 files (100%)",
+        "[compress] 1/4 files (25%), 10s elapsed, about 30s left",
+        "[compress] 4/4 files (100%), 40s elapsed",
+        "[compress] 4/4 files (100%), 40s elapsed",
     ]
     assert "\r" not in log.getvalue()
+
+
+def test_durations_read_as_people_write_them():
+    assert [duration(s) for s in (0, 44.6, 60, 185, 3599, 3600, 7620)] == \
+        ["0s", "45s", "1m00s", "3m05s", "59m59s", "1h00m", "2h07m"]
 
 
 def test_a_terminal_gets_a_bar_and_quiet_gets_nothing():
