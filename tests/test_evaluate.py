@@ -158,3 +158,61 @@ def test_cli_eval_interrupted_writes_what_was_measured(ray_local, dataset, tmp_p
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == f"caeadmm eval: interrupted; 1 of 9 points done; partial results in {out}/"
     assert len(pd.read_csv(out / "per_image.csv")) == 1
+
+
+def test_cli_eval_resume_measures_only_what_is_missing(ray_local, dataset, tmp_path, capsys):
+    """A finished run gets a setting and a codec added: its rows are kept as they were (the
+    timings too, which a second measurement would not repeat) and only the rest is measured."""
+    out = tmp_path / "out"
+    base = ["eval", str(dataset), "-o", str(out), "--no-published", "--quiet"]
+    assert cli_main([*base, "--codecs", "jpeg:20+50"]) == 0
+    before = pd.read_parquet(out / "per_image.parquet")
+    assert cli_main([*base, "--codecs", "jpeg:20+50+80,webp:50", "--resume"]) == 0
+    assert "--resume: 6 points of an earlier run found" in capsys.readouterr().err
+    after = pd.read_parquet(out / "per_image.parquet")
+    assert len(after) == 12 and not (out / evaluate.PARTIAL).exists()
+    kept = after[after["setting"].isin(["20", "50"]) & (after["codec"] == "jpeg")]
+    pd.testing.assert_frame_equal(kept.reset_index(drop=True), before)
+    assert json.loads((out / "webp.json").read_text())["results"]["bpp"]
+
+
+def test_a_killed_run_resumes_from_its_partial_rows(ray_local, dataset, tmp_path, capsys,
+                                                    monkeypatch):
+    """The run dies (an error, as a kill would) after some points: the rows saved so far are
+    in the partial file, and --resume measures only the others."""
+    real_wait = evaluate.ray.wait
+    calls = []
+
+    def wait_then_die(refs, **kwargs):
+        calls.append(1)
+        if len(calls) > 2:
+            raise RuntimeError("killed")
+        return real_wait(refs, num_returns=1)
+
+    monkeypatch.setattr(evaluate, "SAVE_EVERY_S", 0.0)
+    monkeypatch.setattr(evaluate.ray, "wait", wait_then_die)
+    out = tmp_path / "out"
+    args = ["eval", str(dataset), "--codecs", "jpeg:20+50+80", "-o", str(out),
+            "--no-published", "--quiet"]
+    with pytest.raises(RuntimeError, match="killed"):
+        cli_main(args)
+    saved = pd.read_parquet(out / evaluate.PARTIAL)
+    assert len(saved) == 2 and not (out / "per_image.parquet").exists()
+    monkeypatch.setattr(evaluate.ray, "wait", real_wait)
+    assert cli_main([*args, "--resume"]) == 0
+    rows = pd.read_parquet(out / "per_image.parquet")
+    assert len(rows) == 9 and not (out / evaluate.PARTIAL).exists()
+    merged = saved.merge(rows, on=list(saved.columns))
+    assert len(merged) == 2  # the saved rows are in the result unchanged
+
+
+def test_cli_eval_resume_refusals(dataset, tmp_path, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    args = ["eval", str(dataset), "--codecs", "jpeg:50", "-o", str(out), "--quiet"]
+    assert cli_main([*args, "--resume", "--force"]) == 2
+    assert "pass one of them" in capsys.readouterr().err
+    (out / evaluate.PARTIAL).write_bytes(b"PAR1 not really parquet")
+    assert cli_main([*args, "--resume"]) == 2
+    assert "cannot resume from" in capsys.readouterr().err
+    assert (out / evaluate.PARTIAL).exists()  # nothing removed

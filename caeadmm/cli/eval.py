@@ -16,8 +16,8 @@ from caeadmm.cli import flags
 DEFAULT_CODECS = "jpeg,webp,jpeg2000,avif"
 # What a run writes into the output folder (`rd.write_report`, failures.csv): what --force
 # removes from an earlier run, so that no old codec's JSON stays beside the new ones.
-RESULT_PATTERNS = ("per_image.csv", "per_image.parquet", "summary.csv", "summary.md",
-                   "bd_rate.md", "failures.csv", "rd_*.png", "*.json")
+RESULT_PATTERNS = ("per_image.csv", "per_image.parquet", "per_image.partial.parquet",
+                   "summary.csv", "summary.md", "bd_rate.md", "failures.csv", "rd_*.png", "*.json")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -32,6 +32,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      required=True, old="--out", metavar="DIR")
     flags.add_force(parser, "write into a non-empty output folder, removing an earlier run's "
                     "results there first")
+    parser.add_argument(
+        "--resume", action="store_true",
+        help="keep the points an earlier run in the output folder measured (a killed or "
+        "interrupted one, or a finished one to add codecs or settings to) and measure only "
+        "the rest",
+    )
     parser.add_argument(
         "--references", action="append", type=Path, default=[], metavar="JSON",
         help="extra reference curve (CompressAI results JSON) to plot; repeatable",
@@ -62,18 +68,26 @@ def run(args: argparse.Namespace) -> int:
     except (baselines.CodecError, rd.ResultsFormatError) as exc:
         print(f"caeadmm eval: {exc}", file=sys.stderr)
         return 2
+    if args.force and args.resume:
+        print("caeadmm eval: --force starts over and --resume keeps an earlier run's points; "
+              "pass one of them", file=sys.stderr)
+        return 2
     try:
         out = Path(flags.resolve_output(args.output))
-        _clear_output(out, args.force)
-    except ValueError as exc:
+        earlier = evaluate.earlier_rows(out) if args.resume else None
+        _clear_output(out, args.force or args.resume, "--resume" if args.resume else "--force")
+    except (ValueError, evaluate.EvaluationError) as exc:
         print(f"caeadmm eval: {exc}", file=sys.stderr)
         return 2
     print(f"caeadmm eval: results go to {out}/", file=sys.stderr, flush=True)
+    if earlier is not None:
+        print(f"caeadmm eval: --resume: {len(earlier)} points of an earlier run found there "
+              "(those of this run's images and settings are kept)", file=sys.stderr, flush=True)
     try:
         outcome = evaluate.run(
             args.dataset, codecs, out, references=references, address=args.address,
             num_cpus=args.num_cpus, cpus_per_task=args.cpus_per_task, max_bpp=args.max_bpp,
-            progress=not args.quiet,
+            progress=not args.quiet, earlier=earlier,
         )
     except evaluate.EvaluationError as exc:
         print(f"caeadmm eval: {exc}", file=sys.stderr)
@@ -98,9 +112,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _clear_output(out: Path, force: bool) -> None:
+def _clear_output(out: Path, force: bool, flag: str = "--force") -> None:
     """Refuse a non-empty output folder (ValueError) unless `force`; with it, remove the
-    result files of an earlier run there (other files stay) and say so."""
+    result files of an earlier run there (other files stay; a resumed run has read the rows
+    it keeps) and say so."""
     if not out.is_dir() or not any(out.iterdir()):
         if out.exists() and not out.is_dir():
             raise ValueError(f"{out} is a file; -o needs a folder")
@@ -112,7 +127,7 @@ def _clear_output(out: Path, force: bool) -> None:
     for path in old:
         path.unlink()
     if old:
-        print(f"caeadmm eval: --force: removed {len(old)} result files of an earlier run "
+        print(f"caeadmm eval: {flag}: removed {len(old)} result files of an earlier run "
               f"from {out}/", file=sys.stderr)
 
 

@@ -13,13 +13,19 @@ local Ray of this process's own starts for the run and stops after it
 (`caeadmm.distributed.session.connect`).
 A task that fails (a corrupt image, a codec error) costs only its own row: failures are
 collected, written to failures.csv and reported, the other points still count.
+
+Resuming: while it runs, the rows measured so far are saved to PARTIAL in the output folder
+every SAVE_EVERY_S seconds. A later run given them (`earlier=earlier_rows(out_dir)`, the CLI's
+`--resume`) measures only the points they lack, so a killed or interrupted hour-long run
+loses at most a minute of work, and codecs or settings can be added to a finished run.
 """
 
 from __future__ import annotations
 
 import os
+import time
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +39,9 @@ from caeadmm.baselines import Setting, measure
 from caeadmm.distributed.session import connect
 from caeadmm.images import list_images, load_rgb
 from caeadmm.progress import Progress
+
+PARTIAL = "per_image.partial.parquet"  # the rows so far of a run in progress
+SAVE_EVERY_S = 60.0
 
 
 class EvaluationError(RuntimeError):
@@ -69,6 +78,19 @@ def _image_name(path: Path, roots: Sequence[Path]) -> str:
     return path.name
 
 
+def earlier_rows(out_dir: str | os.PathLike) -> pd.DataFrame:
+    """The per-image rows an earlier run wrote into `out_dir`: a killed run's PARTIAL file,
+    else a finished or interrupted run's per_image.parquet; empty when there is neither."""
+    for name in (PARTIAL, "per_image.parquet"):
+        path = Path(out_dir) / name
+        if path.is_file():
+            try:
+                return pd.read_parquet(path)
+            except Exception as exc:  # pyarrow raises several types for a damaged file
+                raise EvaluationError(f"cannot resume from {path}: {exc}") from exc
+    return pd.DataFrame()
+
+
 def evaluate(
     images: Sequence[Path],
     codecs: Mapping[str, Sequence[Setting]],
@@ -76,12 +98,17 @@ def evaluate(
     roots: Sequence[Path] = (),
     cpus_per_task: float = 1.0,
     progress: bool = True,
+    earlier: pd.DataFrame | None = None,
+    save: Callable[[pd.DataFrame], None] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame, int]:
     """Measure every image at every codec setting on the connected Ray cluster.
 
     Returns (rows, failures, unfinished): the per-image result rows (columns of
     `baselines.measure`), one row per failed point (image, codec, setting, error), and how
     many points were left unmeasured because Ctrl-C stopped the run (their tasks cancelled).
+    Points with a row in `earlier` are not measured again: those rows are returned instead
+    (the rows of other images or settings are dropped). `save` is called with the rows so
+    far every SAVE_EVERY_S seconds.
     """
     if not images:
         raise EvaluationError("no images to evaluate")
@@ -91,19 +118,27 @@ def evaluate(
     if twice:
         raise EvaluationError(f"two images share a name: {', '.join(twice[:5])}")
     total = len(images) * sum(len(settings) for settings in codecs.values())
+    rows = _rows_of(earlier, names, codecs)
+    measured = {(r["image"], r["codec"], r["setting"]) for r in rows}
     pending: dict[ray.ObjectRef, tuple[str, str, Setting]] = {}
-    rows, failures = [], []
-    bar = Progress(total, "eval", "point", enabled=progress)
+    failures = []
+    if save is not None and rows:
+        save(pd.DataFrame(rows))  # the earlier run's files may be gone: keep its rows at once
+    bar = Progress(total - len(rows), "eval", "point", enabled=progress)
+    saved = time.monotonic()
     try:
         for path, name in zip(images, names, strict=True):
+            todo = [(codec, setting) for codec, settings in codecs.items() for setting in settings
+                    if (name, codec, str(setting)) not in measured]
+            if not todo:
+                continue
             try:
                 data_ref = ray.put(Path(path).read_bytes())
             except OSError as exc:
                 raise EvaluationError(f"cannot read {path}: {exc}") from exc
-            for codec, settings in codecs.items():
-                for setting in settings:
-                    ref = task.remote(name, data_ref, codec, setting, cpus_per_task)
-                    pending[ref] = (name, codec, setting)
+            for codec, setting in todo:
+                ref = task.remote(name, data_ref, codec, setting, cpus_per_task)
+                pending[ref] = (name, codec, setting)
         waiting = list(pending)
         while waiting:
             done, waiting = ray.wait(waiting, num_returns=len(waiting), timeout=0.5)
@@ -118,6 +153,9 @@ def evaluate(
                          "error": f"{type(cause).__name__}: {cause}"}
                     )
             bar.update(len(done))
+            if save is not None and done and time.monotonic() - saved >= SAVE_EVERY_S:
+                save(pd.DataFrame(rows))
+                saved = time.monotonic()
     except KeyboardInterrupt:
         bar.close(summary=False)
         for ref in pending:
@@ -126,6 +164,19 @@ def evaluate(
         bar.close()
     failure_frame = pd.DataFrame(failures, columns=["image", "codec", "setting", "error"])
     return pd.DataFrame(rows), failure_frame, total - len(rows) - len(failures)
+
+
+def _rows_of(
+    earlier: pd.DataFrame | None, names: Sequence[str], codecs: Mapping[str, Sequence[Setting]]
+) -> list[dict]:
+    """The rows of `earlier` for these images and codec settings, as records."""
+    if earlier is None or earlier.empty:
+        return []
+    wanted = {(codec, str(setting)) for codec, settings in codecs.items() for setting in settings}
+    settings = pd.Series(list(zip(earlier["codec"], earlier["setting"].astype(str), strict=True)),
+                         index=earlier.index)
+    keep = earlier["image"].isin(set(names)) & settings.isin(wanted)
+    return earlier[keep].to_dict("records")
 
 
 def _order(rows: pd.DataFrame, codecs: Mapping[str, Sequence[Setting]]) -> pd.DataFrame:
@@ -153,16 +204,26 @@ def run(
     cpus_per_task: float = 1.0,
     max_bpp: float = 2.0,
     progress: bool = True,
+    earlier: pd.DataFrame | None = None,
 ) -> Outcome:
-    """Evaluate the images under `dataset` and write every artifact into `out_dir`."""
+    """Evaluate the images under `dataset` and write every artifact into `out_dir`, measuring
+    only the points that `earlier` (rows of an earlier run, `earlier_rows`) lacks."""
     roots = [Path(p) for p in dataset]
     images = list_images(roots)
     if not images:
         raise EvaluationError(f"no image files under {', '.join(map(str, dataset))}")
+    partial = Path(out_dir) / PARTIAL
+
+    def save(rows: pd.DataFrame) -> None:
+        partial.parent.mkdir(parents=True, exist_ok=True)
+        rows.to_parquet(partial.with_suffix(".tmp"), index=False)
+        partial.with_suffix(".tmp").replace(partial)  # never a half-written file
+
     started = connect(address, num_cpus)
     try:
         rows, failures, unfinished = evaluate(
-            images, codecs, roots=roots, cpus_per_task=cpus_per_task, progress=progress
+            images, codecs, roots=roots, cpus_per_task=cpus_per_task, progress=progress,
+            earlier=earlier, save=save,
         )
     finally:
         if started:
@@ -176,6 +237,7 @@ def run(
     rows = _order(rows, codecs)
     image_set = ", ".join(root.resolve().name for root in roots)
     paths = rd.write_report(rows, out_dir, references, max_bpp, image_set=image_set)
+    partial.unlink(missing_ok=True)  # per_image.parquet holds every row now
     if len(failures):
         paths["failures_csv"] = Path(out_dir) / "failures.csv"
         failures.to_csv(paths["failures_csv"], index=False)
