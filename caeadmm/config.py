@@ -152,6 +152,10 @@ class ModelConfig:
         return cls(**data)
 
 
+# The distortion's weights, by their names in TrainConfig and losses.distortion.
+DISTORTION_WEIGHTS = ("w_msssim", "w_ssim", "w_mse", "w_psnr")
+
+
 @dataclass
 class TrainConfig:
     """Everything a training run needs, for the local trainer and the Ray Train loop alike.

@@ -28,8 +28,6 @@ from caeadmm.config import TrainConfig
 
 SSIM_WINDOW = 11
 MS_SSIM_MAX_WINDOW = 11
-# The distortion's weights, by their names in `distortion` and TrainConfig.
-DISTORTION_WEIGHTS = ("w_msssim", "w_ssim", "w_mse", "w_psnr")
 
 
 class LossConfigError(ValueError):

@@ -25,7 +25,8 @@ import torch
 
 from caeadmm import zoo
 from caeadmm.bitstream import LATENT_STRIDE
-from caeadmm.losses import DISTORTION_WEIGHTS, distortion
+from caeadmm.config import DISTORTION_WEIGHTS
+from caeadmm.losses import distortion
 from caeadmm.model import CAE, add_uniform_noise, round_straight_through
 
 STEPS = 15  # Adam steps: most of what 25 give (bench/refine.py, docs/refine.md)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from caeadmm.checkpoint import CheckpointError, load_model
-from caeadmm.losses import DISTORTION_WEIGHTS
+from caeadmm.config import DISTORTION_WEIGHTS
 from caeadmm.model import CAE
 
 PACKAGED_REGISTRY = Path(__file__).parent / "models" / "registry.json"

@@ -25,8 +25,7 @@ from PIL import Image
 
 from caeadmm import image_codec
 from caeadmm.checkpoint import export_model, load_checkpoint, load_model
-from caeadmm.config import TrainConfig
-from caeadmm.losses import DISTORTION_WEIGHTS
+from caeadmm.config import DISTORTION_WEIGHTS, TrainConfig
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "caeadmm" / "models"

@@ -15,8 +15,8 @@ from PIL import Image
 from caeadmm import baselines, image_codec, zoo
 from caeadmm.checkpoint import save_checkpoint
 from caeadmm.cli import main
-from caeadmm.config import TrainConfig
-from caeadmm.losses import DISTORTION_WEIGHTS, distortion
+from caeadmm.config import DISTORTION_WEIGHTS, TrainConfig
+from caeadmm.losses import distortion
 from caeadmm.model import CAE
 from caeadmm.refine import Refinement, refinement_for
 

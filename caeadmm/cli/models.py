@@ -14,8 +14,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="list the shipped models",
         description="List the registered models (name, fingerprint, checkpoint size, the "
         "distortion trained for, rate and quality on the Kodak set, operating point); * marks "
-        "the default. CAEADMM_REGISTRY may "
-        "name another registry.json.",
+        "the default. CAEADMM_REGISTRY may name another registry.json.",
     )
     p.set_defaults(func=run)
 
