@@ -78,7 +78,7 @@ def _kodak(value: object) -> dict[str, float] | None:
 
 
 def _distortion(value: object) -> dict[str, float] | None:
-    """A registry entry's `distortion` weights as floats (losses.DISTORTION_WEIGHTS, each
+    """A registry entry's `distortion` weights as floats (config.DISTORTION_WEIGHTS, each
     >= 0); a malformed one raises ValueError."""
     if value is None:
         return None
