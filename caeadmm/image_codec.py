@@ -64,7 +64,7 @@ from caeadmm.bitstream import (
     padded_side,
 )
 from caeadmm.files import write_atomic
-from caeadmm.images import load_rgb, to_uint8
+from caeadmm.images import load_rgb
 from caeadmm.model import CAE, LATENT_MAX, channel_support, eval_mode, quantize
 from caeadmm.refine import Refinement, refine_window
 from coding.format import unpack_header
@@ -337,7 +337,7 @@ def _decode_channels(
     height, width = out.shape[:2]
     halo = _halos(model)[1]
     device = _device(model)
-    dtype = next(model.parameters()).dtype
+    dtype = _dtype(model)
     shape = (1, model.config.latent_channels)
     with _inference(model):
         for (r0, r1, s0, s1), (c0, c1, t0, t1) in _windows(rows, cols, tile, halo):
@@ -347,8 +347,8 @@ def _decode_channels(
             latent = torch.zeros((*shape, s1 - s0, t1 - t0), dtype=dtype, device=device)
             window = torch.from_numpy(symbols[:, s0:s1, t0:t1]).to(device, dtype)
             latent[0, kept.to(device)] = window.clamp(-LATENT_MAX, LATENT_MAX)
-            pixels = _run(model.synthesis, latent, latent[0, 0].numel() * LATENT_STRIDE**2)
-            decoded = to_uint8(pixels)[0]
+            pixels = latent[0, 0].numel() * LATENT_STRIDE**2
+            decoded = _run(model.synthesis_uint8, latent, pixels)[0]
             y1, x1 = min(LATENT_STRIDE * r1, height), min(LATENT_STRIDE * c1, width)
             top, left = LATENT_STRIDE * (r0 - s0), LATENT_STRIDE * (c0 - t0)
             _put(out, y0, x0, decoded[top : top + y1 - y0, left : left + x1 - x0])
@@ -391,8 +391,8 @@ def _window_pixels(image: np.ndarray, r0: int, r1: int, c0: int, c1: int) -> np.
 
 
 def _run(
-    network: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, pixels: int
-) -> torch.Tensor:
+    network: Callable[[torch.Tensor], torch.Tensor | np.ndarray], x: torch.Tensor, pixels: int
+) -> torch.Tensor | np.ndarray:
     """network(x) for a batch of one; a window under SMALL_WINDOW pixels runs as a batch of
     two copies so that every convolution takes oneDNN (see the module docstring)."""
     if pixels < SMALL_WINDOW and x.device.type == "cpu":
@@ -447,7 +447,8 @@ def _decode_tiles(symbols: np.ndarray, model: CAE, out: np.ndarray) -> None:
             chunk = torch.from_numpy(symbols[start : start + batch])
             latent = torch.zeros((len(chunk), *latent_shape), dtype=torch.int32)
             latent[:, kept] = chunk
-            pixels = to_uint8(model.decode(latent.to(device)))
+            latent = latent.clamp(-LATENT_MAX, LATENT_MAX).to(device, _dtype(model))
+            pixels = model.synthesis_uint8(model._apply_mask(latent))
             for i, tile_pixels in enumerate(pixels):
                 r, c = divmod(start + i, cols)
                 y0, x0 = r * tile, c * tile
@@ -540,6 +541,10 @@ def _inference(model: CAE) -> Iterator[None]:
 
 def _device(model: CAE) -> torch.device:
     return next(model.parameters()).device
+
+
+def _dtype(model: CAE) -> torch.dtype:
+    return next(model.parameters()).dtype
 
 
 def _check_model(header: Header, model: CAE) -> None:

@@ -15,6 +15,7 @@ import hashlib
 import json
 from collections.abc import Iterator
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -307,6 +308,31 @@ class CAE(nn.Module):
             latent = latent * torch.exp(-self.log_gain)
         return (torch.tanh(self.decoder(latent)) + 1) / 2
 
+    @torch.no_grad()
+    def synthesis_uint8(self, latent: torch.Tensor) -> np.ndarray:
+        """The 8-bit image (B, H, W, 3) of a float latent: `synthesis` rounded to 255 levels,
+        with the same bits on every thread count (the codec's decoder; docs/bitstream.md).
+
+        Every layer but the last gives the same float32 bits on any thread count (oneDNN);
+        the last, a 1x1 convolution down to 3 channels, does not (its reduction order follows
+        the threads), and the rounding to 8 bits turns its last-bit differences into pixels
+        one level off. So it runs here in float64 as a sum over input channels in a fixed
+        order (elementwise multiplies and adds, exact per element), and tanh and the rounding
+        run in numpy on one thread.
+        """
+        if self.config.latent_gain:
+            latent = latent * torch.exp(-self.log_gain)
+        with eval_mode(self):
+            features = self.decoder[:-1](latent).double()
+        weight, bias = _folded_output_layer(self.decoder[-1])
+        out = bias.to(features.device).view(1, -1, 1, 1).expand(
+            features.shape[0], -1, *features.shape[2:]
+        ).clone()
+        for c in range(features.shape[1]):
+            out += features[:, c : c + 1] * weight[:, c].to(features.device).view(1, -1, 1, 1)
+        y = out.cpu().numpy().transpose(0, 2, 3, 1)
+        return np.rint((np.tanh(y) + 1) * 127.5).clip(0, 255).astype(np.uint8)
+
     # -- helpers -----------------------------------------------------------------------------
 
     def _apply_mask(self, latent: torch.Tensor) -> torch.Tensor:
@@ -333,6 +359,27 @@ class CAE(nn.Module):
                 f"this model has a pruning mask for {p} x {p} tiles and cannot take {h} x {w} "
                 f"images; encode {p} x {p} tiles (the codec tiles whole images)"
             )
+
+
+def _folded_output_layer(layer: nn.Sequential) -> tuple[torch.Tensor, torch.Tensor]:
+    """(weight (3, C), bias (3,)) in float64 of the decoder's last layer, a 1x1 convolution
+    with its BatchNorm (eval statistics) folded in and a pixel shuffle of factor 1."""
+    conv = next(m for m in layer if isinstance(m, nn.Conv2d))
+    if conv.kernel_size != (1, 1) or any(
+        isinstance(m, nn.PixelShuffle) and m.upscale_factor != 1 for m in layer
+    ):
+        raise ValueError(f"the decoder's last layer is not a 1x1 convolution: {layer}")
+    if any(not isinstance(m, nn.Conv2d | nn.BatchNorm2d | nn.PixelShuffle) for m in layer):
+        raise ValueError(f"the decoder's last layer is more than a conv and BatchNorm: {layer}")
+    weight = conv.weight.detach().double()[:, :, 0, 0]
+    bias = conv.bias.detach().double() if conv.bias is not None else weight.new_zeros(len(weight))
+    for norm in (m for m in layer if isinstance(m, nn.BatchNorm2d)):
+        scale = norm.weight.detach().double() / torch.sqrt(
+            norm.running_var.detach().double() + norm.eps
+        )
+        weight = weight * scale[:, None]
+        bias = (bias - norm.running_mean.detach().double()) * scale + norm.bias.detach().double()
+    return weight.cpu(), bias.cpu()
 
 
 def unwrap(model: nn.Module) -> CAE:
