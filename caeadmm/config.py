@@ -14,9 +14,12 @@ import dataclasses
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
+
+if TYPE_CHECKING:
+    import torch
 
 
 class ConfigError(ValueError):
@@ -93,10 +96,21 @@ class ModelConfig:
     # tables adapt; EntropyModel.adaptive_bits) or "adaptive-runs" (the same, adapted apart
     # after a zero and after a non-zero symbol: what the coder's zero-run tokens save).
     rate_estimate: str = "fixed"
+    # A variable-rate model (docs/variable-rate.md): this many learned gain vectors on the
+    # latent (and as many inverse gains before the decoder), one per rate weight of training;
+    # a continuous quality q in [0, quality_levels - 1] interpolates them. 0: one fixed rate.
+    quality_levels: int = 0
 
     def __post_init__(self) -> None:
         self._apply_preset()
         _check_types(self)
+        if self.quality_levels == 1 or self.quality_levels < 0:
+            raise ConfigError(
+                f"model.quality_levels must be 0 (fixed rate) or at least 2, got "
+                f"{self.quality_levels}"
+            )
+        if self.quality_levels and self.latent_gain:
+            raise ConfigError("model.quality_levels has its own gains: set latent_gain: false")
         if self.width < 1 or self.n_blocks < 0 or self.latent_channels < 1:
             raise ConfigError(f"model sizes must be positive: {self}")
         if self.patch_size < 16 or self.patch_size % 8:
@@ -196,6 +210,10 @@ class TrainConfig:
     # Weight of the estimated rate in bits per pixel (loss = distortion + rate_lambda * bpp);
     # 0 trains on the distortion alone (the paper's loss). Needs model.entropy_model.
     rate_lambda: float = 0.0
+    # Variable-rate models (model.quality_levels > 0): the rate weight at quality 0 (the
+    # lowest rate); quality q's weight is geometric between it and rate_lambda (at the top
+    # quality), and every image of a batch is trained at a quality drawn uniformly.
+    rate_lambda_max: float = 0.0
     # Final phase: Adam steps of a fit of the entropy model alone (the network frozen) to the
     # symbols of the run's last training batches, so that the estimate matches what the coder
     # writes (train_loop.fit_entropy_model, docs/rate.md); 0: no fit. Needs an entropy model.
@@ -242,7 +260,8 @@ class TrainConfig:
         non_negative = (
             "warmup_steps", "admm_steps", "finetune_steps", "checkpoint_every", "eval_patches",
             "threads", "loader_workers", "lr_final_scale", "weight_decay", "grad_clip", "rho",
-            "w_msssim", "w_ssim", "w_mse", "w_psnr", "rate_lambda", "entropy_fit_steps",
+            "w_msssim", "w_ssim", "w_mse", "w_psnr", "rate_lambda", "rate_lambda_max",
+            "entropy_fit_steps",
         )
         for name in positive:
             if getattr(self, name) <= 0:
@@ -270,6 +289,13 @@ class TrainConfig:
                 f"model.entropy_model {self.model.entropy_model!r} is trained by the rate term: "
                 "set rate_lambda > 0, or entropy_model: none for the paper's loss"
             )
+        if self.model.quality_levels and not self.rate_lambda_max >= self.rate_lambda > 0:
+            raise ConfigError(
+                "a variable-rate model (model.quality_levels) needs rate_lambda_max >= "
+                f"rate_lambda > 0, got {self.rate_lambda_max} and {self.rate_lambda}"
+            )
+        if self.model.quality_levels and self.entropy_fit_steps:
+            raise ConfigError("entropy_fit_steps is for fixed-rate models: set it to 0")
         if self.entropy_fit_steps > 0 and self.model.entropy_model == "none":
             raise ConfigError("entropy_fit_steps > 0 needs a model.entropy_model")
         if self.entropy_fit_steps > 0 and self.model.rate_estimate != "fixed":
@@ -289,6 +315,12 @@ class TrainConfig:
 
     def total_steps(self) -> int:
         return self.warmup_steps + self.admm_steps + self.finetune_steps
+
+    def lambda_at(self, quality: float | torch.Tensor) -> float | torch.Tensor:
+        """The rate weight a variable-rate model trains quality q at: rate_lambda_max at q = 0,
+        rate_lambda at the top quality, geometric between."""
+        top = self.model.quality_levels - 1
+        return self.rate_lambda_max * (self.rate_lambda / self.rate_lambda_max) ** (quality / top)
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "model": self.model.to_dict()}

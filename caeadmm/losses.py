@@ -121,12 +121,15 @@ def compute_loss(
     *,
     bits: torch.Tensor | None = None,
     mse_only: bool = False,
+    lambdas: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """(distortion + cfg.rate_lambda * bpp, the terms for logs as in `distortion`), the
     distortion weighted as `cfg` says. `bits` (B,) is the model's rate estimate
     (`model(x, rate=True)`), needed when rate_lambda > 0 and logged as "bpp" whenever given.
     With rate_lambda = 0 the loss is the distortion tensor itself (bit for bit the paper's
-    loss, whatever `bits` holds).
+    loss, whatever `bits` holds). `lambdas` (B,): a rate weight per image instead (a
+    variable-rate model trains each image at its own quality): the loss is then the
+    distortion plus the mean over the images of lambda_i * bpp_i.
     """
     loss, terms = distortion(
         x_hat, x, w_msssim=cfg.w_msssim, w_ssim=cfg.w_ssim, w_mse=cfg.w_mse, w_psnr=cfg.w_psnr,
@@ -139,6 +142,8 @@ def compute_loss(
         return loss, terms
     bpp = bits_per_pixel(bits, x)
     terms["bpp"] = bpp.detach()
-    if cfg.rate_lambda > 0:
+    if lambdas is not None:
+        loss = loss + (lambdas * bits).mean() / (x.shape[-2] * x.shape[-1])
+    elif cfg.rate_lambda > 0:
         loss = loss + cfg.rate_lambda * bpp
     return loss, terms

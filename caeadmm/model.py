@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 from collections.abc import Iterator
 
 import numpy as np
@@ -28,6 +29,8 @@ from caeadmm.layers import GDN
 # the rounding; the rate term keeps them small without it).
 LATENT_MAX = 127
 BN_EPS = 1e-5  # nn.BatchNorm2d's default eps, used when folding a BatchNorm into a convolution
+# A variable-rate model's gains at the lowest and the top quality level, before training.
+GAIN_RANGE = (0.25, 1.25)
 
 
 
@@ -36,6 +39,11 @@ def channel_support(mask: torch.Tensor) -> torch.Tensor | None:
     or None for a mask that differs between positions (a slot mask)."""
     flat = mask.detach().reshape(mask.shape[0], -1).bool()
     return flat[:, 0] if bool((flat == flat[:, :1]).all()) else None
+
+# A variable-rate model's quality: one number, one per image of a batch (B,), or None for a
+# fixed-rate model.
+Quality = float | torch.Tensor | None
+
 
 class InputShapeError(ValueError):
     """An input or latent has a shape the model cannot take (see the message)."""
@@ -163,6 +171,14 @@ class CAE(nn.Module):
         if config.latent_gain:
             # log of the per-channel gain, so that the gain stays positive
             self.log_gain = nn.Parameter(torch.zeros(c, 1, 1))
+        if config.quality_levels:
+            # Gain units (Cui et al. 2021): per quality level, a log gain per channel before
+            # the rounding and a log inverse gain after it, started from gains spread from
+            # GAIN_RANGE[0] (quality 0, the lowest rate) to GAIN_RANGE[1] (the top quality).
+            levels = torch.linspace(*map(math.log, GAIN_RANGE), config.quality_levels)
+            start = levels.view(-1, 1, 1, 1).expand(-1, c, 1, 1).clone()
+            self.level_log_gain = nn.Parameter(start)
+            self.level_log_inverse_gain = nn.Parameter(-start)
         if config.entropy_model != "none":
             self.entropy = entropy_model.build(config.entropy_model, c)
         self.register_buffer("mask", None)
@@ -212,7 +228,9 @@ class CAE(nn.Module):
 
     # -- training path -------------------------------------------------------------------------
 
-    def forward(self, x: torch.Tensor, rate: bool = False) -> tuple[torch.Tensor, ...]:
+    def forward(
+        self, x: torch.Tensor, rate: bool = False, quality: Quality = None
+    ) -> tuple[torch.Tensor, ...]:
         """(reconstruction in [0, 1], quantized and masked latent), and with `rate` also the
         estimated bits of each image's kept symbols (B,) (needs an entropy model).
 
@@ -225,7 +243,7 @@ class CAE(nn.Module):
             raise ConfigError("rate=True needs a model with an entropy_model")
         # Float32 from here to the rounding and in the entropy model, also under autocast
         # (TrainConfig.precision): bfloat16's 8-bit mantissa cannot hold a latent's fraction.
-        y = self.analysis(x).float()
+        y = self.analysis(x, quality).float()
         if not self.training:
             latent = quantize(y, stochastic=False)
             rate_input = latent
@@ -235,7 +253,7 @@ class CAE(nn.Module):
         else:
             latent = rate_input = quantize(y, stochastic=True)
         latent = self._apply_mask(latent)
-        x_hat = self.synthesis(latent)
+        x_hat = self.synthesis(latent, quality)
         if not rate:
             return x_hat, latent
         return x_hat, latent, self.rate_bits(rate_input, self.mask)
@@ -254,7 +272,7 @@ class CAE(nn.Module):
     # -- inference path ------------------------------------------------------------------------
 
     @torch.no_grad()
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
+    def encode(self, x: torch.Tensor, quality: Quality = None) -> torch.Tensor:
         """Images (B, 3, H, W) in [0, 1] -> int32 symbols (B, C, H/8, W/8), masked.
 
         Always inference behaviour (BatchNorm running statistics, deterministic rounding),
@@ -262,11 +280,11 @@ class CAE(nn.Module):
         """
         self._check_image(x)
         with eval_mode(self):
-            latent = quantize(self.analysis(x), stochastic=False)
+            latent = quantize(self.analysis(x, quality), stochastic=False)
         return self._apply_mask(latent).to(torch.int32)
 
     @torch.no_grad()
-    def decode(self, latent: torch.Tensor) -> torch.Tensor:
+    def decode(self, latent: torch.Tensor, quality: Quality = None) -> torch.Tensor:
         """Integer symbols (B, C, h, w) -> images (B, 3, 8h, 8w) in [0, 1] (inference mode)."""
         if latent.dim() != 4 or latent.shape[1] != self.config.latent_channels:
             raise InputShapeError(
@@ -278,7 +296,7 @@ class CAE(nn.Module):
         dtype = next(self.parameters()).dtype
         latent = latent.to(dtype).clamp(-LATENT_MAX, LATENT_MAX)
         with eval_mode(self):
-            return self.synthesis(self._apply_mask(latent))
+            return self.synthesis(self._apply_mask(latent), quality)
 
     def fingerprint(self) -> bytes:
         """sha256 over the canonical config JSON and every state_dict tensor (mask included).
@@ -297,19 +315,46 @@ class CAE(nn.Module):
 
     # -- the two halves, unrounded and unmasked (the codec's windows and latent refinement) ---
 
-    def analysis(self, x: torch.Tensor) -> torch.Tensor:
-        """The encoder's output scaled by the gain: the values that get rounded."""
+    def analysis(self, x: torch.Tensor, quality: Quality = None) -> torch.Tensor:
+        """The encoder's output scaled by the gain (at `quality`, for a variable-rate model):
+        the values that get rounded."""
         y = self.encoder(x)
+        if self.config.quality_levels:
+            return y * self._level_gain(self.level_log_gain, quality).exp()
+        self._no_quality(quality)
         return y * self.log_gain.exp() if self.config.latent_gain else y
 
-    def synthesis(self, latent: torch.Tensor) -> torch.Tensor:
+    def synthesis(self, latent: torch.Tensor, quality: Quality = None) -> torch.Tensor:
         """A float latent (B, C, h, w) -> images in [0, 1], the gain undone first."""
-        if self.config.latent_gain:
-            latent = latent * torch.exp(-self.log_gain)
-        return (torch.tanh(self.decoder(latent)) + 1) / 2
+        return (torch.tanh(self.decoder(self._ungain(latent, quality))) + 1) / 2
+
+    def _ungain(self, latent: torch.Tensor, quality: Quality) -> torch.Tensor:
+        """The latent with the gain undone: the decoder's input."""
+        if self.config.quality_levels:
+            return latent * self._level_gain(self.level_log_inverse_gain, quality).exp()
+        self._no_quality(quality)
+        return latent * torch.exp(-self.log_gain) if self.config.latent_gain else latent
+
+    def _level_gain(self, levels: torch.Tensor, quality: Quality) -> torch.Tensor:
+        """The log gains (B or 1, C, 1, 1) at `quality` (a number, or one per image (B,)):
+        linear between the two levels around it, clamped to [0, quality_levels - 1]."""
+        if quality is None:
+            raise ValueError(
+                f"a variable-rate model needs a quality in [0, {self.config.quality_levels - 1}]"
+            )
+        q = torch.as_tensor(quality, dtype=levels.dtype, device=levels.device).reshape(-1)
+        q = q.clamp(0, self.config.quality_levels - 1)
+        low = q.floor().clamp(max=self.config.quality_levels - 2)
+        t = (q - low).view(-1, 1, 1, 1)
+        low = low.long()
+        return levels[low] * (1 - t) + levels[low + 1] * t
+
+    def _no_quality(self, quality: Quality) -> None:
+        if quality is not None:
+            raise ValueError("a quality is for variable-rate models; this model has one rate")
 
     @torch.no_grad()
-    def synthesis_uint8(self, latent: torch.Tensor) -> np.ndarray:
+    def synthesis_uint8(self, latent: torch.Tensor, quality: Quality = None) -> np.ndarray:
         """The 8-bit image (B, H, W, 3) of a float latent: `synthesis` rounded to 255 levels,
         with the same bits on every thread count (the codec's decoder; docs/bitstream.md).
 
@@ -320,10 +365,8 @@ class CAE(nn.Module):
         order (elementwise multiplies and adds, exact per element), and tanh and the rounding
         run in numpy on one thread.
         """
-        if self.config.latent_gain:
-            latent = latent * torch.exp(-self.log_gain)
         with eval_mode(self):
-            features = self.decoder[:-1](latent).double()
+            features = self.decoder[:-1](self._ungain(latent, quality)).double()
         weight, bias = _folded_output_layer(self.decoder[-1])
         out = bias.to(features.device).view(1, -1, 1, 1).expand(
             features.shape[0], -1, *features.shape[2:]

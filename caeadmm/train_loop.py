@@ -308,14 +308,25 @@ ENTROPY_FIT_BATCHES = 64
 ENTROPY_FIT_LR = 0.01
 
 
+# A variable-rate model's gain vectors learn at this multiple of the network's learning rate:
+# a continuation's rate is small, and the gains must move far from their start.
+GAIN_LR_SCALE = 20.0
+
+
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
-    """Adam over all parameters (the entropy model's at ENTROPY_LR_SCALE x the rate); the
-    learning rate is set per step by train_step."""
-    named = list(model.named_parameters())
-    entropy = [p for n, p in named if ".entropy." in f".{n}"]
-    groups = [{"params": [p for n, p in named if ".entropy." not in f".{n}"], "lr_scale": 1.0}]
-    if entropy:
-        groups.append({"params": entropy, "lr_scale": ENTROPY_LR_SCALE})
+    """Adam over all parameters (the entropy model's at ENTROPY_LR_SCALE x the rate, a
+    variable-rate model's gains at GAIN_LR_SCALE x); the learning rate is set per step by
+    train_step."""
+    scales: dict[float, list[nn.Parameter]] = {}
+    for name, param in model.named_parameters():
+        if ".entropy." in f".{name}":
+            scale = ENTROPY_LR_SCALE
+        elif "level_log_" in name:
+            scale = GAIN_LR_SCALE
+        else:
+            scale = 1.0
+        scales.setdefault(scale, []).append(param)
+    groups = [{"params": params, "lr_scale": scale} for scale, params in scales.items()]
     return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
@@ -406,14 +417,20 @@ def train_step(
         for module in model.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.eval()
+    # A variable-rate model trains each image at its own quality, drawn uniformly, with that
+    # quality's rate weight.
+    levels = cfg.model.quality_levels
+    quality = torch.rand(len(x), device=device) * (levels - 1) if levels else None
     dtype = PRECISIONS[cfg.precision]
     with torch.autocast(device.type, dtype=getattr(torch, dtype or "float32"),
                         enabled=dtype is not None):  # fmt: skip
         # With a rate term the model also returns each image's estimated bits.
-        outputs = model(x, rate=True) if cfg.rate_lambda > 0 else model(x)
+        rate = cfg.rate_lambda > 0
+        outputs = model(x, rate=rate, quality=quality) if levels else model(x, rate=rate)
     x_hat, latent, *bits = (t.float() for t in outputs)
     objective, terms = compute_loss(
-        x_hat, x, cfg, bits=bits[0] if bits else None, mse_only=phase == "warmup"
+        x_hat, x, cfg, bits=bits[0] if bits else None, mse_only=phase == "warmup",
+        lambdas=cfg.lambda_at(quality) if levels else None,
     )
     penalty = admm.penalty(latent) if schedule.penalized(step) else objective.new_zeros(())
     loss = objective + penalty
@@ -571,10 +588,12 @@ def validate(model: nn.Module, patches: torch.Tensor | None, batch_size: int = 1
     net = unwrap(model)
     device = next(net.parameters()).device
     errors = []
+    quality = validation_quality(net)
     with eval_mode(net):
         for start in range(0, len(patches), batch_size):
             x = patches[start : start + batch_size].to(device)
-            errors.append(per_image_mse(net(x)[0], x))
+            output = net(x, quality=quality) if quality is not None else net(x)
+            errors.append(per_image_mse(output[0], x))
     mse = torch.cat(errors)
     return {"mse": float(mse.sum()) / len(patches), "psnr": float(psnr_of_mse(mse).mean())}
 
@@ -588,8 +607,9 @@ def validation_row(net: CAE, val: torch.Tensor | None) -> dict[str, float]:
     if val is None or len(val) == 0:
         return dict.fromkeys(VAL_COLUMNS, math.nan) | {"mask_density": density}
     device = next(net.parameters()).device
-    symbols = net.encode(val.to(device)).cpu()
-    decoded = net.decode(symbols.to(device)).cpu()
+    quality = validation_quality(net)
+    symbols = net.encode(val.to(device), quality).cpu()
+    decoded = net.decode(symbols.to(device), quality).cpu()
     kept = net.mask.cpu() if net.mask is not None else torch.ones(symbols.shape[1:], dtype=bool)
     bits = coding.encoded_bits(symbols[:, kept].numpy().ravel())
     reference, output = to_uint8(val), to_uint8(decoded)
@@ -602,6 +622,13 @@ def validation_row(net: CAE, val: torch.Tensor | None) -> dict[str, float]:
         "latent_zero_fraction": float((symbols == 0).float().mean()),
         "mask_density": density,
     }
+
+
+def validation_quality(net: CAE) -> float | None:
+    """The quality a variable-rate model is validated at in the log (the middle of its
+    range); None for a fixed-rate model."""
+    levels = net.config.quality_levels
+    return (levels - 1) / 2 if levels else None
 
 
 def window_means(window: list[dict]) -> dict[str, float]:
