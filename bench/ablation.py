@@ -35,8 +35,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-# Run as a script, this file's folder comes first on sys.path, where bench/coding.py would
-# shadow the `coding` package: look in the repository root instead.
+# Run as a script, this file's folder comes first on sys.path: the repository root goes there
+# instead, so that this checkout's packages (`coding`, `caeadmm`, `bench`) are the ones imported.
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 from bench.rate_estimate import estimated_bits  # noqa: E402
 from caeadmm import bitstream, image_codec, train_loop  # noqa: E402

@@ -37,8 +37,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-# Run as a script, this folder comes first on sys.path, where bench/coding.py would shadow the
-# `coding` package: look in the repository root instead.
+# Run as a script, this file's folder comes first on sys.path: the repository root goes there
+# instead, so that this checkout's packages (`coding`, `caeadmm`, `bench`) are the ones imported.
 sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import coding  # noqa: E402

@@ -4,12 +4,12 @@ what each buys against the plain encode of the same model in the same run, and w
     .venv/bin/python bench/refine.py --images TRAIN_DIR [--model NAME] [--count 4] [--side 256]
         [--steps 5,10,15,25] [--lr 0.01,0.02,0.05] [--repeats 1]
 
-Images: the held-out split of bench/ablation.py (a fixed random choice from the folder), the
-central --side square of the first --count of them. For every (steps, lr) the table gives
-the change against the plain stream, averaged over the images: real bytes (bpp, %), PSNR
-(dB), MS-SSIM, and the encode time as a multiple of the plain encode's (medians of
---repeats runs). The rate is weighed by the model's registered rate_lambda, as
-`caeadmm compress --refine` does. docs/refine.md reads the table.
+Images: the held-out split of bench/ablation.py (a fixed random choice of 16 images from the
+folder; all of them in a folder of fewer), the central --side square of the first --count.
+For every (steps, lr) the table gives the change against the plain stream, averaged over the
+images: real bytes (bpp, %), PSNR (dB), MS-SSIM, and the encode time as a multiple of the
+plain encode's (medians of --repeats runs). The rate is weighed by the model's registered
+rate_lambda, as `caeadmm compress --refine` does. docs/refine.md reads the table.
 """
 
 from __future__ import annotations
@@ -26,9 +26,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from ablation import held_out, split  # noqa: E402
+from ablation import HELD_OUT, held_out, split  # noqa: E402
 
 from caeadmm import image_codec, metrics, zoo  # noqa: E402
+from caeadmm.images import list_images  # noqa: E402
 from caeadmm.refine import Refinement  # noqa: E402
 
 
@@ -60,7 +61,15 @@ def main() -> None:
 
     model = zoo.load(args.model)
     rate_lambda = zoo.rate_lambda(args.model)
-    images = held_out(split(args.images)[1][: args.count], args.side)
+    found = list_images([args.images])
+    if not found:
+        raise SystemExit(f"bench/refine.py: no image files under {args.images}")
+    # ablation's held-out split when the folder has room for it, else every image there
+    held = split(args.images, min(HELD_OUT, len(found)))[1]
+    if len(held) < args.count:
+        print(f"{args.images} holds {len(found)} images: measuring {len(held)} of the "
+              f"{args.count} asked for", flush=True)
+    images = held_out(held[: args.count], args.side)
     image_codec.compress(images[0], model)  # Numba compiles the coder before any timing
     plain = [measure(im, model, None, args.repeats) for im in images]
     print(f"model {args.model or 'default'} (rate_lambda {rate_lambda:g}), {len(images)} "

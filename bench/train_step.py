@@ -33,8 +33,8 @@ from pathlib import Path
 
 import torch
 
-# Run as a script, this file's folder comes first on sys.path, where bench/coding.py would
-# shadow the `coding` package.
+# Run as a script, this file's folder comes first on sys.path: the repository root goes there
+# instead, so that this checkout's packages (`coding`, `caeadmm`, `bench`) are the ones imported.
 REPO = Path(__file__).resolve().parent.parent
 sys.path[0] = str(REPO)
 from caeadmm.config import load_config  # noqa: E402

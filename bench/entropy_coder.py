@@ -1,9 +1,9 @@
 """Benchmark of the entropy coder against general-purpose compressors and an ANS coder.
 
-    .venv/bin/python bench/coding.py            # 4M symbols at 50/80/90/95 % zeros
-    .venv/bin/python bench/coding.py --small    # also: overhead on short streams
-    .venv/bin/python bench/coding.py --size 400000 --runs 3    # a quick look
-    .venv/bin/python bench/coding.py --channels-only --latents a.npy b.npy    # real latents
+    .venv/bin/python bench/entropy_coder.py            # 4M symbols at 50/80/90/95 % zeros
+    .venv/bin/python bench/entropy_coder.py --small    # also: overhead on short streams
+    .venv/bin/python bench/entropy_coder.py --size 400000 --runs 3    # a quick look
+    .venv/bin/python bench/entropy_coder.py --channels-only --latents a.npy b.npy    # real latents
 
 The full run takes several minutes on an idle machine, most of it in zstd -19 and lzma.
 
@@ -44,8 +44,8 @@ from pathlib import Path
 
 import numpy as np
 
-# Run as a script, this file's folder comes first on sys.path, where the file would shadow the
-# `coding` package it measures: look in the repository root instead.
+# Run as a script, this file's folder comes first on sys.path: the repository root goes there
+# instead, so that this checkout's packages (`coding`, `caeadmm`, `bench`) are the ones imported.
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 import coding  # noqa: E402
 from coding.synthetic import channel_laplacians, sparse_laplacian  # noqa: E402
@@ -54,7 +54,7 @@ try:
     import constriction
     import zstandard
 except ImportError as error:  # the dev extra has them
-    raise SystemExit(f"bench/coding.py needs the dev extra: {error}") from error
+    raise SystemExit(f"bench/entropy_coder.py needs the dev extra: {error}") from error
 
 ZEROS = (0.50, 0.80, 0.90, 0.95)
 SIZE = 4_000_000
