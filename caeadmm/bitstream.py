@@ -6,6 +6,10 @@ payload holds. `parse` validates every field, the total length and a CRC32 over 
 payload, and raises BitstreamError (a ValueError) for anything wrong, so that callers see one
 error type for every malformed file. docs/bitstream.md is the specification.
 
+Version 3 is version 2 for a variable-rate model's stream: the same fields, and the quality
+the image was coded at in the 16-bit field that holds the tile size in a "tiles" stream
+(whole-image layouts only, in units of 1/QUALITY_SCALE). Fixed-rate models write version 2.
+
 Version 2 (written) has a layout byte: "predicted" (the whole image through the network, the
 kept latent channels coded as the residuals of a linear prediction, with a Huffman table per
 group of channels), "channels" (the same latent without the prediction, written before
@@ -21,8 +25,11 @@ import zlib
 from dataclasses import dataclass
 
 MAGIC = b"\x89CAE"
-VERSION = 2
-READABLE_VERSIONS = (1, 2)
+VERSION = 2  # a fixed-rate model's stream
+VARIABLE_RATE_VERSION = 3  # a variable-rate model's stream: version 2 and the quality
+READABLE_VERSIONS = (1, 2, 3)
+QUALITY_SCALE = 1024  # version 3 stores round(quality * QUALITY_SCALE) as a uint16
+MAX_QUALITY = (2**16 - 1) / QUALITY_SCALE
 FINGERPRINT_BYTES = 16  # leading bytes of the model's sha256 fingerprint
 MODES = {0: "RGB", 1: "L"}
 MODE_CODES = {name: code for code, name in MODES.items()}
@@ -82,6 +89,7 @@ class Header:
     fingerprint: bytes  # first FINGERPRINT_BYTES bytes of the model fingerprint
     payload_length: int
     tile_size: int = 0  # "tiles" only: the tile side P; 0 for a whole-image layout
+    quality: float | None = None  # a variable-rate model's quality (version 3), else None
     version: int = VERSION
 
     @property
@@ -101,13 +109,27 @@ class Header:
         return rows * cols * self.kept
 
 
+def quantize_quality(quality: float) -> float:
+    """The quality a version 3 stream can record nearest to `quality` (a multiple of
+    1/QUALITY_SCALE): the codec codes at this one, so that its decoder uses the same gains."""
+    if not 0 <= quality <= MAX_QUALITY:
+        raise ValueError(f"quality must be in [0, {MAX_QUALITY:.3f}], got {quality}")
+    return round(quality * QUALITY_SCALE) / QUALITY_SCALE
+
+
 def pack(header: Header, payload: bytes) -> bytes:
-    """Build a complete stream (the current VERSION) from its header fields and payload."""
+    """Build a complete stream from its header fields and payload: version 3 when the header
+    has a quality, else version 2."""
     if len(payload) != header.payload_length:
         raise ValueError("payload_length does not match the payload")
     _check_fields(header, max_pixels=None)
+    version, setting = VERSION, header.tile_size
+    if header.quality is not None:
+        if header.quality != quantize_quality(header.quality):
+            raise ValueError(f"quality {header.quality} is not a multiple of 1/{QUALITY_SCALE}")
+        version, setting = VARIABLE_RATE_VERSION, round(header.quality * QUALITY_SCALE)
     fields = (
-        MAGIC, VERSION, MODE_CODES[header.mode], header.tile_size, header.latent_channels,
+        MAGIC, version, MODE_CODES[header.mode], setting, header.latent_channels,
         LAYOUT_CODES[header.layout], 0, header.width, header.height, header.kept,
         header.fingerprint, header.payload_length,
     )
@@ -139,10 +161,15 @@ def read_header(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Hea
         raise BitstreamError("reserved header field is not zero")
     if layout not in LAYOUTS:
         raise BitstreamError(f"unknown symbol layout code {layout}")
+    quality = None
+    if version == VARIABLE_RATE_VERSION:
+        if LAYOUTS[layout] not in WHOLE_IMAGE_LAYOUTS:
+            raise BitstreamError(f"a version {version} stream must have a whole-image layout")
+        quality, tile = tile / QUALITY_SCALE, 0
     header = Header(
         width=width, height=height, mode=MODES[mode], layout=LAYOUTS[layout],
         latent_channels=channels, kept=kept, fingerprint=fingerprint,
-        payload_length=payload_length, tile_size=tile, version=version,
+        payload_length=payload_length, tile_size=tile, quality=quality, version=version,
     )
     _check_fields(header, max_pixels)
     return header
@@ -178,6 +205,8 @@ def _check_fields(header: Header, max_pixels: int | None) -> None:
         raise BitstreamError(f"bad latent channel count {header.latent_channels}")
     tile = header.tile_size
     if header.layout == "tiles":
+        if header.quality is not None:
+            raise BitstreamError("a tiles stream has no quality")
         if not (16 <= tile <= _MAX_TILE and tile % 8 == 0):
             raise BitstreamError(f"bad tile size {tile} (a multiple of 8 from 16 to {_MAX_TILE})")
         slots = header.latent_channels * (tile // 8) ** 2
@@ -186,6 +215,8 @@ def _check_fields(header: Header, max_pixels: int | None) -> None:
                 f"{header.kept} kept slots per tile, but a tile has only {slots}"
             )
     elif header.layout in WHOLE_IMAGE_LAYOUTS:
+        if header.quality is not None and not 0 <= header.quality <= MAX_QUALITY:
+            raise BitstreamError(f"bad quality {header.quality}")
         if tile != 0:
             raise BitstreamError(f"tile size {tile} in a whole-image stream (must be 0)")
         if not 0 <= header.kept <= header.latent_channels:

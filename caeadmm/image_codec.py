@@ -45,6 +45,7 @@ import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from fractions import Fraction
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +85,8 @@ def compress(
     tile: int | str | None = "auto",
     layout: str | None = None,
     refine: Refinement | None = None,
+    quality: float | None = None,
+    target_bpp: float | None = None,
 ) -> bytes:
     """Encode a uint8 image, (H, W, 3) RGB or (H, W) grayscale, into a .cae stream.
 
@@ -95,6 +98,10 @@ def compress(
     tiles (version 1's layout), both for comparisons.
     refine: optimize the latent for this image before rounding (caeadmm.refine; whole-image
     layouts only): slower encoding, the same decoder.
+    quality: a variable-rate model's quality, in [0, quality_levels - 1] (rounded to what the
+    stream records, bitstream.quantize_quality); needed by such a model, refused by others.
+    target_bpp: instead of a quality, the highest quality whose stream has at most this many
+    bits per pixel (search_quality); the lowest quality when none fits.
     """
     if layout not in (None, "tiles", *WHOLE_IMAGE_LAYOUTS):
         raise ValueError(
@@ -108,6 +115,9 @@ def compress(
                          "latent position (prune_structure: channel)")
     fingerprint = model.fingerprint()[: bitstream.FINGERPRINT_BYTES]
     channels = model.config.latent_channels
+    variable = _check_quality(model, quality, target_bpp)
+    if variable and (kept is None or layout == "tiles"):
+        raise ValueError("a variable-rate model's streams need a whole-image layout")
     if kept is None or layout == "tiles":
         if refine is not None and refine.steps > 0:
             raise ValueError("latent refinement needs a whole-image layout "
@@ -115,15 +125,75 @@ def compress(
         symbols, layout = _encode_tiles(image, model), "tiles"
         kept_count, tile_size = int(_kept_slots(model).sum()), model.config.patch_size
     else:
-        symbols = _encode_channels(image, model, kept, tile, refine)
         kept_count, tile_size, layout = len(kept), 0, layout or "predicted"
+        latent = _encoder_output(image, model, kept, tile)
+        if target_bpp is not None:
+            quality = search_quality(latent, model, kept, layout, target_bpp, height * width)
+        elif quality is not None:
+            quality = bitstream.quantize_quality(quality)
+        latent = _with_gain(latent, model, kept, quality)
+        if refine is not None and refine.steps > 0:
+            latent = _refined(image, model, kept, latent, tile, refine, quality)
+        symbols = quantize(latent, stochastic=False).to(torch.int8).numpy()
     payload = _encode_payload(symbols, layout)
     header = Header(
         width=width, height=height, mode=mode, layout=layout, latent_channels=channels,
         kept=kept_count, fingerprint=fingerprint, payload_length=len(payload),
-        tile_size=tile_size,
+        tile_size=tile_size, quality=quality,
     )
     return bitstream.pack(header, payload)
+
+
+def search_quality(
+    latent: torch.Tensor,
+    model: CAE,
+    kept: torch.Tensor,
+    layout: str,
+    target_bpp: float,
+    pixels: int,
+) -> float:
+    """The highest quality (a multiple of 1/bitstream.QUALITY_SCALE) whose stream of this
+    encoder output `latent` (K, h, w, before the gain) takes at most `target_bpp` bits per
+    pixel of an image of `pixels` pixels, header included; quality 0 when none does.
+
+    Bisection: the rate grows with the quality (tests/test_variable_rate.py), and the encoder
+    runs once, since the quality only scales its output (CAE.gain)."""
+    if not target_bpp > 0:
+        raise ValueError(f"target bpp must be positive, got {target_bpp}")
+
+    def bpp(quality: float) -> float:
+        symbols = quantize(_with_gain(latent, model, kept, quality), stochastic=False)
+        payload = _encode_payload(symbols.to(torch.int8).numpy(), layout)
+        return 8 * (bitstream.HEADER_BYTES + len(payload)) / pixels
+
+    low, high = 0.0, float(model.config.quality_levels - 1)
+    if bpp(high) <= target_bpp:
+        return high
+    if bpp(low) > target_bpp:
+        return low
+    step = 1 / bitstream.QUALITY_SCALE
+    while high - low > step:
+        middle = bitstream.quantize_quality((low + high) / 2)
+        if middle in (low, high):
+            break
+        low, high = (middle, high) if bpp(middle) <= target_bpp else (low, middle)
+    return low
+
+
+def _check_quality(model: CAE, quality: float | None, target_bpp: float | None) -> bool:
+    """Whether `model` is a variable-rate model; ValueError unless exactly one of quality and
+    target_bpp is given for one, and neither for a fixed-rate model."""
+    levels = model.config.quality_levels
+    if not levels:
+        if quality is not None or target_bpp is not None:
+            raise ValueError("--quality and --target-bpp are for variable-rate models; this "
+                             "model has one rate (choose another model instead)")
+        return False
+    if (quality is None) == (target_bpp is None):
+        raise ValueError("a variable-rate model needs a quality or a target bpp (one of them)")
+    if quality is not None and not 0 <= quality <= levels - 1:
+        raise ValueError(f"quality must be in [0, {levels - 1}] for this model, got {quality}")
+    return True
 
 
 def decompress(
@@ -145,7 +215,7 @@ def decompress(
     out = np.empty(shape, np.uint8)
     if header.layout in WHOLE_IMAGE_LAYOUTS:
         latent = symbols.reshape(header.kept, *header.latent_size)
-        _decode_channels(latent, model, kept_channels(model), tile, out)
+        _decode_channels(latent, model, kept_channels(model), tile, out, header.quality)
     else:
         _decode_tiles(symbols, model, out)
     return out
@@ -268,16 +338,12 @@ def kept_channels(model: CAE) -> torch.Tensor | None:
     return None if support is None else torch.nonzero(support).flatten()
 
 
-def _encode_channels(
-    image: np.ndarray,
-    model: CAE,
-    kept: torch.Tensor,
-    tile: int | str | None = "auto",
-    refine: Refinement | None = None,
-) -> np.ndarray:
-    """The kept channels of the whole image's quantized latent, int8 (K, H'/8, W'/8) where
-    H', W' = padded_side(H), padded_side(W); computed window by window, and with `refine`
-    optimized window by window over the decoder's windows before the rounding."""
+def _encoder_output(
+    image: np.ndarray, model: CAE, kept: torch.Tensor, tile: int | str | None = "auto"
+) -> torch.Tensor:
+    """The kept channels of the encoder's output for the whole image, before the gain and
+    the rounding: float (K, H'/8, W'/8) where H', W' = padded_side(H), padded_side(W);
+    computed window by window."""
     rows, cols = (padded_side(n) // LATENT_STRIDE for n in image.shape[:2])
     latent = torch.empty((len(kept), rows, cols))
     halo = _halos(model)[0]
@@ -285,11 +351,20 @@ def _encode_channels(
     with _inference(model):
         for (r0, r1, s0, s1), (c0, c1, t0, t1) in _windows(rows, cols, tile, halo):
             x = _window_tensor(image, s0, s1, t0, t1, device)
-            y = _run(model.analysis, x, x.shape[-2] * x.shape[-1]).float()
+            y = _run(model.encoder, x, x.shape[-2] * x.shape[-1]).float()
             latent[:, r0:r1, c0:c1] = y[0, kept.to(device), r0 - s0 : r1 - s0, c0 - t0 : c1 - t0]
-    if refine is not None and refine.steps > 0:
-        latent = _refined(image, model, kept, latent, tile, refine)
-    return quantize(latent, stochastic=False).to(torch.int8).numpy()
+    return latent
+
+
+def _with_gain(
+    latent: torch.Tensor, model: CAE, kept: torch.Tensor, quality: float | None
+) -> torch.Tensor:
+    """The encoder output (K, h, w) times the model's gain of the kept channels at `quality`
+    (CAE.gain; elementwise, so the same bits as CAE.analysis): the values that get rounded."""
+    gain = model.gain(quality)
+    if gain is None:
+        return latent
+    return latent * gain.detach().reshape(-1)[kept.to(gain.device)].cpu()[:, None, None]
 
 
 def _refined(
@@ -299,6 +374,7 @@ def _refined(
     latent: torch.Tensor,
     tile: int | str | None,
     refine: Refinement,
+    quality: float | None = None,
 ) -> torch.Tensor:
     """`latent` (K, h, w, on the CPU) refined core by core over the decoder's windows, each
     core with the latent around it as refined so far (caeadmm.refine.refine_window)."""
@@ -316,7 +392,8 @@ def _refined(
             x = _window_tensor(image, s0, s1, t0, t1, device)
             window = latent[:, s0:s1, t0:t1].to(device)
             core = (r0 - s0, r1 - s0, c0 - t0, c1 - t0)
-            window = refine_window(model, x, window, kept.to(device), core, visible, refine)
+            window = refine_window(model, x, window, kept.to(device), core, visible, refine,
+                                   quality)
             latent[:, r0:r1, c0:c1] = window[:, core[0] : core[1], core[2] : core[3]].cpu()
     return latent
 
@@ -330,9 +407,16 @@ def _window_tensor(
 
 
 def _decode_channels(
-    symbols: np.ndarray, model: CAE, kept: torch.Tensor, tile: int | str | None, out: np.ndarray
+    symbols: np.ndarray,
+    model: CAE,
+    kept: torch.Tensor,
+    tile: int | str | None,
+    out: np.ndarray,
+    quality: float | None = None,
 ) -> None:
-    """Decode (K, h, w) symbols window by window into `out`, (H, W, 3) or (H, W) for L."""
+    """Decode (K, h, w) symbols window by window into `out`, (H, W, 3) or (H, W) for L; a
+    variable-rate model's decoder at `quality`."""
+    synthesis = partial(model.synthesis_uint8, quality=quality)
     _, rows, cols = symbols.shape
     height, width = out.shape[:2]
     halo = _halos(model)[1]
@@ -348,7 +432,7 @@ def _decode_channels(
             window = torch.from_numpy(symbols[:, s0:s1, t0:t1]).to(device, dtype)
             latent[0, kept.to(device)] = window.clamp(-LATENT_MAX, LATENT_MAX)
             pixels = latent[0, 0].numel() * LATENT_STRIDE**2
-            decoded = _run(model.synthesis_uint8, latent, pixels)[0]
+            decoded = _run(synthesis, latent, pixels)[0]
             y1, x1 = min(LATENT_STRIDE * r1, height), min(LATENT_STRIDE * c1, width)
             top, left = LATENT_STRIDE * (r0 - s0), LATENT_STRIDE * (c0 - t0)
             _put(out, y0, x0, decoded[top : top + y1 - y0, left : left + x1 - x0])
@@ -553,6 +637,11 @@ def _check_model(header: Header, model: CAE) -> None:
     given = model.fingerprint()
     if not given.startswith(header.fingerprint):
         raise ModelMismatchError(header.fingerprint, given)
+    levels = model.config.quality_levels
+    if (header.quality is not None) != bool(levels):
+        raise BitstreamError("a variable-rate stream needs a variable-rate model, and back")
+    if header.quality is not None and header.quality > levels - 1:
+        raise BitstreamError(f"quality {header.quality} is beyond the model's {levels - 1}")
     channels = model.config.latent_channels
     if header.layout in WHOLE_IMAGE_LAYOUTS:
         kept = kept_channels(model)

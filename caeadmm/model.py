@@ -319,10 +319,16 @@ class CAE(nn.Module):
         """The encoder's output scaled by the gain (at `quality`, for a variable-rate model):
         the values that get rounded."""
         y = self.encoder(x)
+        gain = self.gain(quality)
+        return y if gain is None else y * gain
+
+    def gain(self, quality: Quality = None) -> torch.Tensor | None:
+        """The per-channel factor `analysis` applies to the encoder's output: (B or 1, C, 1, 1)
+        at `quality` for a variable-rate model, (C, 1, 1) with `latent_gain`, else None."""
         if self.config.quality_levels:
-            return y * self._level_gain(self.level_log_gain, quality).exp()
+            return self._level_gain(self.level_log_gain, quality).exp()
         self._no_quality(quality)
-        return y * self.log_gain.exp() if self.config.latent_gain else y
+        return self.log_gain.exp() if self.config.latent_gain else None
 
     def synthesis(self, latent: torch.Tensor, quality: Quality = None) -> torch.Tensor:
         """A float latent (B, C, h, w) -> images in [0, 1], the gain undone first."""

@@ -80,6 +80,7 @@ def refine_window(
     core: tuple[int, int, int, int],
     visible: tuple[int, int],
     settings: Refinement,
+    quality: float | None = None,
 ) -> torch.Tensor:
     """The window's kept-channel latent (K, h, w), float, with its core refined.
 
@@ -87,7 +88,8 @@ def refine_window(
     output for the window's kept channels (K, h, w); core: (row start, row end, column start,
     column end) in latent positions within the window, the part that is optimized;
     visible: (rows, columns) of the core's pixels that lie inside the image (the rest is the
-    codec's padding, which no one sees). The model's parameters are not changed.
+    codec's padding, which no one sees); quality: a variable-rate model's quality. The
+    model's parameters are not changed.
     """
     if settings.rate_lambda > 0 and model.config.entropy_model == "none":
         raise ValueError("a rate term (rate_lambda > 0) needs a model with an entropy model")
@@ -104,7 +106,7 @@ def refine_window(
         window = latent.clone()
         window[:, r0:r1, c0:c1] = inner
         full = _full_latent(model, window, kept)
-        decoded = model.synthesis(round_straight_through(full))
+        decoded = model.synthesis(round_straight_through(full), quality)
         decoded = decoded[..., y0 : y0 + visible[0], x0 : x0 + visible[1]]
         loss, _ = distortion(decoded, target, mse_only=mse_only, **settings.distortion)
         if settings.rate_lambda > 0:

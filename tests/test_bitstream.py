@@ -102,7 +102,8 @@ def test_empty_payload_is_valid():
         (b"", "truncated"),
         (stream()[:HEADER_BYTES - 1], "truncated"),
         (b"GIF89a" + stream()[6:], "magic"),
-        (with_field(stream(), 4, "<B", 3), "version 3"),
+        (with_field(stream(), 4, "<B", 4), "version 4"),
+        (with_field(tile_stream(), 4, "<B", 3), "whole-image layout"),
         (with_field(stream(), 4, "<B", 0), "version 0"),
         (with_field(stream(), 5, "<B", 9), "mode"),
         (with_field(stream(), 10, "<B", 3), "layout code 3"),
@@ -227,3 +228,23 @@ def test_fuzz_header_edits(valid, offset, patch, fix_crc):
         crc = zlib.crc32(data[HEADER_BYTES:], zlib.crc32(data[: HEADER_BYTES - 4]))
         struct.pack_into("<I", data, HEADER_BYTES - 4, crc)
     _check(bytes(data))
+
+
+@pytest.mark.parametrize("quality", [0.0, 1 / 1024, 3.5, bitstream.MAX_QUALITY])
+def test_variable_rate_stream_records_its_quality(quality):
+    """A header with a quality packs as version 3, still 52 bytes, and parses back."""
+    header = make_header(quality=quality)
+    data = bitstream.pack(header, PAYLOAD)
+    parsed, payload = bitstream.parse(data)
+    assert len(data) == HEADER_BYTES + len(PAYLOAD) and payload == PAYLOAD
+    assert parsed.version == 3 and parsed.quality == quality and parsed.tile_size == 0
+    assert bitstream.parse(bitstream.pack(make_header(), PAYLOAD))[0].quality is None
+
+
+def test_quality_is_quantized_to_what_the_stream_records():
+    assert bitstream.quantize_quality(2.0004) == 2.0
+    assert bitstream.quantize_quality(2.0006) == 2.0 + 1 / 1024
+    with pytest.raises(ValueError, match="quality"):
+        bitstream.quantize_quality(-0.1)
+    with pytest.raises(ValueError, match="multiple"):
+        bitstream.pack(make_header(quality=0.3), PAYLOAD)

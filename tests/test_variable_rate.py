@@ -1,0 +1,170 @@
+"""Variable-rate models (docs/variable-rate.md): one network whose gain vectors at a continuous
+quality set the rate; the stream records the quality, and any quality in the range decodes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import test_image
+from PIL import Image
+
+from caeadmm import image_codec
+from caeadmm.bitstream import BitstreamError, parse, quantize_quality
+from caeadmm.config import ConfigError, ModelConfig, TrainConfig
+from caeadmm.images import load_rgb
+from caeadmm.model import CAE
+
+SAMPLES = sorted((Path(__file__).resolve().parents[1] / "caeadmm" / "samples").glob("*.*g"))
+LEVELS = 4
+
+
+def variable_rate_model(seed: int = 0) -> CAE:
+    """A tiny variable-rate model: random weights with BatchNorm statistics of noise, the
+    latent spread like a trained one's, the gains at their start (0.25 .. 1.25), and a
+    channel mask."""
+    torch.manual_seed(seed)
+    model = CAE(ModelConfig(preset="tiny", width=16, n_blocks=1, latent_channels=8,
+                            patch_size=32, quality_levels=LEVELS))  # fmt: skip
+    for module in model.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.momentum = None
+    with torch.no_grad():
+        for q in range(LEVELS):
+            model(torch.rand(16, 3, 32, 32), quality=float(q))
+    model.encoder[-1][-1].weight.data.fill_(8.0)
+    mask = torch.zeros(model.config.latent_shape(), dtype=torch.bool)
+    mask[[0, 1, 3, 5, 6]] = True
+    model.set_mask(mask)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def model() -> CAE:
+    return variable_rate_model()
+
+
+def one_pass(image: np.ndarray, model: CAE, quality: float) -> np.ndarray:
+    """The model's forward pass at `quality` over the whole (padded) image, 8-bit."""
+    h, w = image.shape[:2]
+    padded = np.pad(image, ((0, -h % 8 + 8 * (h < 16)), (0, -w % 8 + 8 * (w < 16)), (0, 0)),
+                    mode="edge")  # fmt: skip
+    x = torch.from_numpy(padded).permute(2, 0, 1)[None].float() / 255
+    keep = model.mask[:, :1, :1]
+    with torch.no_grad():
+        latent = torch.round(model.analysis(x, quality).clamp(-127, 127)) * keep
+    return model.synthesis_uint8(latent, quality)[0, :h, :w]
+
+
+def test_rate_grows_with_the_quality_on_real_photos(model):
+    assert SAMPLES, "the bundled sample photos are missing"
+    for path in SAMPLES:
+        image = load_rgb(path)
+        sizes = [len(image_codec.compress(image, model, quality=q)) for q in (0, 1, 1.5, 2, 3)]
+        assert sizes == sorted(sizes) and sizes[0] < sizes[-1], (path.name, sizes)
+
+
+@pytest.mark.parametrize("quality", [0.0, 0.7, 1.0, 2.25, LEVELS - 1])
+def test_stream_at_any_quality_decodes_to_the_forward_pass(model, quality):
+    image = test_image(75, 101, seed=2)
+    data = image_codec.compress(image, model, quality=quality)
+    header = parse(data)[0]
+    recorded = quantize_quality(quality)  # 0.7 is 717 / 1024 in the stream
+    assert header.version == 3 and header.quality == recorded
+    np.testing.assert_array_equal(image_codec.decompress(data, model),
+                                  one_pass(image, model, recorded))  # fmt: skip
+
+
+def test_quality_between_levels_interpolates_the_gains(model):
+    low, high = model.gain(1.0), model.gain(2.0)
+    middle = model.gain(1.5)
+    torch.testing.assert_close(middle.log(), (low.log() + high.log()) / 2)
+    batch = model.gain(torch.tensor([1.0, 2.0]))
+    assert batch.shape == (2, 8, 1, 1) and torch.equal(batch[1], high[0])
+
+
+def test_quality_is_recorded_at_the_stream_resolution(model):
+    data = image_codec.compress(test_image(40, 40), model, quality=1.00001)
+    assert parse(data)[0].quality == 1.0
+    assert data == image_codec.compress(test_image(40, 40), model, quality=1.0)
+
+
+@pytest.mark.parametrize("target", [0.3, 1.0, 3.0])
+def test_target_bpp_lands_at_most_on_the_target_and_close_to_it(model, target):
+    image = load_rgb(SAMPLES[0])
+    pixels = image.shape[0] * image.shape[1]
+    data = image_codec.compress(image, model, target_bpp=target)
+    bpp = 8 * len(data) / pixels
+    lowest = 8 * len(image_codec.compress(image, model, quality=0)) / pixels
+    highest = 8 * len(image_codec.compress(image, model, quality=LEVELS - 1)) / pixels
+    if target < lowest:  # nothing fits: the nearest, the lowest quality
+        assert parse(data)[0].quality == 0 and bpp == lowest
+    elif target >= highest:
+        assert parse(data)[0].quality == LEVELS - 1
+    else:
+        assert 0.95 * target <= bpp <= target, (lowest, bpp, highest)
+
+
+def test_quality_errors_are_clear(model):
+    image = test_image(32, 32)
+    with pytest.raises(ValueError, match="needs a quality"):
+        image_codec.compress(image, model)
+    with pytest.raises(ValueError, match=r"in \[0, 3\]"):
+        image_codec.compress(image, model, quality=3.5)
+    with pytest.raises(ValueError, match="one of them"):
+        image_codec.compress(image, model, quality=1, target_bpp=0.5)
+    fixed = CAE(ModelConfig(preset="tiny", width=16, n_blocks=1, latent_channels=8,
+                            patch_size=32)).eval()  # fmt: skip
+    with pytest.raises(ValueError, match="variable-rate models"):
+        image_codec.compress(image, fixed, quality=1)
+
+
+def test_a_fixed_rate_stream_is_refused_by_a_variable_rate_model(model, monkeypatch):
+    data = image_codec.compress(test_image(32, 32), model, quality=1)
+    header, payload = parse(data)
+    fixed = image_codec.bitstream.pack(
+        image_codec.bitstream.Header(**{**header.__dict__, "quality": None, "version": 2}),
+        payload,
+    )
+    with pytest.raises(BitstreamError, match="variable-rate"):
+        image_codec.decompress(fixed, model)
+
+
+def test_training_config_draws_rate_weights_between_the_ends():
+    cfg = TrainConfig(model=ModelConfig(latent_norm="none", entropy_model="factorized",
+                                        quality_levels=9),  # fmt: skip
+                      rate_lambda=32.0, rate_lambda_max=8192.0)
+    assert cfg.lambda_at(0) == 8192.0 and cfg.lambda_at(8) == pytest.approx(32.0)
+    assert cfg.lambda_at(4) == pytest.approx(512.0)
+    with pytest.raises(ConfigError, match="rate_lambda_max"):
+        TrainConfig(model=cfg.model, rate_lambda=32.0)
+    with pytest.raises(ConfigError, match="quality_levels"):
+        ModelConfig(quality_levels=1)
+
+
+def test_a_training_step_trains_every_image_at_its_own_quality(tmp_path):
+    """One local training run of a variable-rate model: the gains move, the loss is finite,
+    the exported model decodes at two qualities."""
+    from caeadmm import train_local
+    from caeadmm.checkpoint import load_model
+
+    for i in range(3):
+        Image.fromarray(test_image(80, 96, seed=i)).save(tmp_path / f"{i}.png")
+    cfg = TrainConfig(
+        model=ModelConfig(preset="tiny", patch_size=32, latent_norm="none",
+                          entropy_model="factorized", train_rounding="mixed",
+                          quality_levels=3),  # fmt: skip
+        images=str(tmp_path), batch_size=4, warmup_steps=0, admm_steps=0, finetune_steps=6,
+        pruning_ratio=0.0, w_msssim=0.0, rate_lambda=0.01, rate_lambda_max=1.0, lr=1e-2,
+        log_every=3, checkpoint_every=0, eval_patches=2, threads=1,
+    )
+    train_local.train(cfg, tmp_path / "run", log=lambda line: None)
+    model = load_model(tmp_path / "run" / "model.pt")
+    start = CAE(cfg.model)
+    assert not torch.equal(model.level_log_gain, start.level_log_gain)
+    image = test_image(40, 48)
+    for quality in (0.0, 2.0):
+        data = image_codec.compress(image, model, quality=quality)
+        assert image_codec.decompress(data, model).shape == image.shape
