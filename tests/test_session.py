@@ -6,6 +6,12 @@
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
@@ -26,6 +32,7 @@ def init_calls(monkeypatch):
     monkeypatch.setattr(ray, "get_runtime_context", _Context)
     monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 4.0})
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setattr(session, "_probe", lambda address, source: None)  # no cluster to ask
     return calls
 
 
@@ -70,6 +77,72 @@ def test_the_eval_command_starts_its_own_ray(init_calls, monkeypatch, tmp_path):
     with pytest.raises(SystemExit):
         main(["eval", str(tmp_path), "--codecs", "jpeg", "--out", str(tmp_path / "out")])
     assert init_calls[0]["address"] == "local"
+
+
+def _closed_port() -> int:
+    """A local TCP port with nothing listening on it (bound, then released)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_stale_address_fails_at_once_in_one_line(monkeypatch):
+    """Nothing at $RAY_ADDRESS: ray.init would retry for many minutes; connect refuses at
+    once, naming the address and both ways out."""
+    port = _closed_port()
+    monkeypatch.setenv("RAY_ADDRESS", f"127.0.0.1:{port}")
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kwargs: pytest.fail("ray.init was called"))
+    start = time.monotonic()
+    with pytest.raises(session.ClusterUnreachable) as info:
+        session.connect(announce=None)
+    assert time.monotonic() - start < session.PROBE_TIMEOUT_S
+    line = str(info.value)
+    assert "\n" not in line
+    assert f"127.0.0.1:{port} (from $RAY_ADDRESS)" in line
+    assert f"ray start --head --port={port}" in line
+    assert "unset RAY_ADDRESS" in line
+    with pytest.raises(session.ClusterUnreachable, match="leave out --address"):
+        session.connect(f"ray://127.0.0.1:{port}", announce=None)
+
+
+def test_an_address_where_something_else_answers_fails_in_bounded_time(monkeypatch):
+    """A port that accepts connections but is no Ray head: the GCS check gives up after
+    about 10 s of Ray's own connect timeouts plus PROBE_TIMEOUT_S (1 s here), instead of
+    Ray's minutes of retries."""
+    monkeypatch.setattr(session, "PROBE_TIMEOUT_S", 1)
+    with socket.socket() as listener:
+        listener.bind(("0.0.0.0", 0))
+        listener.listen()
+        address = f"127.0.0.1:{listener.getsockname()[1]}"
+        start = time.monotonic()
+        with pytest.raises(session.ClusterUnreachable, match="answers, but not as a Ray head"):
+            session._probe(address, "--address")
+    assert time.monotonic() - start < 20
+
+
+@pytest.mark.parametrize("command", [["-m", "caeadmm", "eval"], ["jobs/compress.py"]])
+def test_entry_points_fail_within_30_s_on_a_stale_ray_address(command, tmp_path):
+    """`caeadmm eval` and a job, with RAY_ADDRESS naming a port where nothing listens: each
+    exits within 30 s with one line naming the address, no traceback."""
+    from PIL import Image
+
+    root = Path(__file__).resolve().parents[1]
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
+    port = _closed_port()
+    env = {**os.environ, "RAY_ADDRESS": f"127.0.0.1:{port}", "PYTHONPATH": str(root)}
+    args = [str(tmp_path / "a.png"), "-o", str(tmp_path / "out")]
+    if "eval" in command:
+        args += ["--codecs", "jpeg"]
+    start = time.monotonic()
+    result = subprocess.run([sys.executable, *command, *args], cwd=root, env=env, text=True,
+                            capture_output=True, timeout=120)
+    assert time.monotonic() - start < 30
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    (line,) = [s for s in result.stderr.splitlines() if "no Ray cluster" in s]
+    assert f"127.0.0.1:{port} (from $RAY_ADDRESS)" in line
+    assert "unset RAY_ADDRESS" in line
 
 
 def test_quiet_data_silences_the_console_and_puts_everything_back():

@@ -14,7 +14,7 @@ import sys
 from caeadmm.cli import flags
 
 # (module under caeadmm.cli, present once the feature exists)
-SUBCOMMANDS = ["compress", "decompress", "info", "models", "train", "eval"]
+SUBCOMMANDS = ["compress", "decompress", "info", "models", "train", "eval", "compare"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,6 +46,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # commands that count files report "N of M done" themselves
         print(f"caeadmm {args.command}: interrupted", file=sys.stderr)
         return 130
+    except SystemExit as exc:  # a one-line failure, e.g. session.ClusterUnreachable
+        if not isinstance(exc.code, str):
+            raise
+        print(f"caeadmm {args.command}: {exc.code}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -8,6 +8,12 @@ A local Ray's GCS and raylet die with this process, but the raylet's agents (das
 agent, runtime-env agent) would outlive a killed driver by about a minute: they try to
 report the raylet's death to the dead GCS with a 60 s timeout. A small reaper process
 (`_start_reaper`) waits for this process to end and then kills those agents.
+
+A cluster address with no Ray head behind it (a stale $RAY_ADDRESS) would make `ray.init`
+retry for many minutes; `connect` first checks that a head answers there (a TCP connection
+within PROBE_TIMEOUT_S, then the GCS within PROBE_TIMEOUT_S + 10 s) and otherwise raises
+ClusterUnreachable, one line that names the address and says how to start a head there or
+unset the variable.
 """
 
 from __future__ import annotations
@@ -15,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
@@ -39,14 +46,21 @@ def connect(
     address: a cluster to join; else $RAY_ADDRESS; else a new local Ray with `num_cpus`
     logical CPUs (default: Ray's count of this machine's cores), which lives as long as this
     process or until ray.shutdown(). `announce` gets one line naming the cluster.
-    Returns True when this call connected, False when the process already was.
+    Returns True when this call connected, False when the process already was. Raises
+    ClusterUnreachable (a SystemExit with its one-line message) when no Ray head answers at
+    the address.
     """
     if ray.is_initialized():
         return False
     quiet = {"log_to_driver": False, "configure_logging": True, "logging_level": logging.ERROR}
+    source = "--address" if address else "$RAY_ADDRESS"
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, **quiet)
+        _probe(address, source)
+        try:
+            ray.init(address=address, **quiet)
+        except ConnectionError as exc:  # e.g. "auto" with no cluster on this machine
+            raise ClusterUnreachable(address, source, " ".join(str(exc).split())) from None
         where = f"the Ray cluster at {address}"
     else:
         ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, **quiet)
@@ -58,6 +72,76 @@ def connect(
         cpus = int(ray.cluster_resources().get("CPU", 0))
         announce(f"[ray] using {where}: {cpus} logical CPUs")
     return True
+
+
+PROBE_TIMEOUT_S = 5  # per check of a cluster address: TCP connection, then the GCS
+
+
+class ClusterUnreachable(SystemExit):
+    """No Ray head answers at the address an entry point was given. A SystemExit whose code
+    is the one-line message: uncaught, Python prints that line (no traceback) and exits 1,
+    so every entry point that connects fails the same way; `str(exc)` is the line."""
+
+    def __init__(self, address: str, source: str, why: str):
+        self.address = address
+        if source == "$RAY_ADDRESS":
+            remedy = ("`unset RAY_ADDRESS` to run on a local Ray of this process's own")
+        else:
+            remedy = "leave out --address to run on a local Ray of this process's own"
+        port = address.rsplit(":", 1)[-1] if ":" in address else "6379"
+        port = port if port.isdigit() else "6379"
+        super().__init__(
+            f"no Ray cluster at {address} (from {source}): {why}; start a head there "
+            f"(`ray start --head --port={port}`, or cluster/start-local.sh), or {remedy}"
+        )
+
+    def __str__(self) -> str:
+        return str(self.code)
+
+
+def _probe(address: str, source: str) -> None:
+    """Raise ClusterUnreachable unless a Ray head answers at `address` (host:port, "auto",
+    or a Ray Client address ray://host:port): within PROBE_TIMEOUT_S when nothing listens
+    there, within about 2 x PROBE_TIMEOUT_S + 10 s when something else does."""
+    from ray._private.services import canonicalize_bootstrap_address
+
+    client = address.startswith("ray://")
+    try:
+        target = address[len("ray://"):] if client else canonicalize_bootstrap_address(address)
+    except (ValueError, ConnectionError) as exc:  # a malformed address; "auto" with no cluster
+        raise ClusterUnreachable(address, source, " ".join(str(exc).split())) from None
+    host, _, port = (target or "").rpartition(":")
+    if not host or not port.isdigit():
+        raise ClusterUnreachable(address, source, "not an address of the form host:port")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), PROBE_TIMEOUT_S).close()
+    except OSError as exc:
+        why = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+        raise ClusterUnreachable(address, source, f"cannot connect to {target} ({why})") from None
+    if client:
+        return
+    try:
+        with _stderr_silenced():  # the GCS client's own retry warnings
+            ray._raylet.InnerGcsClient.standalone(target, None, PROBE_TIMEOUT_S * 1000)
+    except Exception as exc:  # RpcError: something answers there, but not a Ray GCS
+        raise ClusterUnreachable(
+            address, source, f"{target} answers, but not as a Ray head "
+            f"({' '.join(str(exc).split())})"
+        ) from None
+
+
+@contextlib.contextmanager
+def _stderr_silenced() -> Iterator[None]:
+    """File descriptor 2 to /dev/null inside (native code writes there directly)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def shutdown_own_ray() -> None:
