@@ -216,3 +216,34 @@ def test_cli_eval_resume_refusals(dataset, tmp_path, capsys):
     assert cli_main([*args, "--resume"]) == 2
     assert "cannot resume from" in capsys.readouterr().err
     assert (out / evaluate.PARTIAL).exists()  # nothing removed
+
+
+def test_cli_eval_resume_with_other_codecs_keeps_every_earlier_point(ray_local, dataset,
+                                                                      tmp_path, capsys):
+    """Resumed with fewer codecs than the earlier run (the README's second eval line after its
+    first): the points of the codecs and settings not asked for stay, in the tables, the
+    JSON files and the partial rows, and only the missing points are measured."""
+    out = tmp_path / "out"
+    base = ["eval", str(dataset), "-o", str(out), "--no-published", "--quiet"]
+    assert cli_main([*base, "--codecs", "jpeg:20+50,webp:50"]) == 0
+    before = pd.read_parquet(out / "per_image.parquet")
+    assert cli_main([*base, "--codecs", "jpeg:20+80", "--resume"]) == 0
+    assert "all are kept" in capsys.readouterr().err
+    after = pd.read_parquet(out / "per_image.parquet")
+    assert len(after) == 12  # 3 images x (jpeg 20, 50, 80 and webp 50)
+    merged = before.merge(after, on=list(before.columns))
+    assert len(merged) == len(before)  # every earlier row, unchanged
+    assert json.loads((out / "webp.json").read_text())["results"]["bpp"]
+    assert list(after["codec"].unique()) == ["jpeg", "webp"]  # asked codecs first
+
+
+def test_cli_eval_resume_refuses_other_images_and_removes_nothing(ray_local, dataset,
+                                                                   tmp_path, capsys):
+    out = tmp_path / "out"
+    base = ["-o", str(out), "--no-published", "--quiet", "--codecs", "jpeg:50"]
+    assert cli_main(["eval", str(dataset), *base]) == 0
+    files = sorted(p.name for p in out.iterdir())
+    images = [str(dataset / "im0.png"), str(dataset / "im1.png")]
+    assert cli_main(["eval", *images, *base, "--resume"]) == 2
+    assert "images that this run does not have (sub/im2.png)" in capsys.readouterr().err
+    assert sorted(p.name for p in out.iterdir()) == files

@@ -75,6 +75,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         out = Path(flags.resolve_output(args.output))
         earlier = evaluate.earlier_rows(out) if args.resume else None
+        if earlier is not None:
+            evaluate.check_resumable(earlier, args.dataset)  # before anything is removed
         _clear_output(out, args.force or args.resume, "--resume" if args.resume else "--force")
     except (ValueError, evaluate.EvaluationError) as exc:
         print(f"caeadmm eval: {exc}", file=sys.stderr)
@@ -82,7 +84,8 @@ def run(args: argparse.Namespace) -> int:
     print(f"caeadmm eval: results go to {out}/", file=sys.stderr, flush=True)
     if earlier is not None:
         print(f"caeadmm eval: --resume: {len(earlier)} points of an earlier run found there "
-              "(those of this run's images and settings are kept)", file=sys.stderr, flush=True)
+              "(all are kept; only the points they lack are measured)", file=sys.stderr,
+              flush=True)
     try:
         outcome = evaluate.run(
             args.dataset, codecs, out, references=references, address=args.address,

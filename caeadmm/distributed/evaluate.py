@@ -17,7 +17,9 @@ collected, written to failures.csv and reported, the other points still count.
 Resuming: while it runs, the rows measured so far are saved to PARTIAL in the output folder
 every SAVE_EVERY_S seconds. A later run given them (`earlier=earlier_rows(out_dir)`, the CLI's
 `--resume`) measures only the points they lack, so a killed or interrupted hour-long run
-loses at most a minute of work, and codecs or settings can be added to a finished run.
+loses at most a minute of work, and codecs or settings can be added to a finished run. A
+resumed run keeps every point the earlier one measured: those of codecs or settings it does
+not ask for stay in its results.
 """
 
 from __future__ import annotations
@@ -106,9 +108,10 @@ def evaluate(
     Returns (rows, failures, unfinished): the per-image result rows (columns of
     `baselines.measure`), one row per failed point (image, codec, setting, error), and how
     many points were left unmeasured because Ctrl-C stopped the run (their tasks cancelled).
-    Points with a row in `earlier` are not measured again: those rows are returned instead
-    (the rows of other images or settings are dropped). `save` is called with the rows so
-    far every SAVE_EVERY_S seconds.
+    Points with a row in `earlier` are not measured again: those rows are returned instead,
+    and its rows of other codecs or settings on these images come back unchanged with them (a
+    resumed run never drops a measured point; `check_resumable` refuses other images). `save`
+    is called with the rows so far every SAVE_EVERY_S seconds.
     """
     if not images:
         raise EvaluationError("no images to evaluate")
@@ -119,11 +122,12 @@ def evaluate(
         raise EvaluationError(f"two images share a name: {', '.join(twice[:5])}")
     total = len(images) * sum(len(settings) for settings in codecs.values())
     rows = _rows_of(earlier, names, codecs)
+    carried = _rows_of(earlier, names, codecs, other=True)  # codecs or settings not asked for
     measured = {(r["image"], r["codec"], r["setting"]) for r in rows}
     pending: dict[ray.ObjectRef, tuple[str, str, Setting]] = {}
     failures = []
-    if save is not None and rows:
-        save(pd.DataFrame(rows))  # the earlier run's files may be gone: keep its rows at once
+    if save is not None and (rows or carried):
+        save(pd.DataFrame(carried + rows))  # the earlier run's files may be gone: keep its rows
     bar = Progress(total - len(rows), "eval", "point", enabled=progress)
     saved = time.monotonic()
     try:
@@ -154,7 +158,7 @@ def evaluate(
                     )
             bar.update(len(done))
             if save is not None and done and time.monotonic() - saved >= SAVE_EVERY_S:
-                save(pd.DataFrame(rows))
+                save(pd.DataFrame(carried + rows))
                 saved = time.monotonic()
     except KeyboardInterrupt:
         bar.close(summary=False)
@@ -163,20 +167,40 @@ def evaluate(
     else:
         bar.close()
     failure_frame = pd.DataFrame(failures, columns=["image", "codec", "setting", "error"])
-    return pd.DataFrame(rows), failure_frame, total - len(rows) - len(failures)
+    unfinished = total - len(rows) - len(failures)
+    return pd.DataFrame(carried + rows), failure_frame, unfinished
 
 
 def _rows_of(
-    earlier: pd.DataFrame | None, names: Sequence[str], codecs: Mapping[str, Sequence[Setting]]
+    earlier: pd.DataFrame | None, names: Sequence[str], codecs: Mapping[str, Sequence[Setting]],
+    other: bool = False,
 ) -> list[dict]:
-    """The rows of `earlier` for these images and codec settings, as records."""
+    """The rows of `earlier` for these images and codec settings, as records; with `other`,
+    its rows for these images at the codecs and settings not in `codecs`."""
     if earlier is None or earlier.empty:
         return []
     wanted = {(codec, str(setting)) for codec, settings in codecs.items() for setting in settings}
     settings = pd.Series(list(zip(earlier["codec"], earlier["setting"].astype(str), strict=True)),
                          index=earlier.index)
-    keep = earlier["image"].isin(set(names)) & settings.isin(wanted)
+    keep = earlier["image"].isin(set(names)) & (settings.isin(wanted) != other)
     return earlier[keep].to_dict("records")
+
+
+def check_resumable(earlier: pd.DataFrame, dataset: Sequence[str | os.PathLike]) -> None:
+    """Refuse (EvaluationError) to resume from rows of images that `dataset` does not hold:
+    the new report would drop their points. Rows of other codecs or settings are fine (kept)."""
+    if earlier.empty:
+        return
+    roots = [Path(p) for p in dataset]
+    names = {_image_name(p, roots) for p in list_images(roots)}
+    others = sorted(set(earlier["image"]) - names)
+    if others:
+        shown = ", ".join(others[:5]) + (f" and {len(others) - 5} more" if len(others) > 5 else "")
+        raise EvaluationError(
+            f"--resume: the earlier run in this folder measured images that this run does not "
+            f"have ({shown}); resuming would drop their points. Give the same images, or "
+            "another folder with -o"
+        )
 
 
 def _order(rows: pd.DataFrame, codecs: Mapping[str, Sequence[Setting]]) -> pd.DataFrame:
@@ -185,6 +209,9 @@ def _order(rows: pd.DataFrame, codecs: Mapping[str, Sequence[Setting]]) -> pd.Da
         return rows
     codec_rank = {c: i for i, c in enumerate(codecs)}
     setting_rank = {(c, str(s)): i for c, ss in codecs.items() for i, s in enumerate(ss)}
+    for c, s in zip(rows["codec"], rows["setting"], strict=True):  # carried by --resume: after
+        codec_rank.setdefault(c, len(codec_rank))
+        setting_rank.setdefault((c, s), len(setting_rank))
     keys = pd.DataFrame({
         "c": rows["codec"].map(codec_rank),
         "i": rows["image"],
