@@ -6,8 +6,9 @@
 
 Runs on the Ray cluster named by --address or $RAY_ADDRESS, else on a local Ray of its own.
 Reruns skip what is done (checked whole; damaged outputs are made again); bad images are
-listed in the manifest (status "failed") and do not fail the job. Under `ray job submit`
-the output must be an absolute path. Exit code 0 once every file has been tried, 2 for bad
+listed in the manifest (status "failed") and do not stop the others. Under `ray job submit`
+the output must be an absolute path. Exit code (as `caeadmm compress`): 0 when every file was
+compressed or already done, 1 when some failed (status "failed" in the manifest), 2 for bad
 arguments or no model, 130 when interrupted (the manifest then lists what finished).
 `--refine [STEPS]` refines each image's latent before coding (docs/refine.md).
 See docs/cli.md ("Corpora on a Ray cluster") and caeadmm/distributed/batch_compress.py.
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from caeadmm.cli import flags
 from caeadmm.distributed.batch_compress import Interrupted, compress_corpus
@@ -51,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         output = flags.resolve_output(args.output)
+        if "://" not in output and Path(output).exists() and not Path(output).is_dir():
+            raise ValueError(f"-o {args.output} is a file; the outputs need a folder")
         manifest = args.manifest and flags.resolve_output(args.manifest, "--manifest")
         load(args.model)  # a missing or broken model fails here, not in every actor
     except (ValueError, ModelLoadError) as exc:
@@ -74,6 +78,10 @@ def main(argv: list[str] | None = None) -> int:
     redone = f", {summary.redone} of them damaged ones made again" if summary.redone else ""
     print(f"compressed {summary.compressed}{redone}, already done {summary.skipped}, "
           f"failed {summary.failed}; outputs in {output}; manifest: {summary.manifest}")
+    if summary.failed:
+        print(f"compress: {summary.failed} files failed (status \"failed\" in "
+              f"{summary.manifest}, with the reason)", file=sys.stderr)
+        return 1
     return 0
 
 

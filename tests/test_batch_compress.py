@@ -80,7 +80,7 @@ def test_interrupted_run_and_rerun(ray_local, checkpoint, corpus, tmp_path, caps
 
     job = load_job()
     capsys.readouterr()
-    assert job.main([str(root), "-o", str(out), "--model", str(checkpoint)]) == 0
+    assert job.main([str(root), "-o", str(out), "--model", str(checkpoint)]) == 1  # broken.png
     done = len(written)
     captured = capsys.readouterr()
     assert (f"compressed {len(good) - done}, 1 of them damaged ones made again, already done "
@@ -202,3 +202,25 @@ def test_old_flag_spellings_still_work_with_a_note(capsys):
     with pytest.raises(SystemExit) as exit_info:
         job.build_parser().parse_args(["--version"])
     assert exit_info.value.code == 0
+
+
+def test_a_failed_file_fails_the_job_and_a_file_as_output_is_refused(ray_local, checkpoint,
+                                                                     tmp_path, capsys):
+    """Like `caeadmm compress`: exit 1 when any input failed (here a missing one), and -o
+    naming an existing file is a usage error in one line, not a FileExistsError."""
+    job = load_job()
+    image = tmp_path / "photo.png"
+    Image.fromarray(test_image(24, 32, seed=1)).save(image)
+    out = tmp_path / "out"
+    args = ["-o", str(out), "--model", str(checkpoint), "--quiet"]
+    assert job.main([str(tmp_path / "missing.png"), str(image), *args]) == 1
+    captured = capsys.readouterr()
+    assert "compressed 1, already done 0, failed 1" in captured.out
+    assert "1 files failed" in captured.err
+    rows = pq.read_table(out / "manifest.parquet").to_pylist()
+    assert sorted(r["status"] for r in rows) == ["failed", "ok"]
+
+    assert job.main([str(image), "-o", str(image), "--model", str(checkpoint)]) == 2
+    err = capsys.readouterr().err
+    assert f"-o {image} is a file; the outputs need a folder" in err
+    assert "Traceback" not in err
