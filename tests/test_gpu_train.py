@@ -85,6 +85,66 @@ def test_runs_train_on_device_data_pack_unpack_and_report_throughput(tmp_path):
     assert rate_model.config.entropy_model == "factorized"  # the rate-aware config trained
 
 
+def test_a_failed_run_fails_the_script_and_work_goes_under_output(tmp_path):
+    """One run dies (its init_from does not exist), the other trains: the script packs what
+    it can, names the failed run and exits 1; throughput.json stays valid JSON (no NaN); the
+    run directories are under -o (no shared /tmp folder)."""
+    images = tmp_path / "images"
+    write_images(images, [(64, 80), (72, 64)])
+    out = tmp_path / "out"
+    cmd = [
+        sys.executable, str(SCRIPT), "--images", str(images), "-o", str(out),
+        "--budget", "600", "--steps", "6", "--batch-size", "2", "--crop", "48",
+        f"a=configs/gpu_small.yaml:{TINY}:pruning_ratio=0.75",
+        f"bad=configs/gpu_small.yaml:{TINY}:init_from={tmp_path / 'missing.pt'}",
+    ]
+    result = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "1 of 2 runs failed: bad (exit" in result.stderr
+    assert (out / "work" / "a" / "model.pt").is_file()
+    assert (out / "work" / "bad" / "console.log").is_file()
+    with tarfile.open(out / "a.tar") as tar:
+        assert "a/model.pt" in tar.getnames()
+    report = json.loads((out / "throughput.json").read_text(),
+                        parse_constant=lambda c: pytest.fail(f"{c} in throughput.json"))
+    assert report["runs"]["bad"] is None and report["runs"]["a"] > 0
+    assert report["card"] == report["runs"]["a"]
+
+
+def test_runs_that_do_not_fit_in_memory_are_refused_before_any_starts(tmp_path):
+    images = tmp_path / "images"
+    write_images(images, [(64, 80)])
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--images", str(images), "-o", str(out), "--steps", "6",
+         "--batch-size", "200000", "a=configs/gpu_small.yaml", "b=configs/gpu_small.yaml"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode != 0
+    assert "these 2 runs need about" in result.stderr and "Run fewer at once" in result.stderr
+    assert not out.exists()  # nothing started
+
+
+def test_memory_estimate_is_near_a_measured_run():
+    """The estimate against the peak RSS measured for a small-preset run at 128 px on the CPU
+    (1.3 GB at batch 4, 3.3 GB at batch 16; see ACTIVATION_FACTOR): within -10 % and +30 %;
+    and the six runs that shared an 80 GB H100 (scripts/train_shipped.sh) fit."""
+    spec = importlib.util.spec_from_file_location("gpu_train", SCRIPT)
+    gpu_train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_train)
+    images = gpu_train.image_bytes(str(REPO / "caeadmm" / "samples"))  # what that run read
+    for batch, measured in ((4, 1.3e9), (16, 3.3e9)):
+        cfg = load_config(str(REPO / "configs" / "gpu_small.yaml"), [f"batch_size={batch}"])
+        estimate = gpu_train.run_memory(cfg, images, cuda=False)
+        assert 0.9 * measured < estimate < 1.3 * measured, (batch, estimate)
+    small = load_config(str(REPO / "configs" / "gpu_small.yaml"), [])
+    paper = load_config(str(REPO / "configs" / "gpu_paper.yaml"), [])
+    gpu_data = 580 * 481 * 321 * 3  # BSDS500-sized training images
+    shipped = 5 * gpu_train.run_memory(small, gpu_data, cuda=True) + gpu_train.run_memory(
+        paper, gpu_data, cuda=True)
+    gpu_train.check_memory({"six runs": shipped}, free=79 * 2**30, card="H100")
+
+
 def test_old_out_flag_still_works_with_a_note(tmp_path):
     result = subprocess.run(
         [sys.executable, str(SCRIPT), "--images", str(tmp_path), "--out", str(tmp_path / "o"),
