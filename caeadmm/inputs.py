@@ -7,6 +7,7 @@ the batch compression job. No Ray here: the core and the Ray layer both use it.
 
 from __future__ import annotations
 
+import errno
 import os
 import posixpath
 from collections.abc import Callable, Iterator, Sequence
@@ -75,6 +76,22 @@ def list_sources(inputs: Sequence[str]) -> tuple[list[dict[str, Any]], list[pafs
     return [items[label] for label in sorted(items)], filesystems
 
 
+def missing_reason(path: Path) -> str:
+    """Why `path`, which does not exist as a file or folder, cannot be read: "not found", or
+    what the symbolic link it is does (loops, or leads nowhere)."""
+    try:
+        os.stat(path)
+    except OSError as exc:
+        link = f"{path} -> {os.readlink(path)}" if path.is_symlink() else None
+        if exc.errno == errno.ELOOP:
+            return f"is a symbolic link that loops ({link or exc.strerror})"
+        if link is not None and exc.errno in (errno.ENOENT, errno.ENOTDIR):
+            return f"is a broken symbolic link ({link}, which does not exist)"
+        if exc.errno not in (errno.ENOENT, errno.ENOTDIR):
+            return f"cannot be read ({exc.strerror})"
+    return "not found"
+
+
 def plan_outputs(
     inputs: Sequence[str | os.PathLike],
     suffix: str,
@@ -102,7 +119,7 @@ def plan_outputs(
         elif root.exists():
             found.append((root, Path(root.name)))
         else:
-            errors.append((root, "not found"))
+            errors.append((root, missing_reason(root)))
     pairs, taken = [], {}
     for src, rel in found:
         if output_file is not None:

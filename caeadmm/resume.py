@@ -3,7 +3,9 @@
 Outputs are written atomically, so a file at an output path is normally whole; but a copy,
 a disk or another tool can cut one short or damage it, and a resumed run must not count
 such a file as done. `check_stream` reads a whole .cae file (header, payload length against
-the file size, checksum); `check_image` decodes an image file.
+the file size, checksum) and, given what the run asks for (`Wanted`), compares the model
+fingerprint and quality in its header: a whole stream made with another model or quality is
+not this run's output either. `check_image` decodes an image file.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ class Existing:
     """What is at an output path.
 
     state: "missing"; "ok" (complete: skip it); "damaged" (an output of ours that is not
-    complete: redo it); "foreign" (something else: leave it alone and report it).
+    complete: redo it); "stale" (a complete output of ours made with another model or
+    quality than the run asks for: redo it); "foreign" (something else: leave it alone and
+    report it).
     """
 
     state: str
@@ -29,9 +33,37 @@ class Existing:
     size: int = 0
 
 
-def check_stream(path: str | os.PathLike) -> Existing:
+@dataclass(frozen=True)
+class Wanted:
+    """What a run asks of a .cae output for it to count as done: made by the model whose
+    fingerprint this is (`name` says which, in messages), at `quality` when that is given
+    (a variable-rate model's; None: any)."""
+
+    fingerprint: bytes
+    name: str = "the model asked for"
+    quality: float | None = None
+
+
+def mismatch(header: bitstream.Header, wanted: Wanted) -> str | None:
+    """Why a whole stream is not what `wanted` asks for (None when it is)."""
+    if not wanted.fingerprint.startswith(header.fingerprint):
+        from caeadmm import zoo
+
+        known = zoo.find_by_fingerprint(header.fingerprint)
+        made = f"{known.name}, " if known is not None else ""
+        return (f"made with another model ({made}fingerprint {header.fingerprint[:4].hex()}), "
+                f"not {wanted.name} (fingerprint {wanted.fingerprint[:4].hex()})")
+    if wanted.quality is not None:
+        asked = bitstream.quantize_quality(wanted.quality)
+        if header.quality != asked:
+            return f"made at quality {header.quality}, not {asked}"
+    return None
+
+
+def check_stream(path: str | os.PathLike, wanted: Wanted | None = None) -> Existing:
     """The state of a .cae output; a file that starts like a .cae stream but fails the
-    checks (or is shorter than the magic number) is damaged, anything else foreign."""
+    checks (or is shorter than the magic number) is damaged, anything else foreign; with
+    `wanted`, a whole stream that `mismatch`es it is stale."""
     try:
         data = Path(path).read_bytes()
     except FileNotFoundError:
@@ -43,6 +75,9 @@ def check_stream(path: str | os.PathLike) -> Existing:
     except bitstream.BitstreamError as exc:
         ours = data.startswith(bitstream.MAGIC) or bitstream.MAGIC.startswith(data)
         return Existing("damaged" if ours else "foreign", " ".join(str(exc).split()))
+    reason = None if wanted is None else mismatch(header, wanted)
+    if reason is not None:
+        return Existing("stale", reason, header=header, size=len(data))
     return Existing("ok", header=header, size=len(data))
 
 

@@ -17,6 +17,7 @@ from PIL import Image
 
 import caeadmm
 from caeadmm import image_codec
+from caeadmm.bitstream import read_header
 from caeadmm.checkpoint import save_checkpoint
 from caeadmm.cli import flags, main
 from caeadmm.cli.common import cached_model
@@ -316,6 +317,75 @@ def test_skip_existing_keeps_good_outputs_and_redoes_damaged_ones(
     captured = capsys.readouterr()
     assert "2 already done, 1 damaged and made again" in captured.err
     assert Image.open(back / "a.png").size == (50, 40)
+
+
+def test_skip_existing_redoes_outputs_of_another_model(checkpoint, corpus, tmp_path, capsys):
+    """Outputs of another model are whole streams, but not this run's: each is made again,
+    with a line that says why; a rerun with the same model then keeps them all."""
+    (corpus / "broken.png").unlink()
+    other = save_model(tmp_path / "other.pt", seed=1)
+    out = tmp_path / "out"
+    assert main(["compress", str(corpus), "-o", str(out), "--model", str(checkpoint)]) == 0
+    args = ["compress", str(corpus), "-o", str(out), "--model", str(other), "--skip-existing"]
+    capsys.readouterr()
+    assert main(args) == 0
+    captured = capsys.readouterr()
+    assert captured.out.count("(replaced an output made with another model (fingerprint ") == 3
+    assert f"not {other} (fingerprint " in captured.out
+    assert "0 already done, 0 damaged and made again, 3 made with another model or quality " \
+        "and made again" in captured.err
+    fingerprint = cached_model(str(other)).fingerprint()[:16]
+    assert all(read_header(p.read_bytes()).fingerprint == fingerprint for p in out.rglob("*.cae"))
+    assert main(args) == 0
+    assert "3 already done, 0 damaged and made again" in capsys.readouterr().err
+
+
+def test_skip_existing_judges_an_output_another_run_wrote_meanwhile(
+    checkpoint, corpus, tmp_path, monkeypatch, capsys
+):
+    """Two runs with --skip-existing into one folder: an output that the other run writes
+    between this run's check and its write is kept when it checks out (not "exists")."""
+    image = corpus / "a.png"
+    out = tmp_path / "out"
+    assert main(["compress", str(image), "-o", str(out) + "/", "--model", str(checkpoint)]) == 0
+    made = (out / "a.cae").read_bytes()
+    (out / "a.cae").unlink()
+    load = image_codec.load_image
+
+    def the_other_run_finishes_first(path):
+        (out / "a.cae").write_bytes(made)
+        return load(path)
+
+    monkeypatch.setattr(image_codec, "load_image", the_other_run_finishes_first)
+    capsys.readouterr()
+    assert main(["compress", str(image), "-o", str(out) + "/", "--model", str(checkpoint),
+                 "--skip-existing"]) == 0
+    captured = capsys.readouterr()
+    assert "made meanwhile by another run (checked), skipped" in captured.out
+    assert "exists" not in captured.err
+
+
+def test_an_alpha_channel_and_a_looping_link_are_told_in_one_line(
+    checkpoint, tmp_path, capsys
+):
+    """A palette PNG with transparency: one note at the end of its line, not Python's
+    UserWarning with a file and source line; a symbolic link that loops is said to be one."""
+    palette = Image.fromarray(np.arange(400, dtype=np.uint8).reshape(20, 20) % 4, "P")
+    palette.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255])
+    palette.save(tmp_path / "palette.png", transparency=bytes([0, 128, 255, 255]))
+    (tmp_path / "loop.png").symlink_to("loop.png")
+    (tmp_path / "dangling.png").symlink_to("nowhere.png")
+    out = tmp_path / "out"
+    assert main(["compress", str(tmp_path / "palette.png"), str(tmp_path / "loop.png"),
+                 str(tmp_path / "dangling.png"), "-o", str(out), "--model",
+                 str(checkpoint)]) == 1
+    captured = capsys.readouterr()
+    (line,) = [s for s in captured.out.splitlines() if "palette.png" in s]
+    assert line.endswith("bpp; note: alpha channel dropped (composited over white)")
+    assert "Warning" not in captured.err
+    assert f"loop.png: is a symbolic link that loops ({tmp_path / 'loop.png'} -> loop.png)" \
+        in captured.err
+    assert "dangling.png: is a broken symbolic link" in captured.err
 
 
 def _run_cli_in_session(args: list[str], tmp_path: Path) -> subprocess.Popen:

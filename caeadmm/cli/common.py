@@ -20,6 +20,7 @@ import os
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NamedTuple
@@ -37,7 +38,8 @@ EXISTING_MODES = ("refuse", "force", "skip")
 
 
 class Done(NamedTuple):
-    """What a task did with one file: kind "written", "skipped" or "redone", and its line."""
+    """What a task did with one file: kind "written", "skipped", "redone" (a damaged output
+    made again) or "replaced" (one made with another model or quality), and its line."""
 
     kind: str
     line: str
@@ -116,7 +118,7 @@ def execute(
     failed = len(errors)
     for src, message in errors:
         report_failure(command, src, message)
-    counts = dict.fromkeys(("written", "skipped", "redone"), 0)
+    counts = dict.fromkeys(("written", "skipped", "redone", "replaced"), 0)
     bar = tqdm(total=len(pairs), unit="file", file=sys.stderr,
                disable=True if quiet or len(pairs) < 2 else None)
     try:
@@ -135,22 +137,27 @@ def execute(
               file=sys.stderr)
         return EXIT_INTERRUPTED
     bar.close()
-    if counts["skipped"] or counts["redone"]:
+    if counts["skipped"] or counts["redone"] or counts["replaced"]:
+        other = (f", {counts['replaced']} made with another model or quality and made again"
+                 if counts["replaced"] else "")
         print(f"caeadmm {command}: {counts['skipped']} already done, {counts['redone']} damaged "
-              "and made again", file=sys.stderr)
+              f"and made again{other}", file=sys.stderr)
     if failed and len(pairs) + len(errors) > 1:
         print(f"caeadmm {command}: {failed} of {len(pairs) + len(errors)} files failed",
               file=sys.stderr)
     return EXIT_FAILED if failed else EXIT_OK
 
 
-def check_existing(dst: Path, existing: str, check: Callable[[Path], object]) -> str | None:
+def check_existing(
+    dst: Path, existing: str, check: Callable[[Path], object]
+) -> tuple[str, str] | str | None:
     """Apply the EXISTING_MODES policy to `dst` before a task writes it.
 
     Returns None when the task should write `dst` (overwriting it when `existing` is
-    "force"), "ok" when a complete output is there to keep, or the reason it is damaged
-    (write it again, overwriting). Raises FileExistsError for an output the policy keeps
-    off limits. `check` is `caeadmm.resume.check_stream` or `check_image`.
+    "force"), "ok" when a complete output is there to keep, or (state, reason) for one to
+    write again, overwriting: "damaged", or "stale" (made with another model or quality).
+    Raises FileExistsError for an output the policy keeps off limits. `check` is
+    `caeadmm.resume.check_stream` (with what the run wants) or `check_image`.
     """
     if existing == "force" or not dst.exists():
         return None
@@ -160,8 +167,8 @@ def check_existing(dst: Path, existing: str, check: Callable[[Path], object]) ->
     state = check(dst)
     if state.state == "ok":
         return "ok"
-    if state.state == "damaged":
-        return state.reason
+    if state.state in ("damaged", "stale"):
+        return state.state, state.reason
     raise FileExistsError(f"{dst} exists and is not an output of ours ({state.reason}); "
                           "use --force to replace it")
 
@@ -171,14 +178,45 @@ def run_task(
     write: Callable[[bool], str],
 ) -> Done:
     """One file under the EXISTING_MODES policy: `write(overwrite)` makes the output and
-    returns its summary line."""
+    returns its summary line. With "skip", an output that another run writes between the
+    check and the write is judged by the same rule (kept, or replaced). Warnings that the
+    work raises (an alpha channel dropped, ...) end the line, one note each."""
     state = check_existing(dst, existing, check)
     if state == "ok":
         return Done("skipped", f"{src} -> {dst}: already done (checked), skipped")
-    line = write(existing == "force" or state is not None)
+    try:
+        line, notes = _noting(write, existing == "force" or state is not None, src)
+    except FileExistsError:
+        if existing != "skip" or state is not None:
+            raise
+        state = check_existing(dst, existing, check)  # another run wrote it meanwhile
+        if state == "ok":
+            return Done("skipped", f"{src} -> {dst}: made meanwhile by another run "
+                        "(checked), skipped")
+        line, notes = _noting(write, True, src)
+    line += "".join(f"; note: {note}" for note in notes)
     if state is None:
         return Done("written", line)
-    return Done("redone", f"{line} (replaced a damaged output: {state})")
+    kind, reason = state
+    if kind == "stale":
+        return Done("replaced", f"{line} (replaced an output {reason})")
+    return Done("redone", f"{line} (replaced a damaged output: {reason})")
+
+
+def _noting(write: Callable[[bool], str], overwrite: bool, src: Path) -> tuple[str, list[str]]:
+    """(write(overwrite), the messages of the UserWarnings it raised, each on one line and
+    without a leading "SRC: "), instead of Python's warning lines with file and line; other
+    warnings (deprecations) are shown as usual."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        line = write(overwrite)
+    notes = []
+    for w in caught:
+        if issubclass(w.category, UserWarning):
+            notes.append(" ".join(str(w.message).split()).removeprefix(f"{src}: "))
+        else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return line, list(dict.fromkeys(notes))
 
 
 def report_failure(command: str, src: Path, message: str) -> None:

@@ -53,11 +53,14 @@ def compress_one(
     src: Path, dst: Path, model: str | None, existing: str, refine: Refinement | None = None
 ) -> common.Done:
     from caeadmm.image_codec import compress_file
-    from caeadmm.resume import check_stream
+    from caeadmm.resume import Wanted, check_stream
 
     def write(overwrite: bool) -> str:
         nbytes, bpp = compress_file(src, dst, common.cached_model(model), overwrite=overwrite,
                                     refine=refine)
         return f"{src} -> {dst}: {nbytes} bytes, {bpp:.4f} bpp"
 
-    return common.run_task(src, dst, existing, check_stream, write)
+    # An existing output counts as done only if made with this model.
+    wanted = Wanted(common.cached_model(model).fingerprint(), model or "the default model")
+    check = functools.partial(check_stream, wanted=wanted)
+    return common.run_task(src, dst, existing, check, write)

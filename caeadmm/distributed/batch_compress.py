@@ -7,8 +7,9 @@ output, bytes, bpp, status, error) and writes the manifest Parquet atomically at
 also when interrupted (`Interrupted`), so it lists what was done.
 
 Reruns: an existing output is checked whole (`caeadmm.resume.check_stream`: header, payload
-length against the file size, checksum); a complete one is skipped and its row rebuilt from
-its header, a damaged one is compressed again and reported. Files that failed are tried
+length against the file size, checksum, and the model fingerprint and quality asked for); a
+complete one is skipped and its row rebuilt from its header, a damaged one or one made with
+another model or quality is compressed again and reported. Files that failed are tried
 again; leftover temporary files of an interrupted run (ours only, `caeadmm.files.TEMP_PREFIX`)
 are removed. Bad images become "failed" rows, never a failed job.
 On a multi-node cluster the inputs, the output directory and the model must be at the same
@@ -38,7 +39,7 @@ from caeadmm.inputs import plan_outputs
 from caeadmm.lifeline import die_with_parent
 from caeadmm.progress import Progress
 from caeadmm.refine import Refinement
-from caeadmm.resume import check_stream
+from caeadmm.resume import Wanted, check_stream
 
 MANIFEST_SCHEMA = pa.schema([
     ("source", pa.string()),
@@ -100,15 +101,18 @@ def compress_corpus(
     rows = [_row(str(src), "", error=message) for src, message in errors]
     _remove_temp_files({dst.parent for _, dst in pairs})
     todo, redone = [], 0
+    # An existing output counts as done only if made with this model.
+    wanted = None if force else Wanted(zoo.load(model).fingerprint(), model or "the default "
+                                       "model")
     for src, dst in pairs:
-        done, damage = (None, None) if force else _done_row(src, dst)
+        done, damage = (None, None) if force else _done_row(src, dst, wanted)
         if done is not None:
             rows.append(done)
             continue
         if damage is not None:
             redone += 1
-            print(f"[compress] {dst} is damaged ({damage}); compressing it again",
-                  file=sys.stderr, flush=True)
+            print(f"[compress] {dst} {damage}; compressing it again", file=sys.stderr,
+                  flush=True)
         todo.append({"source": str(src), "output": str(dst), "replace": damage is not None})
     skipped = len(rows) - sum(r["status"] == "failed" for r in rows)
     compressed = 0
@@ -208,14 +212,19 @@ def _map(ds: ray.data.Dataset, model: str | None, concurrency: int, num_cpus: fl
     )
 
 
-def _done_row(src: Path, dst: Path) -> tuple[dict | None, str | None]:
-    """(the manifest row of a complete output an earlier run wrote, None) when there is one;
-    (None, why) for a damaged output of ours; (None, None) when there is none."""
-    existing = check_stream(dst)
+def _done_row(
+    src: Path, dst: Path, wanted: Wanted | None = None
+) -> tuple[dict | None, str | None]:
+    """(the manifest row of a complete output an earlier run wrote, None) when there is one
+    (made as `wanted` asks, when given); (None, why) for a damaged output of ours or one made
+    with another model or quality; (None, None) when there is none."""
+    existing = check_stream(dst, wanted)
     if existing.state == "missing":
         return None, None
     if existing.state == "damaged":
-        return None, existing.reason
+        return None, f"is damaged ({existing.reason})"
+    if existing.state == "stale":
+        return None, f"was {existing.reason}"
     if existing.state == "foreign":
         return _row(str(src), "", error=f"{dst} exists and is not a .cae file "
                     f"({existing.reason}); rerun with --force to replace it"), None
