@@ -18,12 +18,15 @@ source "$ROOT/cluster/local-head.sh"
 # setting to reach it on 127.0.0.1. Ray 2.60 turns token authentication on for a head
 # whenever ~/.ray/auth_token exists: make sure one does, and have every client send it.
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_AUTH_MODE=token
+# client.env: RAY_ADDRESS names the head's GCS (what ray.init, `ray status`, caeadmm eval and
+# python jobs/*.py join) and RAY_API_SERVER_ADDRESS its job server (what `ray job submit`,
+# `ray job logs` and the other `ray job` commands use): ray.init refuses an http:// address.
 print_usage() {
     cat <<EOM
 [cluster] in the shell you submit from (or: source $HEAD_DIR/client.env):
-    export RAY_ADDRESS=http://127.0.0.1:$DASHBOARD_PORT RAY_AUTH_MODE=token RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
+    export RAY_ADDRESS=127.0.0.1:$GCS_PORT RAY_API_SERVER_ADDRESS=http://127.0.0.1:$DASHBOARD_PORT RAY_AUTH_MODE=token RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
     ray job submit --working-dir . -- python jobs/train.py ...
-[cluster] python jobs/*.py and caeadmm eval join it with --address 127.0.0.1:$GCS_PORT
+[cluster] there, python jobs/*.py and caeadmm eval join it too (elsewhere: --address 127.0.0.1:$GCS_PORT)
 [cluster] stop it with: CAEADMM_RAY_PORT=$GCS_PORT cluster/stop-local.sh
 EOM
 }
@@ -82,7 +85,8 @@ GCS_PID="$(pgrep -f -- "gcs_server .*--session-dir=$HEAD_DIR/" | head -1)" \
     || { echo "[cluster] error: ray start succeeded but its GCS is not running" >&2; exit 1; }
 ps -o sid= -p "$GCS_PID" | tr -d ' ' >"$HEAD_DIR/head.sid"
 cat >"$HEAD_DIR/client.env" <<EOM
-export RAY_ADDRESS=http://127.0.0.1:$DASHBOARD_PORT
+export RAY_ADDRESS=127.0.0.1:$GCS_PORT
+export RAY_API_SERVER_ADDRESS=http://127.0.0.1:$DASHBOARD_PORT
 export RAY_AUTH_MODE=token
 export RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
 EOM

@@ -26,7 +26,7 @@ else
     cluster/start-local.sh
     trap 'cluster/stop-local.sh' EXIT
 fi
-source "$HEAD_DIR/client.env"  # RAY_ADDRESS (the job server), token authentication
+source "$HEAD_DIR/client.env"  # RAY_ADDRESS (the head), RAY_API_SERVER_ADDRESS (its job server)
 
 step "2/6 Parquet patch shards from the bundled samples (jobs/prepare_data.py)"
 python jobs/prepare_data.py "$SAMPLES" -o "$OUT/shards" --patch-size 128 --crops 16 \
@@ -35,7 +35,7 @@ python jobs/prepare_data.py "$SAMPLES" -o "$OUT/shards" --patch-size 128 --crops
 step "3/6 short training run: ray job submit -- python jobs/train.py"
 # The job server answers before its agent is ready on a fresh head: retry the submission.
 for attempt in $(seq 1 30); do
-    if SUBMITTED="$(ray job submit --address "$RAY_ADDRESS" --no-wait --working-dir . \
+    if SUBMITTED="$(ray job submit --address "$RAY_API_SERVER_ADDRESS" --no-wait --working-dir . \
         --runtime-env-json '{"excludes": ["out", "runs"]}' -- \
         python jobs/train.py --config configs/main.yaml shards="$OUT/shards" \
         storage_path="$OUT/train" 2>"$OUT/submit.log")"; then break; fi
@@ -44,7 +44,7 @@ done
 JOB="$(grep -o 'raysubmit_[A-Za-z0-9]*' <<<"$SUBMITTED" | head -1)"
 [ -n "$JOB" ] || { echo "job submission failed, see $OUT/submit.log"; exit 1; }
 echo "submitted $JOB; following its log"
-ray job logs --address "$RAY_ADDRESS" --follow "$JOB" 2>&1 | tee "$OUT/train.log" \
+ray job logs --address "$RAY_API_SERVER_ADDRESS" --follow "$JOB" 2>&1 | tee "$OUT/train.log" \
     | grep -v -E '^\S+ \S+\s+(INFO|SUCC) cli.py|^\s*$'
 grep -q "Job '$JOB' succeeded" "$OUT/train.log" \
     || { echo "training job $JOB did not succeed (log: $OUT/train.log)"; exit 1; }

@@ -163,8 +163,22 @@ def test_stop_local_stops_its_own_head_and_no_other(foreign_head, home):
     try:
         assert started.returncode == 0, started.stdout + started.stderr
         assert f"GCS 127.0.0.1:{port}" in started.stdout
-        exports = f"export RAY_ADDRESS=http://127.0.0.1:{port + 1} RAY_AUTH_MODE=token"
+        exports = (f"export RAY_ADDRESS=127.0.0.1:{port} "
+                   f"RAY_API_SERVER_ADDRESS=http://127.0.0.1:{port + 1} RAY_AUTH_MODE=token")
         assert exports in started.stdout
+        # In a shell that sourced client.env (as the README says), Ray clients join this head
+        # (ray.init refused the job server's http:// address) and `ray job` reaches its job
+        # server.
+        join = ("from caeadmm.distributed.session import connect; import ray; "
+                "connect(announce=None); print('joined', ray.get_runtime_context().gcs_address)")
+        client = subprocess.run(
+            ["bash", "-c", f'source "{head_dir}/client.env" && "{sys.executable}" -c "{join}" '
+             f'&& "{RAY}" job list'],
+            env=_environment(home, PYTHONPATH=str(REPO)), capture_output=True, text=True,
+            timeout=300,
+        )
+        assert client.returncode == 0, client.stdout + client.stderr
+        assert f"joined 127.0.0.1:{port}" in client.stdout
         sid = int((head_dir / "head.sid").read_text())
         ours = _session(sid)
         assert len(ours) > 3 and foreign_head["gcs"] not in ours

@@ -189,3 +189,18 @@ def test_a_submitted_training_job_refuses_a_relative_storage_path(monkeypatch, c
     assert job.main(["storage_path=runs"]) == 2
     err = capsys.readouterr().err
     assert "storage_path=runs is relative" in err and "`storage_path=$PWD/runs`" in err
+
+
+def test_a_job_server_address_in_ray_address_says_what_to_give_instead(monkeypatch):
+    """`export RAY_ADDRESS=http://127.0.0.1:8265` (Ray's docs for `ray job submit`; the
+    client.env of older heads): one line saying that Ray clients need the head's GCS
+    address, not a traceback from ray.init or advice to start a head on the job server's
+    port."""
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setenv("RAY_ADDRESS", "http://127.0.0.1:8265")
+    with pytest.raises(session.ClusterUnreachable) as refused:
+        session.connect()
+    message = str(refused.value)
+    assert "is a Ray job server's address" in message and "RAY_API_SERVER_ADDRESS" in message
+    assert "GCS address, host:port" in message and "unset RAY_ADDRESS" in message
+    assert "--port=8265" not in message

@@ -90,6 +90,14 @@ class ClusterUnreachable(SystemExit):
             remedy = "leave out --address to run on a local Ray of this process's own"
         port = address.rsplit(":", 1)[-1] if ":" in address else "6379"
         port = port if port.isdigit() else "6379"
+        if address.startswith(("http://", "https://")):  # a job server's, as for `ray job`
+            super().__init__(
+                f"{address} (from {source}) is a Ray job server's address, which `ray job` "
+                "commands take (as RAY_API_SERVER_ADDRESS); Ray clients join the head: give "
+                "its GCS address, host:port (6379 by default; cluster/start-local.sh's "
+                f"client.env sets both), or {remedy}"
+            )
+            return
         super().__init__(
             f"no Ray cluster at {address} (from {source}): {why}; start a head there "
             f"(`ray start --head --port={port}`, or cluster/start-local.sh), or {remedy}"
