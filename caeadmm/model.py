@@ -30,7 +30,7 @@ from caeadmm.layers import GDN
 LATENT_MAX = 127
 BN_EPS = 1e-5  # nn.BatchNorm2d's default eps, used when folding a BatchNorm into a convolution
 # A variable-rate model's gains at the lowest and the top quality level, before training.
-GAIN_RANGE = (0.25, 1.25)
+GAIN_RANGE = (0.08, 1.5)
 
 
 
