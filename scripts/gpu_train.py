@@ -72,7 +72,7 @@ def launch(
 ) -> subprocess.Popen:
     out.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "caeadmm", "train", "--config", config, "--images", images,
-           "-o", str(out), "--no-resume", *overrides]
+           "-o", str(out), "--force", *overrides]
     log = (out / "console.log").open("w")
     return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
 

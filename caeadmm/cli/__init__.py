@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from caeadmm.cli import flags
@@ -32,6 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
                 continue  # subcommand not built yet
             raise
         module.register(sub)
+    for command in sub.choices.values():  # `caeadmm compress --version` works too
+        if "--version" not in command._option_string_actions:
+            flags.add_version(command)
     return parser
 
 
@@ -42,7 +46,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # here, where a closed pipe is caught, not at the exit
+        return code
+    except BrokenPipeError:  # the reader went away (`caeadmm models | head -2`): stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # what the shell reports for a command that SIGPIPE stopped
     except KeyboardInterrupt:  # commands that count files report "N of M done" themselves
         print(f"caeadmm {args.command}: interrupted", file=sys.stderr)
         return 130

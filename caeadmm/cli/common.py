@@ -92,6 +92,7 @@ def plan(
 
     single = len(inputs) == 1 and not Path(inputs[0]).is_dir()
     if single and output is not None and not _names_dir(output):
+        _check_format(output, suffix)
         return plan_outputs(inputs, suffix, list_dir, output_file=output)
     if output is not None and Path(output).is_file():
         raise UsageError(f"{output} is a file, but the outputs need a directory")
@@ -283,6 +284,20 @@ def _init_worker(threads: int, parent: int) -> None:
     signal.signal(signal.SIGTERM, exit_now)
     die_with_parent(parent)
     torch.set_num_threads(threads)
+
+
+def _check_format(output: str, suffix: str) -> None:
+    """Refuse an output file named as the other kind: `compress -o x.png` (it would be a .cae
+    stream named .png) or `decompress -o x.cae`."""
+    from caeadmm.images import IMAGE_EXTENSIONS
+
+    ext = Path(output).suffix.lower()
+    if suffix == ".cae" and ext in IMAGE_EXTENSIONS:
+        raise UsageError(f"-o {output} names a {ext[1:].upper()} image, but the output is a "
+                         f".cae stream; name it {Path(output).with_suffix('.cae')}")
+    if suffix != ".cae" and ext == ".cae":
+        raise UsageError(f"-o {output} names a .cae stream, but the output is an image; name "
+                         f"it {Path(output).with_suffix(suffix)} (or .jpg, .webp, ...)")
 
 
 def _looks_like_file(output: str, suffix: str) -> bool:

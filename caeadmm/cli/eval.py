@@ -17,7 +17,8 @@ DEFAULT_CODECS = "jpeg,webp,jpeg2000,avif"
 # What a run writes into the output folder (`rd.write_report`, failures.csv): what --force
 # removes from an earlier run, so that no old codec's JSON stays beside the new ones.
 RESULT_PATTERNS = ("per_image.csv", "per_image.parquet", "per_image.partial.parquet",
-                   "summary.csv", "summary.md", "bd_rate.md", "failures.csv", "rd_*.png", "*.json")
+                   "summary.csv", "summary.md", "bd_rate.md", "failures.csv", "rd_*.png", "*.json",
+                   "index.html", "page/*/*.png")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,6 +53,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (without a cluster)")
     parser.add_argument("--cpus-per-task", type=float, default=1.0, help="(default: 1)")
     parser.add_argument("--max-bpp", type=float, default=2.0, help="plot range (default: 2)")
+    parser.add_argument(
+        "--page-images", type=lambda text: [n.strip() for n in text.split(",") if n.strip()],
+        metavar="NAME,...",
+        help="images the report page (index.html) shows side by side at matched bitrate: "
+        "names as in per_image.csv, file names or stems (default: the median and the hardest "
+        "image for the CAE)",
+    )
     flags.add_quiet(parser, "no progress output (a bar on a terminal, else a line every 30 s)")
 
 
@@ -63,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         codecs = baselines.parse_codecs(args.codecs)
+        _check_models(codecs)
         references = [] if args.no_published else rd.published_references()
         references += [rd.read_json(p, published=True) for p in args.references]
     except (baselines.CodecError, rd.ResultsFormatError) as exc:
@@ -90,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         outcome = evaluate.run(
             args.dataset, codecs, out, references=references, address=args.address,
             num_cpus=args.num_cpus, cpus_per_task=args.cpus_per_task, max_bpp=args.max_bpp,
-            progress=not args.quiet, earlier=earlier,
+            progress=not args.quiet, earlier=earlier, page_images=args.page_images,
         )
     except evaluate.EvaluationError as exc:
         print(f"caeadmm eval: {exc}", file=sys.stderr)
@@ -101,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
               f"{outcome.total} points done{written}", file=sys.stderr)
         return 130
     print(f"{len(outcome.rows)} points measured; results in {out}/")
-    for name in ("summary_md", "bd_md", "plot_psnr", "plot_ms_ssim_db"):
+    for name in ("summary_md", "bd_md", "plot_psnr", "plot_ms_ssim_db", "page"):
         print(f"  {outcome.paths[name]}")
     if len(outcome.failures):
         first = outcome.failures.iloc[0]
@@ -113,6 +122,22 @@ def run(args: argparse.Namespace) -> int:
         )
         return 1
     return 0
+
+
+def _check_models(codecs: dict) -> None:
+    """Load each model the codec list names (the set-up of codecs that have one: cae,
+    cae-refined) here, before Ray starts: an unknown name is a usage error at once, not a
+    failed task per image (CodecError)."""
+    from caeadmm import baselines
+
+    for name, settings in codecs.items():
+        prepare = baselines.get_codec(name).prepare
+        for setting in settings if prepare is not None else ():
+            try:
+                prepare(setting)
+            except ValueError as exc:  # zoo.ModelLoadError, a bad quality
+                raise baselines.CodecError(
+                    f"{name}:{setting}: {' '.join(str(exc).split())}") from None
 
 
 def _clear_output(out: Path, force: bool, flag: str = "--force") -> None:

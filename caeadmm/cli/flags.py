@@ -108,3 +108,20 @@ def resolve_output(path: str, option: str = "--output") -> str:
             f"absolute path, e.g. `{option}{sep}$PWD/{path}` in the submitting shell"
         )
     return os.path.abspath(expanded)
+
+
+def check_job_input(path: str, option: str) -> None:
+    """Refuse (ValueError) a relative input path that is not there under `ray job submit`:
+    the job runs in Ray's temporary copy of the working directory, which holds the uploaded
+    code (not what .gitignore leaves out, such as runs/), so the message says what to pass."""
+    if "://" in path or os.path.isabs(os.path.expanduser(path)) or not submitted_job():
+        return
+    if os.path.exists(path):
+        return  # uploaded with the working directory
+    sep = "" if option.endswith("=") else " "
+    raise ValueError(
+        f"{option}{sep}{path} is relative, and this job runs in Ray's temporary copy of the "
+        f"working directory ({os.getcwd()}), where it is not (the upload leaves out what "
+        f".gitignore does); pass an absolute path, e.g. `{option}{sep}$PWD/{path}` in the "
+        "submitting shell"
+    )

@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
     status = EXIT_OK
     for i, name in enumerate(args.files):
         try:
-            data = Path(name).read_bytes()
+            data = _read(Path(name))
             header, _ = parse(data, max_pixels=None)  # reads no pixels: no limit needed
         except (ValueError, OSError) as exc:
             print(f"caeadmm info: {name}: {' '.join(str(exc).split())}", file=sys.stderr)
@@ -36,6 +36,18 @@ def run(args: argparse.Namespace) -> int:
         for key, value in describe(name, header, len(data)):
             print(f"{key + ':':<20}{value}")
     return status
+
+
+def _read(path: Path) -> bytes:
+    """The file's bytes; OSError with a plain reason (no errno, no repeated path)."""
+    if path.is_dir():
+        raise OSError(f"is a folder; give its .cae files (e.g. {path / '*.cae'})")
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        raise OSError("no such file") from None
+    except OSError as exc:
+        raise OSError(f"cannot be read: {exc.strerror or exc}") from None
 
 
 def describe(name: str, header: Header, size: int) -> list[tuple[str, str]]:
