@@ -3,7 +3,9 @@
 `caeadmm/models/registry.json` lists each model's name, checkpoint file (beside the
 registry), the file's sha256, the model fingerprint (hex sha256 of `CAE.fingerprint()`),
 its operating point in words and, where measured, its Kodak figures (`kodak`: mean bpp of
-the real files, PSNR in dB, MS-SSIM, from `caeadmm eval`), for a rate-aware model the
+the real files, PSNR in dB, MS-SSIM, from `caeadmm eval`; a list of such points for a model
+with several operating points), `superseded: true` for a model that stays registered only so
+that its streams decode (`caeadmm models` lists it with --all), for a rate-aware model the
 `rate_lambda` it was trained with (what latent refinement weighs the rate by), for a model
 trained with other distortion weights than the default mix its `distortion` weights (what
 latent refinement minimizes; the PSNR family's MSE), plus which model is the default.
@@ -42,14 +44,19 @@ class ModelInfo:
     fingerprint: str  # hex sha256 of CAE.fingerprint()
     operating_point: str
     default: bool
-    kodak: dict[str, float] | None = None  # {"bpp", "psnr", "ms_ssim"} on Kodak, if measured
+    kodak: dict[str, float] | list[dict[str, float]] | None = None  # {"bpp", "psnr",
+    # "ms_ssim"} on Kodak if measured; a list of them for a model with several rates
     rate_lambda: float = 0.0  # the rate term's weight in training (0: none)
     distortion: dict[str, float] | None = None  # its distortion weights, if not the default
+    superseded: bool = False  # kept so that its streams decode; `caeadmm models --all`
 
     def kodak_line(self) -> str:
         """Rate and quality on Kodak in one cell ("" if the registry has none)."""
         if not self.kodak:
             return ""
+        if isinstance(self.kodak, list):
+            low, high = self.kodak[0], self.kodak[-1]
+            return f"{low['bpp']:.3f}-{high['bpp']:.3f} bpp ({len(self.kodak)} points)"
         k = self.kodak
         return f"{k['bpp']:.3f} bpp, {k['psnr']:.2f} dB, MS-SSIM {k['ms_ssim']:.4f}"
 
@@ -67,11 +74,16 @@ class ModelInfo:
         return self.file.stat().st_size if self.file.is_file() else None
 
 
-def _kodak(value: object) -> dict[str, float] | None:
-    """A registry entry's `kodak` figures as floats; a malformed one raises ValueError (the
-    caller reports the registry as unreadable)."""
+def _kodak(value: object) -> dict[str, float] | list[dict[str, float]] | None:
+    """A registry entry's `kodak` figures as floats (a non-empty list of them: sorted by bpp);
+    a malformed one raises ValueError (the caller reports the registry as unreadable)."""
     if value is None:
         return None
+    if isinstance(value, list) and value:  # points may hold more, e.g. the quality setting
+        if not all(isinstance(p, dict) and {"bpp", "psnr", "ms_ssim"} <= set(p) for p in value):
+            raise ValueError(f"each point of 'kodak' needs bpp, psnr and ms_ssim, got {value!r}")
+        return sorted(({key: float(v) for key, v in p.items()} for p in value),
+                      key=lambda point: point["bpp"])
     if not isinstance(value, dict) or set(value) != {"bpp", "psnr", "ms_ssim"}:
         raise ValueError(f"'kodak' must hold exactly bpp, psnr and ms_ssim, got {value!r}")
     return {key: float(v) for key, v in value.items()}
@@ -111,6 +123,7 @@ def list_models() -> list[ModelInfo]:
                 kodak=_kodak(entry.get("kodak")),
                 rate_lambda=float(entry.get("rate_lambda", 0.0)),
                 distortion=_distortion(entry.get("distortion")),
+                superseded=bool(entry.get("superseded", False)),
             )
             for entry in registry["models"]
         ]

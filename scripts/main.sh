@@ -2,7 +2,8 @@
 # The README's main job, on the embedded default: set up .venv, start a local Ray head,
 # cut Parquet shards from the bundled sample photos, submit a short jobs/train.py run with
 # `ray job submit`, compress and decompress the samples with the shipped default model,
-# run the RD evaluation against JPEG on them, and print where every output is.
+# run the RD evaluation against JPEG on them, and print where every output is, ending with
+# the evaluation's report page (index.html).
 # Outputs go to out/main/ (override with OUT=...). Idempotent: a rerun starts clean.
 # A head that cluster/start-local.sh started before is used and left running; one this
 # script starts is stopped at the end; any other Ray on the machine is never touched.
@@ -67,3 +68,6 @@ cat <<EOM
   decompressed      $OUT/decompressed/
   RD evaluation     $OUT/eval  (summary, per-image results, JSON, plots)
 EOM
+# The Ray head this script started stops now, so that the last line is the report page.
+if [ -n "$(trap -p EXIT)" ]; then cluster/stop-local.sh; trap - EXIT; fi
+echo "Report page (open it in a browser): $OUT/eval/index.html"

@@ -183,9 +183,9 @@ def test_registered_models_are_found_by_name_and_fingerprint(
         }],
     }))
     monkeypatch.setenv("CAEADMM_REGISTRY", str(registry))
-    assert main(["models"]) == 0
+    assert main(["models", "tiny-test"]) == 0  # the full description (tests/test_models_cli.py)
     out = capsys.readouterr().out
-    assert "tiny-test" in out and fingerprint[:32] in out and "random weights" in out
+    assert "tiny-test" in out and fingerprint in out and "random weights" in out
     assert "not measured" in out  # no Kodak figures in this entry
     assert "MS-SSIM " in out  # no distortion weights: the default mix
     cae = tmp_path / "a.cae"
@@ -199,7 +199,7 @@ def test_registered_models_are_found_by_name_and_fingerprint(
     "kodak, shown",
     [
         ({"bpp": 0.2986, "psnr": 24.991, "ms_ssim": 0.92634},
-         "0.299 bpp, 24.99 dB, MS-SSIM 0.9263"),
+         "0.299 bpp, PSNR 24.99 dB, MS-SSIM 0.9263"),
         ({"bpp": 0.3, "psnr": 25.0}, "model registry"),  # ms_ssim missing: unreadable
         ("0.3 bpp", "model registry"),
     ],
@@ -213,7 +213,7 @@ def test_models_shows_the_kodak_figures_or_refuses_malformed_ones(
         "kodak": kodak,
     }]}))
     monkeypatch.setenv("CAEADMM_REGISTRY", str(registry))
-    rc = main(["models"])
+    rc = main(["models", "m"])
     out = capsys.readouterr()
     if shown == "model registry":
         assert rc == 2 and "is unreadable" in out.err and "'kodak'" in out.err
@@ -236,8 +236,9 @@ def test_models_names_the_distortion_each_model_was_trained_for(
     monkeypatch.setenv("CAEADMM_REGISTRY", str(registry))
     assert main(["models"]) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert " FOR " in lines[0]
-    assert [line.split()[4] for line in lines[1:]] == ["MS-SSIM", "MSE", "MS-SSIM"]
+    assert " METRIC " in lines[0]
+    assert {line.split()[0]: line.split()[1] for line in lines[1:4]} == {
+        "mix": "MS-SSIM", "mse": "MSE", "ssim": "MS-SSIM"}
 
 
 def test_damaged_registered_model_is_refused(checkpoint, corpus, tmp_path, monkeypatch, capsys):

@@ -45,7 +45,8 @@ def test_end_to_end_writes_every_artifact(ray_local, dataset, tmp_path):
     n_points = len(SHAPES) * sum(len(s) for s in CODECS.values())
     assert len(outcome.rows) == n_points and outcome.failures.empty
     expected = {"per_image.csv", "per_image.parquet", "summary.csv", "summary.md", "bd_rate.md",
-                "jpeg.json", "webp.json", "rd_psnr.png", "rd_ms_ssim.png", "rd_ms_ssim_db.png"}
+                "jpeg.json", "webp.json", "rd_psnr.png", "rd_ms_ssim.png", "rd_ms_ssim_db.png",
+                "index.html", "page"}  # the report page and its images (tests/test_report.py)
     assert {p.name for p in out.iterdir()} == expected
 
     per_image = pd.read_csv(out / "per_image.csv")

@@ -3,7 +3,8 @@
 The driver reads each image file's bytes once and puts them in Ray's object store, so only the
 driver needs the data set on disk; tasks decode the image, run `baselines.measure` and return
 one result row. Rows come back as they finish (progress over `ray.wait`), then
-`rd.write_report` writes the tables, JSON files, plots and BD-rate tables. Stopped with
+`rd.write_report` writes the tables, JSON files, plots and BD-rate tables, and
+`report.write_eval_page` the report page, index.html. Stopped with
 Ctrl-C, the run cancels the points still pending and reports the ones measured.
 
 Each task asks for `cpus_per_task` CPUs (1 by default) and limits torch and the AVIF codec to
@@ -25,6 +26,7 @@ not ask for stay in its results.
 from __future__ import annotations
 
 import os
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
@@ -36,7 +38,7 @@ import ray
 import torch
 from PIL import AvifImagePlugin
 
-from caeadmm import rd
+from caeadmm import rd, report
 from caeadmm.baselines import Setting, measure
 from caeadmm.distributed.session import connect
 from caeadmm.images import list_images, load_rgb
@@ -232,13 +234,19 @@ def run(
     max_bpp: float = 2.0,
     progress: bool = True,
     earlier: pd.DataFrame | None = None,
+    page_images: Sequence[str] | None = None,
 ) -> Outcome:
     """Evaluate the images under `dataset` and write every artifact into `out_dir`, measuring
-    only the points that `earlier` (rows of an earlier run, `earlier_rows`) lacks."""
+    only the points that `earlier` (rows of an earlier run, `earlier_rows`) lacks; the report
+    page (`caeadmm.report`) shows `page_images` (None: the median and the hardest image)."""
     roots = [Path(p) for p in dataset]
     images = list_images(roots)
     if not images:
         raise EvaluationError(f"no image files under {', '.join(map(str, dataset))}")
+    paths_by_name = {_image_name(p, roots): p for p in images}
+    shown, unknown = report.resolve_names(page_images or (), list(paths_by_name))
+    for problem in unknown:  # a warning, not an error: --resume has cleared the folder
+        print(f"caeadmm eval: --page-images {problem}; the page leaves it out", file=sys.stderr)
     partial = Path(out_dir) / PARTIAL
 
     def save(rows: pd.DataFrame) -> None:
@@ -264,6 +272,8 @@ def run(
     rows = _order(rows, codecs)
     image_set = ", ".join(root.resolve().name for root in roots)
     paths = rd.write_report(rows, out_dir, references, max_bpp, image_set=image_set)
+    paths["page"] = report.write_eval_page(out_dir, rows, paths_by_name, image_set,
+                                           shown or None, failures=len(failures))
     partial.unlink(missing_ok=True)  # per_image.parquet holds every row now
     if len(failures):
         paths["failures_csv"] = Path(out_dir) / "failures.csv"
