@@ -17,7 +17,8 @@ DEFAULT_CODECS = "jpeg,webp,jpeg2000,avif"
 # What a run writes into the output folder (`rd.write_report`, failures.csv): what --force
 # removes from an earlier run, so that no old codec's JSON stays beside the new ones.
 RESULT_PATTERNS = ("per_image.csv", "per_image.parquet", "per_image.partial.parquet",
-                   "summary.csv", "summary.md", "bd_rate.md", "failures.csv", "rd_*.png", "*.json")
+                   "summary.csv", "summary.md", "bd_rate.md", "failures.csv", "rd_*.png", "*.json",
+                   "index.html", "page/*/*.png")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,6 +53,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-cpus", type=int, help="CPUs of the local Ray (without a cluster)")
     parser.add_argument("--cpus-per-task", type=float, default=1.0, help="(default: 1)")
     parser.add_argument("--max-bpp", type=float, default=2.0, help="plot range (default: 2)")
+    parser.add_argument(
+        "--page-images", type=lambda text: [n.strip() for n in text.split(",") if n.strip()],
+        metavar="NAME,...",
+        help="images the report page (index.html) shows side by side at matched bitrate: "
+        "names as in per_image.csv, file names or stems (default: the median and the hardest "
+        "image for the CAE)",
+    )
     flags.add_quiet(parser, "no progress output (a bar on a terminal, else a line every 30 s)")
 
 
@@ -91,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
         outcome = evaluate.run(
             args.dataset, codecs, out, references=references, address=args.address,
             num_cpus=args.num_cpus, cpus_per_task=args.cpus_per_task, max_bpp=args.max_bpp,
-            progress=not args.quiet, earlier=earlier,
+            progress=not args.quiet, earlier=earlier, page_images=args.page_images,
         )
     except evaluate.EvaluationError as exc:
         print(f"caeadmm eval: {exc}", file=sys.stderr)
@@ -102,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
               f"{outcome.total} points done{written}", file=sys.stderr)
         return 130
     print(f"{len(outcome.rows)} points measured; results in {out}/")
-    for name in ("summary_md", "bd_md", "plot_psnr", "plot_ms_ssim_db"):
+    for name in ("summary_md", "bd_md", "plot_psnr", "plot_ms_ssim_db", "page"):
         print(f"  {outcome.paths[name]}")
     if len(outcome.failures):
         first = outcome.failures.iloc[0]
