@@ -216,7 +216,7 @@ class TrainConfig:
     rate_lambda_max: float = 0.0
     # Final phase: Adam steps of a fit of the entropy model alone (the network frozen) to the
     # symbols of the run's last training batches, so that the estimate matches what the coder
-    # writes (train_loop.fit_entropy_model, docs/rate.md); 0: no fit. Needs an entropy model.
+    # writes (entropy_fit.fit_entropy_model, docs/rate.md); 0: no fit. Needs an entropy model.
     entropy_fit_steps: int = 0
     # Logging and checkpoints (every N steps; 0 turns periodic checkpoints off).
     log_every: int = 20
@@ -317,10 +317,9 @@ class TrainConfig:
         return self.warmup_steps + self.admm_steps + self.finetune_steps
 
     def lambda_at(self, quality: float | torch.Tensor) -> float | torch.Tensor:
-        """The rate weight a variable-rate model trains quality q at: rate_lambda_max at q = 0,
-        rate_lambda at the top quality, geometric between."""
-        top = self.model.quality_levels - 1
-        return self.rate_lambda_max * (self.rate_lambda / self.rate_lambda_max) ** (quality / top)
+        """The rate weight a variable-rate model trains quality q at (rate_weight)."""
+        return rate_weight(quality, self.model.quality_levels, self.rate_lambda,
+                           self.rate_lambda_max)  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         return {**dataclasses.asdict(self), "model": self.model.to_dict()}
@@ -336,6 +335,14 @@ class TrainConfig:
             model = dict(model)
             model = ModelConfig.from_preset(model.pop("preset", "small"), **model)
         return cls(model=model, **data)
+
+
+def rate_weight(
+    quality: float | torch.Tensor, levels: int, rate_lambda: float, rate_lambda_max: float
+) -> float | torch.Tensor:
+    """A variable-rate model's rate weight at quality q: rate_lambda_max at q = 0 (the lowest
+    rate), rate_lambda at the top quality levels - 1, geometric between."""
+    return rate_lambda_max * (rate_lambda / rate_lambda_max) ** (quality / (levels - 1))
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> TrainConfig:
