@@ -24,6 +24,11 @@ imported only when a CAE point is measured. `cae-refined` is the same models wit
 of each image refined before coding (caeadmm.refine, its default steps, the rate weighed by
 the model's registered rate_lambda): the same decoder, a slower encoder.
 
+A variable-rate model's setting names its quality after an "@": `cae:ms-ssim@2.5` (the
+registered variable-rate model for MS-SSIM, `caeadmm.zoo.for_metric`, at quality 2.5), and
+`MODEL@Q1,Q2,...` lists several, so that `cae:mse@0,1,2,3` is a whole curve of one network.
+Without "@" a variable-rate model codes at its default quality.
+
 `parse_codecs("cae:small-k3+small-k6,jpeg,webp:10+50")` turns the command line's codec list
 into {codec name: [settings]}; a codec without settings gets its default sweep.
 """
@@ -133,8 +138,24 @@ def _avif_encode(rgb: np.ndarray, quality: int) -> bytes:
     )
 
 
+def cae_setting_parts(setting: str) -> tuple[str, float | None]:
+    """(model spec for zoo.load, quality or None) of a CAE setting "MODEL[@Q]"; MODEL may be
+    a metric ("ms-ssim", "mse"), naming that metric's registered variable-rate model."""
+    from caeadmm import zoo
+
+    name, at, quality = setting.partition("@")
+    if name in zoo.METRICS:
+        name = zoo.for_metric(name)
+    return name, float(quality) if at else None
+
+
+def _cae_model(setting: str) -> Any:
+    """The model of a CAE setting, loaded once per process (_load_cae)."""
+    return _load_cae(cae_setting_parts(setting)[0])
+
+
 @functools.lru_cache(maxsize=8)
-def _cae_model(name: str) -> Any:
+def _load_cae(name: str) -> Any:
     """Load a CAE model once per process (Ray workers measure many images per model).
 
     One round trip of a tiny image follows, so that one-time costs (Numba compiling the entropy
@@ -143,33 +164,49 @@ def _cae_model(name: str) -> Any:
     from caeadmm import image_codec, zoo
 
     model = zoo.load(name)
-    image_codec.decompress(image_codec.compress(np.zeros((8, 8, 3), np.uint8), model), model)
+    quality = zoo.default_quality(name, model)
+    image = np.zeros((8, 8, 3), np.uint8)
+    image_codec.decompress(image_codec.compress(image, model, quality=quality), model)
     return model
 
 
-def _cae_encode(rgb: np.ndarray, model_name: str) -> bytes:
+def _cae_quality(setting: str, model: Any) -> float | None:
+    """The quality a setting codes at: its "@Q", else the model's default (None: fixed rate)."""
+    from caeadmm import zoo
+
+    name, quality = cae_setting_parts(setting)
+    return zoo.default_quality(name, model) if quality is None else quality
+
+
+def _cae_encode(rgb: np.ndarray, setting: str) -> bytes:
     from caeadmm import image_codec
 
-    return image_codec.compress(rgb, _cae_model(model_name))
+    model = _cae_model(setting)
+    return image_codec.compress(rgb, model, quality=_cae_quality(setting, model))
 
 
-def _cae_refined_encode(rgb: np.ndarray, model_name: str) -> bytes:
+def _cae_refined_encode(rgb: np.ndarray, setting: str) -> bytes:
     from caeadmm import image_codec
     from caeadmm.refine import refinement_for
 
-    refine = refinement_for(model_name)
-    return image_codec.compress(rgb, _cae_model(model_name), refine=refine)
+    model = _cae_model(setting)
+    refine = refinement_for(cae_setting_parts(setting)[0])
+    return image_codec.compress(rgb, model, refine=refine,
+                                quality=_cae_quality(setting, model))  # fmt: skip
 
 
-def _cae_decode(data: bytes, model_name: str) -> np.ndarray:
+def _cae_decode(data: bytes, setting: str) -> np.ndarray:
     from caeadmm import image_codec
 
-    return np.asarray(image_codec.decompress(data, _cae_model(model_name)), dtype=np.uint8)
+    return np.asarray(image_codec.decompress(data, _cae_model(setting)), dtype=np.uint8)
 
 
 def _cae_setting(text: str) -> str:
-    if not text:
+    name, at, quality = text.partition("@")
+    if not name:
         raise ValueError("empty model name")
+    if at:
+        float(quality)  # ValueError for a quality that is not a number
     return text
 
 
@@ -245,14 +282,12 @@ def get_codec(name: str) -> Codec:
 def parse_codecs(spec: str) -> dict[str, list[Setting]]:
     """Parse "name[:s1+s2+...],..." into {name: settings}; a name may repeat (settings add up)."""
     out: dict[str, list[Setting]] = {}
-    for item in (part.strip() for part in spec.split(",")):
-        if not item:
-            continue
+    for item in _items(spec):
         name, _, settings_text = item.partition(":")
         codec = get_codec(name.strip())
         if settings_text:
             try:
-                settings = [codec.parse_setting(s.strip()) for s in settings_text.split("+")]
+                settings = [codec.parse_setting(s) for s in _expand(settings_text.split("+"))]
             except ValueError as exc:
                 raise CodecError(f"bad setting in {item!r}: {exc}") from exc
         elif codec.default_settings:
@@ -266,6 +301,35 @@ def parse_codecs(spec: str) -> dict[str, list[Setting]]:
     if not out:
         raise CodecError("no codec given")
     return out
+
+
+def _items(spec: str) -> list[str]:
+    """The comma-separated items of a codec list, a bare number joined to the item before it
+    when that one ends in "@..." (`cae:mse@0,1,2,jpeg` is two items)."""
+    items: list[str] = []
+    for part in (p.strip() for p in spec.split(",")):
+        if items and "@" in items[-1].rpartition("+")[2] and _is_number(part):
+            items[-1] += "," + part
+        elif part:
+            items.append(part)
+    return items
+
+
+def _expand(settings: list[str]) -> list[str]:
+    """"MODEL@Q1,Q2" -> "MODEL@Q1", "MODEL@Q2"; other settings as they are."""
+    out = []
+    for setting in (s.strip() for s in settings):
+        name, at, qualities = setting.partition("@")
+        out += [f"{name}@{q.strip()}" for q in qualities.split(",")] if at else [setting]
+    return out
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def measure(image: str, rgb: np.ndarray, codec_name: str, setting: Setting) -> dict[str, Any]:

@@ -589,14 +589,18 @@ def compress_file(
     *,
     overwrite: bool = False,
     refine: Refinement | None = None,
-) -> tuple[int, float]:
-    """Compress an image file into a .cae file; returns (bytes written, bits per pixel)."""
+    quality: float | None = None,
+    target_bpp: float | None = None,
+) -> tuple[int, float, float | None]:
+    """Compress an image file into a .cae file; returns (bytes written, bits per pixel, the
+    quality coded at: None for a fixed-rate model)."""
     if not overwrite and Path(dst).exists():  # before the work, not only at the write
         raise FileExistsError(f"{dst} exists (use --force to overwrite)")
     image = load_image(src)
-    data = compress(image, model, refine=refine)
+    data = compress(image, model, refine=refine, quality=quality, target_bpp=target_bpp)
     write_atomic(dst, data, overwrite=overwrite)
-    return len(data), 8 * len(data) / (image.shape[0] * image.shape[1])
+    used = bitstream.read_header(data, max_pixels=None).quality
+    return len(data), 8 * len(data) / (image.shape[0] * image.shape[1]), used
 
 
 # -- helpers ------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ import torch
 
 from caeadmm import zoo
 from caeadmm.bitstream import LATENT_STRIDE
-from caeadmm.config import DISTORTION_WEIGHTS
+from caeadmm.config import DISTORTION_WEIGHTS, rate_weight
 from caeadmm.losses import distortion
 from caeadmm.model import CAE, add_uniform_noise, round_straight_through
 
@@ -44,6 +44,9 @@ class Refinement:
     lr: float = LEARNING_RATE
     rate_lambda: float = 0.0
     distortion: dict[str, float] = field(default_factory=dict)
+    # A variable-rate model's rate weight at quality 0 (rate_lambda is its top quality's):
+    # a quality q is refined with the weight it was trained with, config.rate_weight.
+    rate_lambda_max: float = 0.0
 
     def __post_init__(self) -> None:
         if self.steps < 0:
@@ -69,6 +72,7 @@ def refinement_for(model: str | None, steps: int | None = None) -> Refinement | 
         steps=STEPS if steps is None else steps,
         rate_lambda=zoo.rate_lambda(model),
         distortion=zoo.distortion_weights(model),
+        rate_lambda_max=zoo.rate_lambda_max(model),
     )
 
 
@@ -93,6 +97,10 @@ def refine_window(
     """
     if settings.rate_lambda > 0 and model.config.entropy_model == "none":
         raise ValueError("a rate term (rate_lambda > 0) needs a model with an entropy model")
+    rate_lambda = settings.rate_lambda
+    if quality is not None and settings.rate_lambda_max > 0:
+        rate_lambda = rate_weight(quality, model.config.quality_levels, settings.rate_lambda,
+                                  settings.rate_lambda_max)  # fmt: skip
     r0, r1, c0, c1 = core
     y0, x0 = LATENT_STRIDE * r0, LATENT_STRIDE * c0
     target = pixels[..., y0 : y0 + visible[0], x0 : x0 + visible[1]]
@@ -109,10 +117,10 @@ def refine_window(
         decoded = model.synthesis(round_straight_through(full), quality)
         decoded = decoded[..., y0 : y0 + visible[0], x0 : x0 + visible[1]]
         loss, _ = distortion(decoded, target, mse_only=mse_only, **settings.distortion)
-        if settings.rate_lambda > 0:
+        if rate_lambda > 0:
             noisy = add_uniform_noise(full) * channels[:, None, None]
             bits = model.rate_bits(noisy, channels[:, None, None])
-            loss = loss + settings.rate_lambda * bits.sum() / (visible[0] * visible[1])
+            loss = loss + rate_lambda * bits.sum() / (visible[0] * visible[1])
         (grad,) = torch.autograd.grad(loss, [inner])
         inner.grad = grad
         optimizer.step()

@@ -49,6 +49,12 @@ class ModelInfo:
     rate_lambda: float = 0.0  # the rate term's weight in training (0: none)
     distortion: dict[str, float] | None = None  # its distortion weights, if not the default
     superseded: bool = False  # kept so that its streams decode; `caeadmm models --all`
+    # Variable-rate models: the metric the network was trained for ("ms-ssim" or "mse", what
+    # `--metric` picks), the quality `compress` uses when given none, and the rate weight of
+    # quality 0 (rate_lambda is that of the top quality).
+    metric: str | None = None
+    default_quality: float | None = None
+    rate_lambda_max: float = 0.0
 
     def kodak_line(self) -> str:
         """Rate and quality on Kodak in one cell ("" if the registry has none)."""
@@ -102,6 +108,10 @@ def _distortion(value: object) -> dict[str, float] | None:
     return weights
 
 
+def _optional_float(value: object) -> float | None:
+    return None if value is None else float(value)
+
+
 def registry_path() -> Path:
     return Path(os.environ.get("CAEADMM_REGISTRY") or PACKAGED_REGISTRY)
 
@@ -124,6 +134,9 @@ def list_models() -> list[ModelInfo]:
                 rate_lambda=float(entry.get("rate_lambda", 0.0)),
                 distortion=_distortion(entry.get("distortion")),
                 superseded=bool(entry.get("superseded", False)),
+                metric=entry.get("metric"),
+                default_quality=_optional_float(entry.get("default_quality")),
+                rate_lambda_max=float(entry.get("rate_lambda_max", 0.0)),
             )
             for entry in registry["models"]
         ]
@@ -137,10 +150,44 @@ def find_by_fingerprint(prefix: bytes) -> ModelInfo | None:
 
 
 def rate_lambda(name_or_path: str | os.PathLike | None = None) -> float:
-    """The rate_lambda a registered model (None: the default) was trained with; 0 for a model
-    without one and for a checkpoint path (the model file does not record it)."""
+    """The rate_lambda a registered model (None: the default) was trained with (a
+    variable-rate model: that of its top quality); 0 for a model without one and for a
+    checkpoint path (the model file does not record it)."""
     info = _registered(name_or_path)
     return info.rate_lambda if info else 0.0
+
+
+def rate_lambda_max(name_or_path: str | os.PathLike | None = None) -> float:
+    """A registered variable-rate model's rate weight at quality 0; 0 otherwise."""
+    info = _registered(name_or_path)
+    return info.rate_lambda_max if info else 0.0
+
+
+METRICS = ("ms-ssim", "mse")
+
+
+def for_metric(metric: str) -> str:
+    """The name of the registered variable-rate model for `metric` (METRICS); the default
+    model when it is one for that metric."""
+    if metric not in METRICS:
+        raise ModelLoadError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
+    found = [m for m in list_models() if m.metric == metric and not m.superseded]
+    if not found:
+        raise ModelLoadError(f"no variable-rate model for {metric} is registered")
+    return next((m for m in found if m.default), found[0]).name
+
+
+def default_quality(name_or_path: str | os.PathLike | None, model: CAE) -> float | None:
+    """The quality `compress` uses for `model` when given none: its registry entry's
+    `default_quality`, the middle of the range for a variable-rate checkpoint path, None for
+    a fixed-rate model."""
+    levels = model.config.quality_levels
+    if not levels:
+        return None
+    info = _registered(name_or_path)
+    if info is not None and info.default_quality is not None:
+        return info.default_quality
+    return (levels - 1) / 2
 
 
 def distortion_weights(name_or_path: str | os.PathLike | None = None) -> dict[str, float]:

@@ -10,7 +10,9 @@ listed in the manifest (status "failed") and do not stop the others. Under `ray 
 the output must be an absolute path. Exit code (as `caeadmm compress`): 0 when every file was
 compressed or already done, 1 when some failed (status "failed" in the manifest), 2 for bad
 arguments or no model, 130 when interrupted (the manifest then lists what finished).
-`--refine [STEPS]` refines each image's latent before coding (docs/refine.md).
+`--refine [STEPS]` refines each image's latent before coding (docs/refine.md); `--metric`,
+`--quality` and `--target-bpp` choose a variable-rate model and its rate, as for
+`caeadmm compress` (docs/variable-rate.md).
 See docs/cli.md ("Corpora on a Ray cluster") and caeadmm/distributed/batch_compress.py.
 """
 
@@ -21,10 +23,12 @@ import sys
 from pathlib import Path
 
 from caeadmm.cli import flags
+from caeadmm.cli.common import UsageError
+from caeadmm.cli.compress import add_rate_options, resolve_rate
 from caeadmm.distributed.batch_compress import Interrupted, compress_corpus
 from caeadmm.distributed.session import connect
 from caeadmm.refine import refinement_for
-from caeadmm.zoo import ModelLoadError, load
+from caeadmm.zoo import ModelLoadError
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -33,6 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
     flags.add_output(parser, "output directory (tree mirrored)", required=True)
     parser.add_argument("--model", help="registered model name or checkpoint path "
                         "(default: the registry's default model)")
+    add_rate_options(parser)
     parser.add_argument("--manifest", help="manifest path (default OUTPUT/manifest.parquet)")
     parser.add_argument("--concurrency", type=int, default=2, help="actors (default 2)")
     parser.add_argument("--cpus-per-actor", type=float, default=1.0, help="default 1")
@@ -56,18 +61,20 @@ def main(argv: list[str] | None = None) -> int:
         if "://" not in output and Path(output).exists() and not Path(output).is_dir():
             raise ValueError(f"-o {args.output} is a file; the outputs need a folder")
         manifest = args.manifest and flags.resolve_output(args.manifest, "--manifest")
-        load(args.model)  # a missing or broken model fails here, not in every actor
-    except (ValueError, ModelLoadError) as exc:
+        # A missing or broken model fails here, not in every actor.
+        model, quality, target_bpp = resolve_rate(args)
+    except (ValueError, UsageError, ModelLoadError) as exc:
         print(f"compress: {exc}", file=sys.stderr)
         return 2
     print(f"compress: outputs go to {output}", flush=True)
     try:
         connect(args.address, args.num_cpus)
         summary = compress_corpus(
-            args.inputs, output, args.model, manifest=manifest,
+            args.inputs, output, model, manifest=manifest, quality=quality,
+            target_bpp=target_bpp,
             concurrency=args.concurrency, num_cpus=args.cpus_per_actor,
             num_gpus=args.gpus_per_actor, force=args.force,
-            refine=refinement_for(args.model, args.refine), progress=not args.quiet,
+            refine=refinement_for(model, args.refine), progress=not args.quiet,
         )
     except Interrupted as stop:
         print(f"compress: {stop}; manifest: {stop.manifest}", file=sys.stderr)

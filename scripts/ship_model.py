@@ -2,6 +2,14 @@
 
     python scripts/ship_model.py NAME CHECKPOINT --operating-point "ratio 0.75, C=32" \
         --kodak EVAL_DIR|BPP,PSNR,MS_SSIM [--default]
+    python scripts/ship_model.py NAME CHECKPOINT --operating-point "..." --metric ms-ssim \
+        --kodak EVAL_DIR --photos EVAL_DIR [--default-quality Q] [--default]
+
+A variable-rate model (docs/variable-rate.md) is registered with the metric `--metric` picks
+it for, the rate weights of its lowest and top quality, its figures at every evaluated quality
+on Kodak and on the second set (`caeadmm eval ... --codecs cae:CHECKPOINT@Q1,Q2,...`), and
+the quality `compress` uses by default (`--default-quality`; else the one nearest 0.25 bpp on
+Kodak); its reference stream is coded at that quality.
 
 Writes caeadmm/models/NAME.pt (inference-only: config, weights, mask), adds or replaces its
 entry in caeadmm/models/registry.json (file, sha256, fingerprint, operating point, the
@@ -21,6 +29,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from PIL import Image
 
 from caeadmm import image_codec
@@ -53,13 +62,30 @@ def _kodak(text: str) -> dict[str, float]:
     return {"bpp": round(bpp, 4), "psnr": round(psnr, 2), "ms_ssim": round(ms_ssim, 4)}
 
 
+def _points(folder: Path) -> list[dict[str, float]]:
+    """A variable-rate model's figures per quality from a `caeadmm eval` folder of its
+    settings MODEL@Q alone: [{"quality", "bpp", "psnr", "ms_ssim"}], by quality."""
+    summary = pd.read_csv(folder / "summary.csv")
+    summary = summary[summary["codec"] == "cae"]
+    points = [
+        {"quality": float(str(row.setting).rpartition("@")[2]), "bpp": round(row.bpp, 4),
+         "psnr": round(row.psnr, 2), "ms_ssim": round(row.ms_ssim, 4)}
+        for row in summary.itertuples()
+    ]
+    if not points or any("@" not in str(s) for s in summary["setting"]):
+        raise SystemExit(f"{folder}: expected the model's settings MODEL@Q alone")
+    return sorted(points, key=lambda p: p["quality"])
+
+
 def _register(models: list[dict], entry: dict) -> list[dict]:
     """`models` with `entry` in place of the one of its name, or else inserted before the first
     model of a higher Kodak bpp."""
     if entry["name"] in [m["name"] for m in models]:
         return [entry if m["name"] == entry["name"] else m for m in models]
-    bpp = entry["kodak"]["bpp"]
-    higher = [i for i, m in enumerate(models) if m.get("kodak", {}).get("bpp", 0) > bpp]
+    kodak = entry["kodak"]
+    bpp = kodak[0]["bpp"] if isinstance(kodak, list) else kodak["bpp"]
+    higher = [i for i, m in enumerate(models)
+              if isinstance(m.get("kodak"), dict) and m["kodak"]["bpp"] > bpp]
     at = higher[0] if higher else len(models)
     return [*models[:at], entry, *models[at:]]
 
@@ -88,9 +114,16 @@ def main() -> None:
     parser.add_argument("name")
     parser.add_argument("checkpoint")
     parser.add_argument("--operating-point", required=True)
-    parser.add_argument("--kodak", type=_kodak, required=True,
+    parser.add_argument("--kodak", required=True,
                         help="the `caeadmm eval` output folder of the model alone on Kodak, or "
-                             "its mean bpp,PSNR,MS-SSIM there")
+                             "its mean bpp,PSNR,MS-SSIM there (a variable-rate model: the folder)")
+    parser.add_argument("--photos", type=Path,
+                        help="variable-rate models: the `caeadmm eval` folder on the second set")
+    parser.add_argument("--metric", choices=("ms-ssim", "mse"),
+                        help="variable-rate models: the metric it was trained for")
+    parser.add_argument("--default-quality", type=float,
+                        help="variable-rate models: the quality compress uses by default "
+                             "(default: the one nearest 0.25 bpp on Kodak)")
     parser.add_argument("--default", action="store_true", help="make it the default model")
     parser.add_argument("--rate-lambda", type=float,
                         help="the rate term's weight it was trained with (default: read from the "
@@ -107,9 +140,22 @@ def main() -> None:
         "sha256": hashlib.sha256(out.read_bytes()).hexdigest(),
         "fingerprint": model.fingerprint().hex(),
         "operating_point": args.operating_point,
-        "kodak": args.kodak,
     }
     config = _training_config(Path(args.checkpoint))
+    quality = None
+    if model.config.quality_levels:
+        if not args.metric or not args.photos:
+            raise SystemExit("a variable-rate model needs --metric and --photos")
+        entry["metric"] = args.metric
+        entry["kodak"] = _points(Path(args.kodak))
+        entry["photos"] = _points(args.photos)
+        quality = args.default_quality
+        if quality is None:
+            quality = min(entry["kodak"], key=lambda p: abs(p["bpp"] - 0.25))["quality"]
+        entry["default_quality"] = quality
+        entry["rate_lambda_max"] = float(config.get("rate_lambda_max", 0.0))
+    else:
+        entry["kodak"] = _kodak(args.kodak)
     rate_lambda = args.rate_lambda
     if rate_lambda is None:
         rate_lambda = float(config.get("rate_lambda", 0.0))
@@ -126,7 +172,7 @@ def main() -> None:
     registry_file.write_text(json.dumps(registry, indent=2) + "\n")
 
     image = np.asarray(Image.open(TEST_DATA / "reference.png").convert("RGB"))
-    stream = image_codec.compress(image, model)
+    stream = image_codec.compress(image, model, quality=quality)
     (TEST_DATA / f"{args.name}.cae").write_bytes(stream)
     Image.fromarray(image_codec.decompress(stream, model)).save(TEST_DATA / f"{args.name}.png")
     bpp = 8 * len(stream) / (image.shape[0] * image.shape[1])

@@ -123,7 +123,8 @@ def stand_in_cae(monkeypatch):
         loads.append(name)
         return {"name": name}
 
-    def compress(image, model):
+    def compress(image, model, quality=None):
+        assert quality is None  # fixed-rate stand-ins
         h, w = image.shape[:2]
         return model["name"].encode() + b"|" + bytes([h, w]) + image.tobytes()
 
@@ -134,15 +135,16 @@ def stand_in_cae(monkeypatch):
         return np.frombuffer(data[len(prefix) + 2 :], np.uint8).reshape(h, w, 3)
 
     zoo.load, codec.compress, codec.decompress = load, compress, decompress
+    zoo.METRICS, zoo.default_quality = (), lambda name, model: None
     monkeypatch.setitem(sys.modules, "caeadmm.zoo", zoo)
     monkeypatch.setitem(sys.modules, "caeadmm.image_codec", codec)
     import caeadmm
 
     monkeypatch.setattr(caeadmm, "zoo", zoo, raising=False)
     monkeypatch.setattr(caeadmm, "image_codec", codec, raising=False)
-    baselines._cae_model.cache_clear()
+    baselines._load_cae.cache_clear()
     yield loads
-    baselines._cae_model.cache_clear()
+    baselines._load_cae.cache_clear()
 
 
 def test_cae_entry_calls_codec_and_zoo_lazily(stand_in_cae):
@@ -168,15 +170,24 @@ def test_cae_with_the_real_codec(monkeypatch):
     model = CAE(config).eval()
     zoo = types.ModuleType("caeadmm.zoo")
     zoo.load = lambda name: model
+    zoo.METRICS, zoo.default_quality = (), lambda name, model: None
     monkeypatch.setitem(sys.modules, "caeadmm.zoo", zoo)
     import caeadmm
 
     monkeypatch.setattr(caeadmm, "zoo", zoo, raising=False)
-    baselines._cae_model.cache_clear()
+    baselines._load_cae.cache_clear()
     try:
         rgb = _image(21, 35)
         row = measure("x", rgb, "cae", "tiny")
         assert row["bytes"] == len(codec.compress(rgb, model))
         assert row["bpp"] == 8 * row["bytes"] / (21 * 35)
     finally:
-        baselines._cae_model.cache_clear()
+        baselines._load_cae.cache_clear()
+
+
+def test_variable_rate_settings_expand_to_one_setting_per_quality():
+    codecs = parse_codecs("cae:mse@0,1,2.5,jpeg:50,cae:small-k6+ms-ssim@3")
+    assert codecs == {"cae": ["mse@0", "mse@1", "mse@2.5", "small-k6", "ms-ssim@3"],
+                      "jpeg": [50]}  # fmt: skip
+    with pytest.raises(CodecError, match="bad setting"):
+        parse_codecs("cae:mse@high")

@@ -1,5 +1,5 @@
-"""`caeadmm compress INPUT... [-o FILE|DIR] [--model M] [--refine [STEPS]] [--workers N]
-[--force|--skip-existing]`."""
+"""`caeadmm compress INPUT... [-o FILE|DIR] [--model M | --metric ms-ssim|mse]
+[--quality Q | --target-bpp X] [--refine [STEPS]] [--workers N] [--force|--skip-existing]`."""
 
 from __future__ import annotations
 
@@ -28,8 +28,47 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     common.add_common_options(p, model_help="registered model name or checkpoint path "
                               "(default: the registry's default model)")
+    add_rate_options(p)
     flags.add_refine(p)
     p.set_defaults(func=run)
+
+
+def add_rate_options(p: argparse.ArgumentParser) -> None:
+    """--metric, --quality and --target-bpp: the variable-rate model's choices."""
+    p.add_argument("--metric", choices=("ms-ssim", "mse"),
+                   help="the registered variable-rate model trained for this metric "
+                   "(instead of --model)")
+    rate = p.add_mutually_exclusive_group()
+    rate.add_argument("--quality", type=float, metavar="Q",
+                      help="a variable-rate model's quality, from 0 (fewest bytes) to its top "
+                      "(`caeadmm models NAME`); default: the model's default quality")
+    rate.add_argument("--target-bpp", type=float, metavar="X",
+                      help="the highest quality whose file has at most X bits per pixel "
+                      "(variable-rate models)")
+
+
+def resolve_rate(args: argparse.Namespace) -> tuple[str | None, float | None, float | None]:
+    """(model spec, quality, target bpp) from --model/--metric, --quality and --target-bpp;
+    the model's default quality when a variable-rate model gets neither. Raises UsageError
+    or zoo.ModelLoadError."""
+    from caeadmm import zoo
+
+    if args.metric and args.model:
+        raise common.UsageError("give --model or --metric, not both")
+    spec = zoo.for_metric(args.metric) if args.metric else args.model
+    model = common.cached_model(spec)  # fail early, once, if the model is unusable
+    levels = model.config.quality_levels
+    if not levels and (args.quality is not None or args.target_bpp is not None):
+        raise common.UsageError(f"--quality and --target-bpp need a variable-rate model; "
+                                f"{spec or 'the default model'} has one rate")
+    if args.quality is not None and not 0 <= args.quality <= levels - 1:
+        raise common.UsageError(f"--quality must be in [0, {levels - 1}] for this model")
+    if args.target_bpp is not None and not args.target_bpp > 0:
+        raise common.UsageError("--target-bpp must be positive")
+    quality = args.quality
+    if levels and quality is None and args.target_bpp is None:
+        quality = zoo.default_quality(spec, model)
+    return spec, quality, args.target_bpp
 
 
 def run(args: argparse.Namespace) -> int:
@@ -39,28 +78,41 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         pairs, errors = common.plan(args.inputs, args.output, ".cae", lambda d: list_images([d]))
-        common.cached_model(args.model)  # fail early, once, if the model is unusable
-        refine = refinement_for(args.model, args.refine)
+        spec, quality, target_bpp = resolve_rate(args)
+        refine = refinement_for(spec, args.refine)
     except (common.UsageError, ModelLoadError) as exc:
         return common.usage_error("compress", str(exc))
-    task = functools.partial(compress_one, model=args.model, existing=common.existing_mode(args),
-                             refine=refine)
+    task = functools.partial(compress_one, model=spec, existing=common.existing_mode(args),
+                             refine=refine, quality=quality, target_bpp=target_bpp)
     return common.execute("compress", pairs, errors, task, args.workers,
                           quiet=args.quiet)
 
 
 def compress_one(
-    src: Path, dst: Path, model: str | None, existing: str, refine: Refinement | None = None
+    src: Path,
+    dst: Path,
+    model: str | None,
+    existing: str,
+    refine: Refinement | None = None,
+    quality: float | None = None,
+    target_bpp: float | None = None,
 ) -> common.Done:
     from caeadmm.image_codec import compress_file
     from caeadmm.resume import Wanted, check_stream
 
     def write(overwrite: bool) -> str:
-        nbytes, bpp = compress_file(src, dst, common.cached_model(model), overwrite=overwrite,
-                                    refine=refine)
-        return f"{src} -> {dst}: {nbytes} bytes, {bpp:.4f} bpp"
+        nbytes, bpp, used = compress_file(src, dst, common.cached_model(model),
+                                          overwrite=overwrite, refine=refine, quality=quality,
+                                          target_bpp=target_bpp)  # fmt: skip
+        line = f"{src} -> {dst}: {nbytes} bytes, {bpp:.4f} bpp"
+        if used is not None:
+            line += f", quality {used:.3f}"
+        if target_bpp is not None and bpp > target_bpp:
+            line += f" (the lowest quality; the target {target_bpp} bpp is out of reach)"
+        return line
 
-    # An existing output counts as done only if made with this model.
-    wanted = Wanted(common.cached_model(model).fingerprint(), model or "the default model")
+    # An existing output counts as done only if made with this model (and quality).
+    wanted = Wanted(common.cached_model(model).fingerprint(), model or "the default model",
+                    quality if target_bpp is None else None)
     check = functools.partial(check_stream, wanted=wanted)
     return common.run_task(src, dst, existing, check, write)

@@ -25,6 +25,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -82,6 +83,8 @@ def compress_corpus(
     refine: Refinement | None = None,
     progress: bool = False,
     on_row: Callable[[dict], None] | None = None,
+    quality: float | None = None,
+    target_bpp: float | None = None,
 ) -> Summary:
     """Compress every image under `inputs` into `output_dir` (trees mirrored), NAME.cae.
 
@@ -90,6 +93,8 @@ def compress_corpus(
       has GPUs, else 0);
     - manifest: Parquet path (default OUTPUT_DIR/manifest.parquet);
     - refine: refine each image's latent before coding (caeadmm.refine.refinement_for);
+    - quality, target_bpp: a variable-rate model's quality, or the bpp to fit
+      (image_codec.compress);
     - progress: a progress bar on stderr; on_row: called with each new manifest row.
     Connects to Ray (`caeadmm.distributed.session.connect`) if this process is not yet.
     """
@@ -101,9 +106,9 @@ def compress_corpus(
     rows = [_row(str(src), "", error=message) for src, message in errors]
     _remove_temp_files({dst.parent for _, dst in pairs})
     todo, redone = [], 0
-    # An existing output counts as done only if made with this model.
+    # An existing output counts as done only if made with this model (and quality).
     wanted = None if force else Wanted(zoo.load(model).fingerprint(), model or "the default "
-                                       "model")
+                                       "model", quality if target_bpp is None else None)
     for src, dst in pairs:
         done, damage = (None, None) if force else _done_row(src, dst, wanted)
         if done is not None:
@@ -117,7 +122,8 @@ def compress_corpus(
     skipped = len(rows) - sum(r["status"] == "failed" for r in rows)
     compressed = 0
     bar = Progress(len(todo), "compress", "file", enabled=progress)
-    results = _run_actors(todo, model, concurrency, num_cpus, num_gpus, force, refine)
+    results = _run_actors(todo, model, concurrency, num_cpus, num_gpus, force,
+                          {"refine": refine, "quality": quality, "target_bpp": target_bpp})
     try:
         for row in results:
             rows.append(row)
@@ -148,7 +154,8 @@ class _Compressor:
     """Ray Data actor: holds one model, compresses a batch of (source, output) rows."""
 
     def __init__(self, model: str | None, overwrite: bool, threads: int,
-                 refine: Refinement | None = None):
+                 refine: Refinement | None = None, quality: float | None = None,
+                 target_bpp: float | None = None):
         import torch
 
         die_with_parent(os.getppid(), kernel_signal=False)  # the raylet: gone with the driver
@@ -157,7 +164,7 @@ class _Compressor:
         if torch.cuda.is_available():  # true only when Ray gave this actor a GPU
             self.model.to("cuda")
         self.overwrite = overwrite
-        self.refine = refine
+        self.encode = {"refine": refine, "quality": quality, "target_bpp": target_bpp}
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         rows = [self._one(str(s), str(d), bool(r)) for s, d, r in
@@ -166,8 +173,8 @@ class _Compressor:
 
     def _one(self, src: str, dst: str, replace: bool) -> dict:
         try:
-            nbytes, bpp = image_codec.compress_file(src, dst, self.model, refine=self.refine,
-                                                    overwrite=self.overwrite or replace)
+            nbytes, bpp, _ = image_codec.compress_file(src, dst, self.model, **self.encode,
+                                                       overwrite=self.overwrite or replace)
         except Exception as exc:  # a bad file must never stop the corpus
             return _row(src, "", error=f"{type(exc).__name__}: {' '.join(str(exc).split())}")
         return _row(src, dst, nbytes, bpp)
@@ -175,7 +182,7 @@ class _Compressor:
 
 def _run_actors(
     todo: list[dict], model: str | None, concurrency: int, num_cpus: float, num_gpus: float | None,
-    overwrite: bool, refine: Refinement | None,
+    overwrite: bool, encode: dict[str, Any],
 ) -> Iterator[dict]:
     if not todo:
         return
@@ -187,19 +194,19 @@ def _run_actors(
         # max_restarts has no named parameter in Ray 2.60, so it goes through the deprecated
         # ray_remote_args; this run asks for it on purpose.
         warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated")
-        ds = _map(ds, model, concurrency, num_cpus, num_gpus, overwrite, refine, len(todo))
+        ds = _map(ds, model, concurrency, num_cpus, num_gpus, overwrite, encode, len(todo))
     with quiet_data():
         yield from ds.iter_rows()
 
 
 def _map(ds: ray.data.Dataset, model: str | None, concurrency: int, num_cpus: float,
-         num_gpus: float, overwrite: bool, refine: Refinement | None,
+         num_gpus: float, overwrite: bool, encode: dict[str, Any],
          n: int) -> ray.data.Dataset:
     return ds.map_batches(
         _Compressor,
         fn_constructor_kwargs={
             "model": model, "overwrite": overwrite, "threads": max(1, int(num_cpus)),
-            "refine": refine,
+            **encode,  # refine, quality, target_bpp: image_codec.compress_file's options
         },
         batch_size=1,
         compute=ray.data.ActorPoolStrategy(size=min(concurrency, n)),
