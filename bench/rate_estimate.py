@@ -29,7 +29,7 @@ into the symbols the codec wrote; on exactly those symbols:
   non-zero symbol (the bound of runs, as H_pc is of adapt).
 
 Ratios are over the payload. With --fit-images the entropy model is first fitted alone (the
-network frozen: caeadmm.train_loop.fit_entropy_model) to the symbols of --fit-batches
+network frozen: caeadmm.entropy_fit.fit_entropy_model) to the symbols of --fit-batches
 batches of random training crops of the model's patch size from that folder, never Kodak,
 and the table is printed before and after.
 """
@@ -50,10 +50,10 @@ sys.path[0] = str(Path(__file__).resolve().parents[1])
 import coding  # noqa: E402
 from bench.image_codec import KODAK  # noqa: E402
 from caeadmm import bitstream, image_codec  # noqa: E402
+from caeadmm.entropy_fit import fit_entropy_model  # noqa: E402
 from caeadmm.images import list_images, load_rgb  # noqa: E402
 from caeadmm.model import CAE, LATENT_MAX  # noqa: E402
 from caeadmm.train_local import load_images, random_patches  # noqa: E402
-from caeadmm.train_loop import fit_entropy_model  # noqa: E402
 from caeadmm.zoo import load  # noqa: E402
 from coding import channels, kernels  # noqa: E402
 

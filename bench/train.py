@@ -36,6 +36,7 @@ from pathlib import Path
 import ray
 import torch
 
+from caeadmm.admm import admm_update
 from caeadmm.config import TrainConfig, load_config
 from caeadmm.distributed.prepare import prepare_patches
 from caeadmm.distributed.session import connect, local_cpus, quiet_data
@@ -43,7 +44,7 @@ from caeadmm.distributed.shards import iter_patch_batches, read_patches
 from caeadmm.distributed.train import LOG_FILE, fit
 from caeadmm.model import CAE
 from caeadmm.patches import PatchSpec
-from caeadmm.train_loop import Schedule, admm_update, make_optimizer, new_admm, train_step
+from caeadmm.train_loop import Schedule, make_optimizer, new_admm, train_step
 
 SAMPLES = Path(__file__).resolve().parents[1] / "caeadmm" / "samples"
 

@@ -37,20 +37,14 @@ import torch
 # instead, so that this checkout's packages (`coding`, `caeadmm`, `bench`) are the ones imported.
 REPO = Path(__file__).resolve().parent.parent
 sys.path[0] = str(REPO)
+from caeadmm.admm import admm_update  # noqa: E402
+from caeadmm.checkpoint import init_weights, load_into  # noqa: E402
 from caeadmm.config import load_config  # noqa: E402
 from caeadmm.images import load_rgb  # noqa: E402
 from caeadmm.losses import compute_loss  # noqa: E402
 from caeadmm.model import CAE  # noqa: E402
 from caeadmm.train_local import random_patches  # noqa: E402
-from caeadmm.train_loop import (  # noqa: E402
-    Schedule,
-    admm_update,
-    init_weights,
-    load_into,
-    make_optimizer,
-    new_admm,
-    train_step,
-)
+from caeadmm.train_loop import Schedule, make_optimizer, new_admm, train_step  # noqa: E402
 
 
 def median_time(fn, repeats: int) -> float:

@@ -14,19 +14,39 @@ and all workers (docs/method.md explains the method and its departures from the 
 
 Ties are broken by the lower index, so exactly k entries are kept, identically everywhere.
 Z, U, S and the pending sums are in `state_dict`.
+
+The training loop's side of it: `admm_update` is that consensus step (all-reduce, update,
+diagnostics), `check_consensus` the debug check that every rank ends with the same Z and U,
+`hard_prune` freezes the support into the model. The collectives are passed in
+(caeadmm.train_loop.sum_over_ranks, gather_from_ranks: torch.distributed when there are
+several ranks), so that one process, a test's process group and a real run all run this code.
 """
 
 from __future__ import annotations
 
+import hashlib
 import math
+from collections.abc import Callable, Iterable
 
 import torch
+from torch import nn
+
+from caeadmm.model import unwrap
+from caeadmm.validation import validate
 
 STRUCTURES = ("channel", "slot")
+# all_reduce(t): t summed over the ranks of a process group (in place or not: the result is
+# what counts); gather(t): every rank's t, in rank order.
+AllReduce = Callable[[torch.Tensor], torch.Tensor]
+Gather = Callable[[torch.Tensor], list[torch.Tensor]]
 
 
 class ADMMError(ValueError):
     """Invalid ADMM settings or an update/mask request that cannot be served."""
+
+
+class ConsensusError(RuntimeError):
+    """Ranks hold different Z or U after an ADMM update (debug check)."""
 
 
 class ADMM:
@@ -231,3 +251,79 @@ def project_top_k_channels(values: torch.Tensor, k: int) -> tuple[torch.Tensor, 
     kept_channels[order[:k]] = True
     kept = kept_channels.reshape(-1, *([1] * (values.dim() - 1))).expand(values.shape).clone()
     return torch.where(kept, values, torch.zeros_like(values)), kept
+
+
+# ---------------------------------------------------------------------------------------------
+# The training loop's side: the consensus step over the ranks, its check, the hard prune
+
+
+def admm_update(admm: ADMM, all_reduce: AllReduce | None = None) -> dict[str, float]:
+    """One ADMM update from the latents of all ranks; returns its diagnostics (the run log's
+    admm_residual, energy_outside_top_k, support_churn).
+
+    The latent sums and counts each rank gathered since the last update are summed over the
+    ranks by `all_reduce` (None: this process's alone); every rank then runs the same
+    deterministic `admm.update` on the same totals, so all hold the same Z and U.
+    """
+    sums, local_count = admm.pending()
+    count = torch.tensor([local_count], dtype=torch.float64, device=sums.device)
+    if all_reduce is not None:
+        sums, count = all_reduce(sums), all_reduce(count)
+    total = int(count.item())
+    stats = {
+        "admm_residual": admm.residual(sums[0] / max(total, 1)),
+        "energy_outside_top_k": admm.energy_outside(sums[1] / max(total, 1)),
+    }
+    before = admm.support.clone() if admm.updates else None
+    admm.update(sums, total)
+    # Share of the kept slots that changed: near 0 once the ADMM support has settled.
+    changed = (admm.support & ~before).sum() / admm.k if before is not None else math.nan
+    stats["support_churn"] = float(changed)
+    return stats
+
+
+def check_consensus(admm: ADMM, gather: Gather | None = None) -> str:
+    """Raise ConsensusError unless every rank (`gather`: each rank's tensor; None: this
+    process alone) holds bit-identical Z and U; returns the checksum they share (hex)."""
+    words = _checksum(admm.Z, admm.U)
+    if gather is not None:
+        mine = torch.tensor(words, dtype=torch.int64, device=admm.device)
+        sums = [tuple(int(v) for v in g.tolist()) for g in gather(mine)]
+        if len(set(sums)) != 1:
+            raise ConsensusError(
+                f"after ADMM update {admm.updates} the ranks hold different Z/U (checksums by "
+                f"rank: {sums})"
+            )
+    return f"{words[0]:016x}"
+
+
+def _checksum(*tensors: torch.Tensor) -> list[int]:
+    """Two int64 words of sha256 over the tensors' bytes (non-negative, so they fit)."""
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.detach().to("cpu").contiguous().numpy().tobytes())
+    digest = h.digest()
+    return [int.from_bytes(digest[i : i + 8], "little") >> 1 for i in (0, 8)]
+
+
+def hard_prune(
+    model: nn.Module,
+    admm: ADMM,
+    val: torch.Tensor | None = None,
+    recent_mse: Iterable[torch.Tensor] = (),
+) -> dict[str, float]:
+    """Freeze the ADMM support as the model's mask (the start of the fine-tune) and measure
+    the jump: inference MSE and PSNR of `val` with the same weights just before and just
+    after (NaN without `val`), and the mean training MSE of `recent_mse`."""
+    net = unwrap(model)
+    recent = list(recent_mse)
+    before = validate(net, val)
+    net.set_mask(admm.mask())
+    after = validate(net, val)
+    return {
+        "eval_mse_before": before["mse"],
+        "eval_mse_after": after["mse"],
+        "eval_psnr_before": before["psnr"],
+        "eval_psnr_after": after["psnr"],
+        "train_mse_before": float(torch.stack(recent).mean()) if recent else math.nan,
+    }

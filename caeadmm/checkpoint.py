@@ -9,6 +9,9 @@ An exported model (`export_model`) keeps only the model config, weights and mask
 the codec and the model zoo ship (small preset about 2.3 MB). `load_model` reads either
 kind and returns a CAE in eval mode; neither Ray nor the optimizer is needed.
 
+A run with `init_from` starts from another model's weights (`init_weights`: a file or a
+registered model's name, of the same network shape; `load_into`: every tensor that fits).
+
 Files are read with `torch.load(weights_only=True)`: they hold only tensors and plain
 Python values, so loading a file from elsewhere cannot run code.
 """
@@ -27,7 +30,7 @@ from torch import nn
 from caeadmm.admm import ADMM
 from caeadmm.config import ConfigError, ModelConfig, TrainConfig
 from caeadmm.files import write_atomic
-from caeadmm.model import CAE, unwrap
+from caeadmm.model import CAE, channel_support, unwrap
 
 CHECKPOINT_FORMAT = "caeadmm-checkpoint"
 MODEL_FORMAT = "caeadmm-model"
@@ -167,6 +170,59 @@ def restore_training_state(
     if restore_rng:
         _set_rng_state(ckpt["rng"])
     return int(ckpt["step"])
+
+
+# The model-config fields that set the network's tensor shapes: init_from must match them.
+# patch_size only sets the mask's shape: a channel mask (the same in every position) is
+# re-tiled to the run's patch size, so training may continue on larger crops.
+SHAPE_FIELDS = ("preset", "width", "n_blocks", "latent_channels", "patch_size", "norm")
+
+
+def init_weights(cfg: TrainConfig, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    """The weights (and mask) of `cfg.init_from`: a checkpoint, an exported model, or the name
+    of a registered model (so training continues from the shipped weights).
+
+    Raises ConfigError when its network's shape (SHAPE_FIELDS) is not this run's. Its other
+    model fields (quantizer and rate options) may differ: `load_into` then keeps what fits.
+    """
+    from caeadmm import zoo  # the registry reads its models with this module
+
+    path = Path(cfg.init_from)
+    if not path.exists():
+        registered = {m.name: m for m in zoo.list_models()}
+        if cfg.init_from not in registered:
+            raise ConfigError(
+                f"init_from={cfg.init_from} is neither a file nor a registered model "
+                f"({', '.join(registered) or 'none registered'})"
+            )
+        path = registered[cfg.init_from].file
+    init = load_checkpoint(path, map_location=device)
+    theirs, ours = ModelConfig.from_dict(init["model_config"]), cfg.model
+    differ = [f for f in SHAPE_FIELDS if getattr(theirs, f) != getattr(ours, f)]
+    mask = init["model"].get("mask")
+    if differ == ["patch_size"] and (mask is None or channel_support(mask) is not None):
+        differ = []
+    if differ:
+        raise ConfigError(
+            f"init_from={cfg.init_from} holds a model of config {init['model_config']}, but "
+            f"this run trains {cfg.model.to_dict()} ({', '.join(differ)} differ)"
+        )
+    return init["model"]
+
+
+def load_into(net: CAE, weights: dict[str, torch.Tensor]) -> list[str]:
+    """Load every tensor of `weights` whose name and shape fit `net` (the mask included);
+    returns the names of `net`'s tensors that start fresh (e.g. a new entropy model)."""
+    own = net.state_dict()
+    weights = net.fold_latent_batchnorm(weights)
+    fitting = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
+    if "mask" in weights:
+        fitting["mask"] = mask = weights["mask"]
+        side = net.config.latent_shape()[1]
+        if mask.shape[1] != side and (channels := channel_support(mask)) is not None:
+            fitting["mask"] = channels[:, None, None].expand(-1, side, side).clone()
+    net.load_state_dict(fitting, strict=False)
+    return sorted(k for k in own if k not in fitting)
 
 
 def _float32_state(net: CAE) -> dict[str, torch.Tensor]:

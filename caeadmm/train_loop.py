@@ -13,10 +13,18 @@ A driver hands `train` its batches, device, validation patches and a report call
     with entropy_fit_steps: after the last step, fit the entropy model alone to the symbols
     of the last ENTROPY_FIT_BATCHES batches (fit_entropy_model), before the final report
 
+One step reads in four files: this one (the loop, the schedule, `train_step`),
+caeadmm/model.py (the network), caeadmm/losses.py (the objective) and caeadmm/admm.py (the
+penalty, and `admm_update`, the consensus step). Beside them: caeadmm/validation.py (the
+measurements), caeadmm/run_log.py (log.csv and the progress lines), caeadmm/checkpoint.py
+(save, resume, init_from) and caeadmm/entropy_fit.py (the final fit).
+
 Drivers: `caeadmm.train_local` (one process, a folder of images) and
 `caeadmm.distributed.train` (Ray Train workers with DDP). The only distributed code here is
-torch.distributed: with a process group of two or more ranks the ADMM sums and the logged
-means are all-reduced, without one (or with one rank) nothing is. Ray is never imported.
+torch.distributed (`sum_over_ranks`, `gather_from_ranks`, which the loop hands to the ADMM
+and entropy-fit code): with a process group of two or more ranks the ADMM sums, the
+entropy-fit histograms and the logged means are all-reduced, without one (or with one
+rank) nothing is. Ray is never imported.
 
 Schedule (steps count optimizer steps from 0, W = warmup, A = admm, F = finetune):
 - [0, W): warm-up, MSE only, no penalty;
@@ -32,7 +40,6 @@ decay to lr * lr_final_scale over it. docs/training.md has the measurements behi
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import math
 import random
@@ -49,34 +56,29 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-import coding
-from caeadmm import zoo
-from caeadmm.admm import ADMM
-from caeadmm.checkpoint import load_checkpoint, restore_training_state, save_checkpoint
-from caeadmm.config import PRECISIONS, ConfigError, ModelConfig, TrainConfig
-from caeadmm.entropy_model import count_bits, fit_counts, symbol_counts
-from caeadmm.images import to_uint8
-from caeadmm.losses import compute_loss, per_image_mse, psnr_of_mse
-from caeadmm.metrics import PSNR_CAP_DB, quality_metrics
-from caeadmm.model import CAE, LATENT_MAX, channel_support, eval_mode, unwrap
+from caeadmm.admm import ADMM, admm_update, check_consensus, hard_prune
+from caeadmm.checkpoint import init_weights, load_into, restore_training_state, save_checkpoint
+from caeadmm.config import PRECISIONS, TrainConfig
+from caeadmm.entropy_fit import ENTROPY_FIT_BATCHES, fit_entropy_model
+from caeadmm.losses import compute_loss
+from caeadmm.model import CAE
+from caeadmm.run_log import (
+    ADMM_COLUMNS,
+    PHASES,
+    TRAIN_COLUMNS,
+    RunLog,
+    admm_line,
+    entropy_fit_line,
+    progress_line,
+    prune_line,
+)
+from caeadmm.validation import validate, validation_row
 
 # A run's files, the same for both drivers: in the output folder (local) or in every
 # reported checkpoint folder (Ray; the run log also in the run folder).
 CHECKPOINT_FILE = "checkpoint.pt"
 MODEL_FILE = "model.pt"  # the inference-only export of the final checkpoint
-LOG_FILE = "log.csv"
-
-PHASES = ("warmup", "admm", "finetune")
-# "bpp" is the entropy model's estimate (NaN in the log without a rate term); "val_bpp" is
-# real bytes.
-TRAIN_COLUMNS = [
-    "loss", "distortion", "penalty", "mse", "psnr", "ssim", "msssim", "bpp", "lr", "grad_norm",
-]
-ADMM_COLUMNS = ["admm_residual", "energy_outside_top_k", "support_churn"]
-VAL_COLUMNS = ["val_psnr", "val_msssim", "val_bpp", "latent_zero_fraction", "mask_density"]
-LOG_COLUMNS = [
-    "step", "phase", *TRAIN_COLUMNS, *ADMM_COLUMNS, *VAL_COLUMNS, "patches_per_s", "elapsed_s",
-]
+LOG_FILE = "log.csv"  # caeadmm.run_log.RunLog
 
 # save(path) writes the full training checkpoint of the current step to `path`.
 Save = Callable[[Path], Path]
@@ -87,10 +89,6 @@ Report = Callable[[int, dict[str, Any], Save | None], None]
 
 class InjectedFailure(RuntimeError):
     """Raised on purpose at `fail_at_step`, to test recovery from a crashed run."""
-
-
-class ConsensusError(RuntimeError):
-    """Ranks hold different Z or U after an ADMM update (debug check)."""
 
 
 @dataclass
@@ -181,7 +179,7 @@ def train(
             maybe_inject_failure(cfg, step, resumed=start > 0)
         if schedule.prune_at(step):
             summary["prune"] = hard_prune(model, admm, val, recent_mse)
-            log(_prune_line(summary["prune"], admm.k))
+            log(prune_line(summary["prune"], admm.k))
         batch = next(batches)
         if cfg.entropy_fit_steps:
             # Batches are 8-bit pixels / 255: kept as uint8, exactly (a quarter of the memory).
@@ -194,8 +192,9 @@ def train(
                 summary["prune"]["train_mse_after"] = float(torch.stack(after_prune).mean())
         if schedule.update_due(step):
             local = admm.pending()  # this rank's share, for the debug records
-            admm_stats = admm_update(admm)
-            log(_admm_line(admm, step, admm_stats) + _debug_checks(admm, step, local, debug))
+            admm_stats = admm_update(admm, sum_over_ranks)
+            log(admm_line(admm.updates, admm.k, step, admm_stats)
+                + _debug_checks(admm, step, local, debug))
         train_seconds += time.perf_counter() - t_step
 
         done = step + 1
@@ -211,8 +210,9 @@ def train(
             window, train_seconds = [], 0.0
         if done == schedule.total and cfg.entropy_fit_steps:
             pixels = (b.float().div_(255) for b in fit_batches)
-            summary["entropy_fit"] = fit_entropy_model(net, pixels, cfg.entropy_fit_steps)
-            log(_entropy_fit_line(summary["entropy_fit"], cfg.entropy_fit_steps))
+            summary["entropy_fit"] = fit_entropy_model(net, pixels, cfg.entropy_fit_steps,
+                                                       sum_over_ranks)  # fmt: skip
+            log(entropy_fit_line(summary["entropy_fit"], cfg.entropy_fit_steps))
         if done == schedule.total:
             final = validate(net, val)
             summary.update(
@@ -289,7 +289,7 @@ def maybe_inject_failure(cfg: TrainConfig, step: int, resumed: bool) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
-# What: the state, the step, the ADMM update, the hard prune
+# What: the state and the step
 
 
 def new_admm(cfg: TrainConfig, device: torch.device | str = "cpu") -> ADMM:
@@ -302,10 +302,6 @@ def new_admm(cfg: TrainConfig, device: torch.device | str = "cpu") -> ADMM:
 # The entropy model learns at this multiple of the network's learning rate: its estimate
 # must follow the latent closely for the rate term to mean the bits the coder will spend.
 ENTROPY_LR_SCALE = 10.0
-# The final fit of the entropy model uses the symbols of this many last training batches.
-ENTROPY_FIT_BATCHES = 64
-# Adam's rate of the final fit of the entropy model alone (fit_entropy_model).
-ENTROPY_FIT_LR = 0.01
 
 
 # A variable-rate model's gain vectors learn at this multiple of the network's learning rate:
@@ -328,58 +324,6 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
         scales.setdefault(scale, []).append(param)
     groups = [{"params": params, "lr_scale": scale} for scale, params in scales.items()]
     return torch.optim.Adam(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-
-# The model-config fields that set the network's tensor shapes: init_from must match them.
-# patch_size only sets the mask's shape: a channel mask (the same in every position) is
-# re-tiled to the run's patch size, so training may continue on larger crops.
-SHAPE_FIELDS = ("preset", "width", "n_blocks", "latent_channels", "patch_size", "norm")
-
-
-
-def init_weights(cfg: TrainConfig, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
-    """The weights (and mask) of `cfg.init_from`: a checkpoint, an exported model, or the name
-    of a registered model (so training continues from the shipped weights).
-
-    Raises ConfigError when its network's shape (SHAPE_FIELDS) is not this run's. Its other
-    model fields (quantizer and rate options) may differ: `load_into` then keeps what fits.
-    """
-    path = Path(cfg.init_from)
-    if not path.exists():
-        registered = {m.name: m for m in zoo.list_models()}
-        if cfg.init_from not in registered:
-            raise ConfigError(
-                f"init_from={cfg.init_from} is neither a file nor a registered model "
-                f"({', '.join(registered) or 'none registered'})"
-            )
-        path = registered[cfg.init_from].file
-    init = load_checkpoint(path, map_location=device)
-    theirs, ours = ModelConfig.from_dict(init["model_config"]), cfg.model
-    differ = [f for f in SHAPE_FIELDS if getattr(theirs, f) != getattr(ours, f)]
-    mask = init["model"].get("mask")
-    if differ == ["patch_size"] and (mask is None or channel_support(mask) is not None):
-        differ = []
-    if differ:
-        raise ConfigError(
-            f"init_from={cfg.init_from} holds a model of config {init['model_config']}, but "
-            f"this run trains {cfg.model.to_dict()} ({', '.join(differ)} differ)"
-        )
-    return init["model"]
-
-
-def load_into(net: CAE, weights: dict[str, torch.Tensor]) -> list[str]:
-    """Load every tensor of `weights` whose name and shape fit `net` (the mask included);
-    returns the names of `net`'s tensors that start fresh (e.g. a new entropy model)."""
-    own = net.state_dict()
-    weights = net.fold_latent_batchnorm(weights)
-    fitting = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
-    if "mask" in weights:
-        fitting["mask"] = mask = weights["mask"]
-        side = net.config.latent_shape()[1]
-        if mask.shape[1] != side and (channels := channel_support(mask)) is not None:
-            fitting["mask"] = channels[:, None, None].expand(-1, side, side).clone()
-    net.load_state_dict(fitting, strict=False)
-    return sorted(k for k in own if k not in fitting)
 
 
 def train_step(
@@ -464,171 +408,8 @@ def new_scaler(cfg: TrainConfig, device: torch.device) -> torch.amp.GradScaler |
     return torch.amp.GradScaler(device.type) if cfg.precision == "fp16" else None
 
 
-def admm_update(admm: ADMM) -> dict[str, float]:
-    """One ADMM update from the latents of all ranks; returns its diagnostics (ADMM_COLUMNS).
-
-    The latent sums and counts each rank gathered since the last update are all-reduced
-    (SUM) over the process group, if there is one of two or more ranks; every rank then runs
-    the same deterministic `admm.update` on the same totals, so all hold the same Z and U.
-    """
-    sums, local_count = admm.pending()
-    count = torch.tensor([local_count], dtype=torch.float64, device=sums.device)
-    if rank_and_world()[1] > 1:
-        dist.all_reduce(sums, op=dist.ReduceOp.SUM)
-        dist.all_reduce(count, op=dist.ReduceOp.SUM)
-    total = int(count.item())
-    stats = {
-        "admm_residual": admm.residual(sums[0] / max(total, 1)),
-        "energy_outside_top_k": admm.energy_outside(sums[1] / max(total, 1)),
-    }
-    before = admm.support.clone() if admm.updates else None
-    admm.update(sums, total)
-    # Share of the kept slots that changed: near 0 once the ADMM support has settled.
-    changed = (admm.support & ~before).sum() / admm.k if before is not None else math.nan
-    stats["support_churn"] = float(changed)
-    return stats
-
-
-def check_consensus(admm: ADMM) -> str:
-    """Raise ConsensusError unless every rank holds bit-identical Z and U; returns the
-    checksum they share (hex)."""
-    words = _checksum(admm.Z, admm.U)
-    _, world = rank_and_world()
-    if world > 1:
-        mine = torch.tensor(words, dtype=torch.int64, device=admm.device)
-        gathered = [torch.empty_like(mine) for _ in range(world)]
-        dist.all_gather(gathered, mine)
-        sums = [tuple(int(v) for v in g.tolist()) for g in gathered]
-        if len(set(sums)) != 1:
-            raise ConsensusError(
-                f"after ADMM update {admm.updates} the ranks hold different Z/U (checksums by "
-                f"rank: {sums})"
-            )
-    return f"{words[0]:016x}"
-
-
-def hard_prune(
-    model: nn.Module,
-    admm: ADMM,
-    val: torch.Tensor | None = None,
-    recent_mse: Iterable[torch.Tensor] = (),
-) -> dict[str, float]:
-    """Freeze the ADMM support as the model's mask (the start of the fine-tune) and measure
-    the jump: inference MSE and PSNR of `val` with the same weights just before and just
-    after (NaN without `val`), and the mean training MSE of `recent_mse`."""
-    net = unwrap(model)
-    recent = list(recent_mse)
-    before = validate(net, val)
-    net.set_mask(admm.mask())
-    after = validate(net, val)
-    return {
-        "eval_mse_before": before["mse"],
-        "eval_mse_after": after["mse"],
-        "eval_psnr_before": before["psnr"],
-        "eval_psnr_after": after["psnr"],
-        "train_mse_before": float(torch.stack(recent).mean()) if recent else math.nan,
-    }
-
-
-@torch.no_grad()
-def latent_counts(net: CAE, batches: Iterable[torch.Tensor]) -> torch.Tensor:
-    """Per-channel histograms (C, 2 LATENT_MAX + 1) of the symbols `net.encode` gives for
-    the batches (inference rounding, exactly what the codec writes); a pruned channel's row
-    stays empty. Summed over the ranks of a process group."""
-    device = next(net.parameters()).device
-    kept = torch.ones(net.config.latent_channels, dtype=torch.bool, device=device)
-    if net.mask is not None:
-        kept = net.mask.flatten(1).any(dim=1)
-    counts = torch.zeros(net.config.latent_channels, 2 * LATENT_MAX + 1, dtype=torch.float64,
-                         device=device)  # fmt: skip
-    for batch in batches:
-        symbols = net.encode(batch.to(device))
-        columns = symbols.transpose(0, 1).flatten(1).T  # (N, C)
-        counts += symbol_counts(columns.cpu(), LATENT_MAX).to(device, torch.float64)
-    counts[~kept] = 0
-    if rank_and_world()[1] > 1:
-        dist.all_reduce(counts, op=dist.ReduceOp.SUM)
-    return counts.cpu()
-
-
-def fit_entropy_model(net: CAE, batches: Iterable[torch.Tensor], steps: int) -> dict[str, float]:
-    """Fit the entropy model alone, the network frozen, to the symbols of `batches` (the
-    final phase of a run with `entropy_fit_steps`): during training the density chases a
-    moving latent (and, with mixed rounding, sees noisy values, not integers), so at the end
-    its estimate lags the symbols the coder writes (docs/rate.md). Every rank fits the same
-    all-reduced histograms from the same parameters, so all end with the same model.
-
-    Returns bits per kept symbol of the estimate before and after, and the order-0 entropy of
-    the histograms (the floor of any per-channel density), with the symbol count."""
-    counts = latent_counts(net, batches)
-    total = float(counts.sum())
-    if total == 0:
-        return {"symbols": 0.0}
-    entropy = net.entropy.cpu()
-    with torch.no_grad():
-        before = float(count_bits(entropy, counts.float()).sum())
-    after = fit_counts(entropy, counts.float(), steps, lr=ENTROPY_FIT_LR)
-    net.entropy.to(next(net.parameters()).device)
-    p = counts / counts.sum(dim=1, keepdim=True).clamp_min(1)
-    floor = float(-(counts * torch.log2(torch.where(p > 0, p, 1))).sum())
-    return {"symbols": total, "bits_before": before / total, "bits_after": after / total,
-            "entropy_bits": floor / total}  # fmt: skip
-
-
 # ---------------------------------------------------------------------------------------------
-# Measuring: validation, window means, distribution
-
-
-@torch.no_grad()
-def validate(model: nn.Module, patches: torch.Tensor | None, batch_size: int = 16) -> dict:
-    """Inference-mode MSE and mean PSNR (dB) of the model on fixed patches (N, 3, P, P) in
-    [0, 1]; NaN without patches."""
-    if patches is None or len(patches) == 0:
-        return {"mse": math.nan, "psnr": math.nan}
-    net = unwrap(model)
-    device = next(net.parameters()).device
-    errors = []
-    quality = validation_quality(net)
-    with eval_mode(net):
-        for start in range(0, len(patches), batch_size):
-            x = patches[start : start + batch_size].to(device)
-            output = net(x, quality=quality) if quality is not None else net(x)
-            errors.append(per_image_mse(output[0], x))
-    mse = torch.cat(errors)
-    return {"mse": float(mse.sum()) / len(patches), "psnr": float(psnr_of_mse(mse).mean())}
-
-
-@torch.no_grad()
-def validation_row(net: CAE, val: torch.Tensor | None) -> dict[str, float]:
-    """The log's validation columns: PSNR and MS-SSIM of the 8-bit decoded patches, the
-    real coded bpp of the kept symbols (coded as the codec codes one image's tiles), the zero
-    fraction of the rounded (masked) latent and the mask density."""
-    density = 1.0 if net.mask is None else float(net.mask.float().mean())
-    if val is None or len(val) == 0:
-        return dict.fromkeys(VAL_COLUMNS, math.nan) | {"mask_density": density}
-    device = next(net.parameters()).device
-    quality = validation_quality(net)
-    symbols = net.encode(val.to(device), quality).cpu()
-    decoded = net.decode(symbols.to(device), quality).cpu()
-    kept = net.mask.cpu() if net.mask is not None else torch.ones(symbols.shape[1:], dtype=bool)
-    bits = coding.encoded_bits(symbols[:, kept].numpy().ravel())
-    reference, output = to_uint8(val), to_uint8(decoded)
-    quality = [quality_metrics(r, o) for r, o in zip(reference, output, strict=True)]
-    n, _, h, w = val.shape
-    return {
-        "val_psnr": float(np.mean([min(q["psnr"], PSNR_CAP_DB) for q in quality])),
-        "val_msssim": float(np.mean([q["ms_ssim"] for q in quality])),
-        "val_bpp": bits / (n * h * w),
-        "latent_zero_fraction": float((symbols == 0).float().mean()),
-        "mask_density": density,
-    }
-
-
-def validation_quality(net: CAE) -> float | None:
-    """The quality a variable-rate model is validated at in the log (the middle of its
-    range); None for a fixed-rate model."""
-    levels = net.config.quality_levels
-    return (levels - 1) / 2 if levels else None
+# Measuring: window means, distribution
 
 
 def window_means(window: list[dict]) -> dict[str, float]:
@@ -636,10 +417,8 @@ def window_means(window: list[dict]) -> dict[str, float]:
     ranks; the phase of the window's last step. Reads the device once."""
     keys = [k for k in TRAIN_COLUMNS if isinstance(window[-1].get(k), torch.Tensor)]
     means = torch.stack([torch.stack([m[k] for m in window]).double().mean() for k in keys])
-    _, world = rank_and_world()
-    if world > 1:  # on the rank's device: NCCL reduces GPU tensors only
-        dist.all_reduce(means, op=dist.ReduceOp.SUM)
-        means = means / world
+    # On the rank's device: NCCL reduces GPU tensors only.
+    means = sum_over_ranks(means) / rank_and_world()[1]
     row = dict.fromkeys(TRAIN_COLUMNS, math.nan) | dict(zip(keys, means.tolist(), strict=True))
     row["lr"] = float(np.mean([m["lr"] for m in window]))
     row["phase"] = window[-1]["phase"]
@@ -653,6 +432,26 @@ def rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
+def sum_over_ranks(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` all-reduced (SUM, in place) over torch.distributed's group when it has two or
+    more ranks, else as it is; returns it. The `all_reduce` of admm_update and
+    fit_entropy_model."""
+    if rank_and_world()[1] > 1:
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def gather_from_ranks(tensor: torch.Tensor) -> list[torch.Tensor]:
+    """Every rank's `tensor`, in rank order ([tensor] without a group of two or more). The
+    `gather` of check_consensus."""
+    _, world = rank_and_world()
+    if world == 1:
+        return [tensor]
+    gathered = [torch.empty_like(tensor) for _ in range(world)]
+    dist.all_gather(gathered, tensor)
+    return gathered
+
+
 def _debug_checks(
     admm: ADMM, step: int, local: tuple[torch.Tensor, int], debug: Debug | None
 ) -> str:
@@ -661,7 +460,7 @@ def _debug_checks(
     if debug is None:
         return ""
     rank, world = rank_and_world()
-    checksum = check_consensus(admm)
+    checksum = check_consensus(admm, gather_from_ranks)
     if debug.folder:
         path = debug.folder / f"update{admm.updates:04d}_rank{rank}.pt"
         _save_record(path, admm, step=step, local_sums=local[0], local_count=local[1],
@@ -674,15 +473,6 @@ def _seed(*parts: int) -> int:
     return int.from_bytes(digest[:8], "little") >> 1
 
 
-def _checksum(*tensors: torch.Tensor) -> list[int]:
-    """Two int64 words of sha256 over the tensors' bytes (non-negative, so they fit)."""
-    h = hashlib.sha256()
-    for t in tensors:
-        h.update(t.detach().to("cpu").contiguous().numpy().tobytes())
-    digest = h.digest()
-    return [int.from_bytes(digest[i : i + 8], "little") >> 1 for i in (0, 8)]
-
-
 def _save_record(path: Path, admm: ADMM, **fields: Any) -> None:
     """Debug record: this rank's Z and U and update count, with `fields` (tensors to CPU)."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -690,95 +480,3 @@ def _save_record(path: Path, admm: ADMM, **fields: Any) -> None:
     for key, value in fields.items():
         record[key] = value.cpu() if isinstance(value, torch.Tensor) else value
     torch.save(record, path)
-
-
-# ---------------------------------------------------------------------------------------------
-# The run log and the progress lines
-
-
-class RunLog:
-    """The run's CSV log: LOG_COLUMNS, a row per log step. Resuming at step s drops the rows
-    past s (a crashed attempt wrote them after its last checkpoint); a fresh run starts an
-    empty log. path None: no log (ranks other than 0)."""
-
-    def __init__(self, path: Path | None, start: int):
-        self.path = path
-        if path is None:
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        rows = []
-        if start > 0 and path.exists():
-            with path.open(newline="") as fh:
-                rows = [r for r in csv.DictReader(fh) if int(float(r["step"])) <= start]
-        path.unlink(missing_ok=True)
-        for r in rows:
-            self.append(r)
-
-    def append(self, row: dict) -> None:
-        if self.path is None:
-            return
-        new = not self.path.exists()
-        with self.path.open("a", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=LOG_COLUMNS, extrasaction="ignore")
-            if new:
-                writer.writeheader()
-            writer.writerow(row)
-
-
-# The progress line's fields in three groups (training | validation | speed): (key in the
-# log row, its template, scale); a field that is NaN or absent in the row is left out.
-PROGRESS_FIELDS = (
-    (
-        ("loss", "loss {:.2f}", 1), ("mse", "mse {:.5f}", 1), ("psnr", "psnr {:.2f}", 1),
-        ("bpp", "est-bpp {:.3f}", 1), ("penalty", "penalty {:.3f}", 1),
-        ("energy_outside_top_k", "outside-top-k {:.3f}", 1), ("lr", "lr {:.2e}", 1),
-    ),
-    (
-        ("val_psnr", "val psnr {:.2f}", 1), ("val_msssim", "ms-ssim {:.4f}", 1),
-        ("val_bpp", "bpp {:.3f}", 1), ("latent_zero_fraction", "zeros {:.1f}%", 100),
-        ("mask_density", "mask {:.1f}%", 100),
-    ),
-    (("patches_per_s", "{:.1f} patches/s", 1),),
-)
-
-
-def progress_line(row: dict[str, float], total: int) -> str:
-    """The log row as one line; fields without a value (NaN: no rate term, no ADMM, no
-    validation at this step) are left out."""
-    phase = PHASES[int(round(row["phase"]))]
-    groups = []
-    for fields in PROGRESS_FIELDS:
-        values = [(template, row.get(key, math.nan) * scale) for key, template, scale in fields]
-        parts = [template.format(value) for template, value in values if not math.isnan(value)]
-        if parts:
-            groups.append(" ".join(parts))
-    return f"step {int(row['step'])}/{total} [{phase}] " + " | ".join(groups)
-
-
-def _entropy_fit_line(stats: dict[str, float], steps: int) -> str:
-    if not stats["symbols"]:
-        return "entropy model fit: no kept symbols"
-    return (
-        f"entropy model fitted alone for {steps} steps on {int(stats['symbols'])} kept symbols "
-        f"of the last training batches: {stats['bits_before']:.4f} -> "
-        f"{stats['bits_after']:.4f} bits per symbol (order-0 entropy "
-        f"{stats['entropy_bits']:.4f})"
-    )
-
-
-def _admm_line(admm: ADMM, step: int, stats: dict[str, float]) -> str:
-    return (
-        f"ADMM update {admm.updates} after step {step}: support of {admm.k} slots, latent "
-        f"energy outside it {stats['energy_outside_top_k']:.3f}, churn "
-        f"{stats['support_churn']:.3f}"
-    )
-
-
-def _prune_line(stats: dict[str, float], k: int) -> str:
-    if math.isnan(stats["eval_mse_before"]):
-        return f"hard prune: kept {k} slots"
-    return (
-        f"hard prune: kept {k} slots; validation MSE {stats['eval_mse_before']:.5f} -> "
-        f"{stats['eval_mse_after']:.5f} (PSNR {stats['eval_psnr_before']:.2f} -> "
-        f"{stats['eval_psnr_after']:.2f} dB)"
-    )

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import importlib.util
 import signal
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
+from hypothesis import strategies as st
 
+import coding
 from caeadmm.config import ModelConfig
 from caeadmm.model import CAE
 
@@ -56,6 +59,87 @@ def write_images(root, count: int, height: int, width: int) -> None:
     root.mkdir(parents=True)
     for i in range(count):
         Image.fromarray(test_image(height, width, seed=i)).save(root / f"im{i:02d}.png")
+
+
+# -- the entropy coder's streams (tests/test_coding*.py) --------------------------------------
+
+
+def round_trip(encode: Callable, decode: Callable, x) -> bytes:
+    """`encode(x)`, checked to decode to exactly x's values as int32 of x's shape."""
+    data = encode(x)
+    y = decode(data)
+    expected = np.asarray(x, dtype=np.int64)
+    assert y.dtype == np.int32 and y.shape == expected.shape
+    np.testing.assert_array_equal(y, expected)
+    return data
+
+
+def decodes_or_refuses(decode: Callable, data: bytes, ndim: int) -> np.ndarray | None:
+    """`decode(data)`: int32 symbols of `ndim` dimensions, or None when it refuses the stream
+    as corrupt (CorruptStreamError); any other error fails the test."""
+    try:
+        y = decode(data)
+    except coding.CorruptStreamError:
+        return None
+    assert y.dtype == np.int32 and y.ndim == ndim
+    return y
+
+
+def mutate(stream: bytes, data: st.DataObject) -> bytes:
+    """The stream with one mutation drawn by hypothesis: a bit flipped, a byte overwritten,
+    inserted or deleted, or the tail cut off."""
+    out = bytearray(stream)
+    kind = data.draw(st.sampled_from(["flip", "byte", "truncate", "insert", "delete"]))
+    at = data.draw(st.integers(0, len(out)))
+    if kind == "flip" and at < len(out):
+        out[at] ^= 1 << data.draw(st.integers(0, 7))
+    elif kind == "byte" and at < len(out):
+        out[at] = data.draw(st.integers(0, 255))
+    elif kind == "truncate":
+        del out[at:]
+    elif kind == "insert":
+        out[at:at] = bytes([data.draw(st.integers(0, 255))])
+    elif kind == "delete":
+        del out[at : at + 1]
+    return bytes(out)
+
+
+def bit_flips(stream: bytes) -> Iterator[bytes]:
+    """The stream with each of its bits flipped in turn."""
+    for bit in range(8 * len(stream)):
+        flipped = bytearray(stream)
+        flipped[bit // 8] ^= 0x80 >> (bit % 8)
+        yield bytes(flipped)
+
+
+def random_streams(version: int, count: int = 300) -> Iterator[bytes]:
+    """Random byte strings of 0 to 299 bytes, each on its own and after `version`."""
+    rng = np.random.default_rng(0)
+    for _ in range(count):
+        data = rng.integers(0, 256, int(rng.integers(0, 300)), dtype=np.uint8).tobytes()
+        yield bytes([version]) + data
+        yield data
+
+
+def corruptions(stream: bytes, rng: np.random.Generator, count: int = 5) -> list[bytes]:
+    """`count` copies of the stream, each with one bit flipped and cut at a random length of
+    at least half."""
+    out = []
+    for _ in range(count):
+        bad = bytearray(stream)
+        bad[int(rng.integers(0, len(bad)))] ^= 1 << int(rng.integers(0, 8))
+        out.append(bytes(bad[: int(rng.integers(len(bad) // 2, len(bad) + 1))]))
+    return out
+
+
+def assert_same_verdict(fast: np.ndarray | None, slow: np.ndarray | None) -> None:
+    """Both backends refused (None), or both decoded the same symbols."""
+    assert (fast is None) == (slow is None)
+    if fast is not None:
+        np.testing.assert_array_equal(fast, slow)
+
+
+# -- processes ----------------------------------------------------------------------------------
 
 
 def session_processes(session: int) -> list[str]:

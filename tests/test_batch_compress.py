@@ -50,6 +50,7 @@ def corpus(tmp_path) -> tuple[Path, list[Path]]:
     return root, good
 
 
+@pytest.mark.slow  # two corpus jobs on Ray: about 20 s on 2 busy cores
 def test_interrupted_run_and_rerun(ray_local, checkpoint, corpus, tmp_path, capsys):
     root, good = corpus
     out = tmp_path / "out"
@@ -161,6 +162,7 @@ def _wait_for_first_output(proc: subprocess.Popen, out: Path) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.slow  # a job of many images, killed: about 30 s on 2 busy cores
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_a_killed_driver_leaves_no_process_and_no_partial_file(checkpoint, many, tmp_path):
     out = tmp_path / "out"
@@ -176,6 +178,7 @@ def test_a_killed_driver_leaves_no_process_and_no_partial_file(checkpoint, many,
     assert not [p.name for p in out.iterdir() if is_temp_file(p.name)]
 
 
+@pytest.mark.slow  # a job of many images, interrupted: about 30 s on 2 busy cores
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_ctrl_c_writes_the_manifest_of_what_finished(checkpoint, many, tmp_path):
     out = tmp_path / "out"

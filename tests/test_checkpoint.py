@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+from caeadmm.admm import admm_update, hard_prune
 from caeadmm.checkpoint import (
     CheckpointError,
     export_model,
@@ -19,14 +20,7 @@ from caeadmm.checkpoint import (
 )
 from caeadmm.config import ModelConfig, load_config
 from caeadmm.model import CAE
-from caeadmm.train_loop import (
-    Schedule,
-    admm_update,
-    hard_prune,
-    make_optimizer,
-    new_admm,
-    train_step,
-)
+from caeadmm.train_loop import Schedule, make_optimizer, new_admm, train_step
 
 SMOKE = ["model.preset=tiny", "batch_size=2", "warmup_steps=1", "admm_steps=2",
          "finetune_steps=1", "admm_every=1", "pruning_ratio=0.5", "w_msssim=0"]

@@ -413,6 +413,7 @@ def _first_output_line(proc: subprocess.Popen) -> str:
     pytest.fail(f"the run ended before writing anything: {proc.stderr.read()}")
 
 
+@pytest.mark.slow  # a worker pool on many images, killed: about 15 s on 2 busy cores
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_workers_die_with_a_killed_parent(checkpoint, big_corpus, tmp_path):
     out = tmp_path / "out"
@@ -426,6 +427,7 @@ def test_workers_die_with_a_killed_parent(checkpoint, big_corpus, tmp_path):
     assert len(list(out.glob("*.cae"))) < 96
 
 
+@pytest.mark.slow  # a run on many images, interrupted: about 10 s each on 2 busy cores
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 @pytest.mark.parametrize("workers", ["1", "2"])
 def test_ctrl_c_prints_one_line_and_exits_130(checkpoint, big_corpus, tmp_path, workers):

@@ -494,6 +494,7 @@ WARM_UP = (
 )
 
 
+@pytest.mark.slow  # the largest streams the format allows: 10-20 s each on 2 busy cores
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads VmHWM (Linux)")
 @pytest.mark.parametrize(("mode", "layout"), [("L", "channels"), ("RGB", "channels"),
                                                ("RGB", "predicted")])

@@ -6,10 +6,11 @@ from __future__ import annotations
 import dataclasses
 import heapq
 import math
-from collections.abc import Iterator
 
+import helpers
 import numpy as np
 import pytest
+from helpers import assert_same_verdict, bit_flips, corruptions, mutate, random_streams
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -37,75 +38,13 @@ def order0_bits(x: np.ndarray) -> float:
 
 
 def round_trip(x) -> bytes:
-    data = coding.encode(x)
-    y = coding.decode(data)
-    assert y.dtype == np.int32 and y.ndim == 1
-    np.testing.assert_array_equal(y, np.asarray(x, dtype=np.int64))
+    data = helpers.round_trip(coding.encode, coding.decode, x)
     assert len(data) == math.ceil(coding.encoded_bits(x) / 8)
     return data
 
 
 def decodes_or_refuses(data: bytes, backend=kernels) -> np.ndarray | None:
-    try:
-        y = codec.decode(data, backend)
-    except coding.CorruptStreamError:
-        return None
-    assert y.dtype == np.int32
-    return y
-
-
-def mutate(stream: bytes, data: st.DataObject) -> bytes:
-    """The stream with one mutation drawn by hypothesis: a bit flipped, a byte overwritten,
-    inserted or deleted, or the tail cut off."""
-    out = bytearray(stream)
-    kind = data.draw(st.sampled_from(["flip", "byte", "truncate", "insert", "delete"]))
-    at = data.draw(st.integers(0, len(out)))
-    if kind == "flip" and at < len(out):
-        out[at] ^= 1 << data.draw(st.integers(0, 7))
-    elif kind == "byte" and at < len(out):
-        out[at] = data.draw(st.integers(0, 255))
-    elif kind == "truncate":
-        del out[at:]
-    elif kind == "insert":
-        out[at:at] = bytes([data.draw(st.integers(0, 255))])
-    elif kind == "delete":
-        del out[at : at + 1]
-    return bytes(out)
-
-
-def bit_flips(stream: bytes) -> Iterator[bytes]:
-    """The stream with each of its bits flipped in turn."""
-    for bit in range(8 * len(stream)):
-        flipped = bytearray(stream)
-        flipped[bit // 8] ^= 0x80 >> (bit % 8)
-        yield bytes(flipped)
-
-
-def random_streams(version: int, count: int = 300) -> Iterator[bytes]:
-    """Random byte strings of 0 to 299 bytes, each on its own and after `version`."""
-    rng = np.random.default_rng(0)
-    for _ in range(count):
-        data = rng.integers(0, 256, int(rng.integers(0, 300)), dtype=np.uint8).tobytes()
-        yield bytes([version]) + data
-        yield data
-
-
-def corruptions(stream: bytes, rng: np.random.Generator, count: int = 5) -> list[bytes]:
-    """`count` copies of the stream, each with one bit flipped and cut at a random length of
-    at least half."""
-    out = []
-    for _ in range(count):
-        bad = bytearray(stream)
-        bad[int(rng.integers(0, len(bad)))] ^= 1 << int(rng.integers(0, 8))
-        out.append(bytes(bad[: int(rng.integers(len(bad) // 2, len(bad) + 1))]))
-    return out
-
-
-def assert_same_verdict(fast: np.ndarray | None, slow: np.ndarray | None) -> None:
-    """Both backends refused (None), or both decoded the same symbols."""
-    assert (fast is None) == (slow is None)
-    if fast is not None:
-        np.testing.assert_array_equal(fast, slow)
+    return helpers.decodes_or_refuses(lambda d: codec.decode(d, backend), data, ndim=1)
 
 
 # ---------------------------------------------------------------------------- round trips

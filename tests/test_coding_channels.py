@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import tracemalloc
 
+import helpers
 import numpy as np
 import pytest
+from helpers import assert_same_verdict, bit_flips, corruptions, mutate, random_streams
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_coding import assert_same_verdict, bit_flips, corruptions, mutate, random_streams
 
 import coding
 from coding import channels, kernels, reference
@@ -31,11 +32,7 @@ def per_channel_order0_bits(x: np.ndarray) -> float:
 
 
 def round_trip(x) -> bytes:
-    data = coding.encode_channels(x)
-    y = coding.decode_channels(data)
-    expected = np.asarray(x, dtype=np.int64)
-    assert y.dtype == np.int32 and y.shape == expected.shape
-    np.testing.assert_array_equal(y, expected)
+    data = helpers.round_trip(coding.encode_channels, coding.decode_channels, x)
     assert 8 * len(data) == coding.encoded_bits_channels(x)
     return data
 
@@ -58,12 +55,7 @@ def wide_and_narrow(n: int, pairs: int = 3) -> np.ndarray:
 
 
 def decodes_or_refuses(data: bytes, backend=kernels) -> np.ndarray | None:
-    try:
-        y = channels.decode(data, backend=backend)
-    except coding.CorruptStreamError:
-        return None
-    assert y.dtype == np.int32 and y.ndim == 2
-    return y
+    return helpers.decodes_or_refuses(lambda d: channels.decode(d, backend=backend), data, ndim=2)
 
 
 # ---------------------------------------------------------------------------- round trips

@@ -7,11 +7,12 @@ from __future__ import annotations
 
 import tracemalloc
 
+import helpers
 import numpy as np
 import pytest
+from helpers import assert_same_verdict, bit_flips, corruptions, mutate, random_streams
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from test_coding import assert_same_verdict, bit_flips, corruptions, mutate, random_streams
 
 import coding
 from coding import kernels, planes, reference
@@ -22,21 +23,11 @@ I32_MIN, I32_MAX = -(2**31), 2**31 - 1
 
 
 def round_trip(x) -> bytes:
-    data = coding.encode_planes(x)
-    y = coding.decode_planes(data)
-    expected = np.asarray(x, dtype=np.int64)
-    assert y.dtype == np.int32 and y.shape == expected.shape
-    np.testing.assert_array_equal(y, expected)
-    return data
+    return helpers.round_trip(coding.encode_planes, coding.decode_planes, x)
 
 
 def decodes_or_refuses(data: bytes, backend=kernels) -> np.ndarray | None:
-    try:
-        y = planes.decode(data, backend=backend)
-    except coding.CorruptStreamError:
-        return None
-    assert y.dtype == np.int32 and y.ndim == 3
-    return y
+    return helpers.decodes_or_refuses(lambda d: planes.decode(d, backend=backend), data, ndim=3)
 
 
 def plain_size(x: np.ndarray) -> int:

@@ -179,6 +179,7 @@ def workdir(tmp_path) -> tuple[Path, dict[str, str]]:
     return tmp_path, env
 
 
+@pytest.mark.slow  # the documented commands in a shell: up to a minute a block (Ray Train)
 @pytest.mark.parametrize(
     ("path", "n", "block"), BLOCKS,
     ids=[f"{p.relative_to(ROOT).as_posix()}#{n}" for p, n, _ in BLOCKS],

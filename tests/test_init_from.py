@@ -7,17 +7,10 @@ import pytest
 import torch
 
 from caeadmm import zoo
-from caeadmm.checkpoint import FORMAT_VERSION, MODEL_FORMAT
+from caeadmm.checkpoint import FORMAT_VERSION, MODEL_FORMAT, init_weights, load_into
 from caeadmm.config import ConfigError, ModelConfig, TrainConfig
 from caeadmm.model import CAE
-from caeadmm.train_loop import (
-    ENTROPY_LR_SCALE,
-    init_weights,
-    load_into,
-    make_optimizer,
-    new_admm,
-    train_step,
-)
+from caeadmm.train_loop import ENTROPY_LR_SCALE, make_optimizer, new_admm, train_step
 
 # A shipped model trained with the paper's loss (no entropy model): the tests add one.
 SHIPPED = next(m.name for m in zoo.list_models() if zoo.load(m.name).config.entropy_model == "none")

@@ -106,6 +106,7 @@ def test_a_stale_address_fails_at_once_in_one_line(monkeypatch):
         session.connect(f"ray://127.0.0.1:{port}", announce=None)
 
 
+@pytest.mark.slow  # waits out the connection's bound: about 10 s
 def test_an_address_where_something_else_answers_fails_in_bounded_time(monkeypatch):
     """A port that accepts connections but is no Ray head: the GCS check gives up after
     about 10 s of Ray's own connect timeouts plus PROBE_TIMEOUT_S (1 s here), instead of
@@ -121,6 +122,7 @@ def test_an_address_where_something_else_answers_fails_in_bounded_time(monkeypat
     assert time.monotonic() - start < 20
 
 
+@pytest.mark.slow  # two entry points started in subprocesses: 5-10 s each
 @pytest.mark.parametrize("command", [["-m", "caeadmm", "eval"], ["jobs/compress.py"]])
 def test_entry_points_fail_within_30_s_on_a_stale_ray_address(command, tmp_path):
     """`caeadmm eval` and a job, with RAY_ADDRESS naming a port where nothing listens: each

@@ -42,12 +42,7 @@ from caeadmm.checkpoint import (  # noqa: E402
 from caeadmm.config import ConfigError, load_config  # noqa: E402
 from caeadmm.distributed.shards import MANIFEST_FORMAT, MANIFEST_NAME  # noqa: E402
 from caeadmm.model import CAE  # noqa: E402
-from caeadmm.train_loop import (  # noqa: E402
-    ConsensusError,
-    Schedule,
-    admm_update,
-    check_consensus,
-)
+from caeadmm.train_loop import Schedule  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SMOKE = REPO / "configs" / "ray_smoke.yaml"
@@ -133,45 +128,6 @@ def test_job_refuses_a_bad_override(capsys):
     spec.loader.exec_module(job)
     assert job.main(["--config", str(SMOKE), "no_such_key=1"]) == 2
     assert "no_such_key" in capsys.readouterr().err
-
-
-# ---------------------------------------------------------------------------------------------
-# The consensus functions on a plain two-process gloo group (no Ray)
-
-
-def _consensus_rank(rank: int, port: int, out: Path) -> None:
-    """One rank: an update from different local latents, then a check after rank 1's U drifts."""
-    torch.distributed.init_process_group(
-        "gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2
-    )
-    admm = ADMM((2, 3, 3), pruning_ratio=0.5, rho=1.0)
-    latent = torch.arange(18.0).reshape(1, 2, 3, 3)
-    latent = latent if rank == 0 else latent.flip(-1) - 4
-    admm.accumulate(latent.repeat(rank + 1, 1, 1, 1))  # rank 0: 1 latent, rank 1: 2
-    admm_update(admm)
-    check_consensus(admm)
-    result = {"Z": admm.Z.clone(), "U": admm.U.clone()}
-    if rank == 1:
-        admm.U[0, 0, 0] += 1e-6
-    try:
-        check_consensus(admm)
-    except ConsensusError as exc:
-        result["error"] = str(exc)
-    torch.save(result, out / f"rank{rank}.pt")
-    torch.distributed.destroy_process_group()
-
-
-def test_admm_update_all_reduces_and_the_check_catches_drift(tmp_path):
-    torch.multiprocessing.spawn(_consensus_rank, args=(_free_port(), tmp_path), nprocs=2)
-    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
-    latent = torch.arange(18.0).reshape(2, 3, 3)
-    union = ADMM((2, 3, 3), pruning_ratio=0.5, rho=1.0)
-    # All three latents, in one process: the sum and the sum of squares of all of them.
-    latents = torch.stack([latent, latent.flip(-1) - 4, latent.flip(-1) - 4])
-    union.update(torch.stack([latents.sum(0), latents.square().sum(0)]).double(), 3)
-    for r in (r0, r1):
-        assert torch.equal(r["Z"], union.Z) and torch.equal(r["U"], union.U)
-        assert "after ADMM update 1 the ranks hold different Z/U" in r["error"]
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,22 +12,22 @@ import pytest
 import torch
 from PIL import Image
 
+from caeadmm.admm import ADMM, ConsensusError, admm_update, check_consensus, hard_prune
 from caeadmm.checkpoint import load_checkpoint, load_model
 from caeadmm.cli import main as cli_main
 from caeadmm.config import ConfigError, ModelConfig, TrainConfig, load_config
+from caeadmm.entropy_fit import ENTROPY_FIT_BATCHES
 from caeadmm.model import CAE
+from caeadmm.run_log import LOG_COLUMNS, progress_line
 from caeadmm.train_local import TrainDataError, train
 from caeadmm.train_loop import (
-    ENTROPY_FIT_BATCHES,
-    LOG_COLUMNS,
     InjectedFailure,
     Schedule,
-    admm_update,
-    hard_prune,
+    gather_from_ranks,
     make_optimizer,
     new_admm,
     new_scaler,
-    progress_line,
+    sum_over_ranks,
     train_step,
 )
 
@@ -155,8 +155,8 @@ class Wrapper(torch.nn.Module):
         super().__init__()
         self.module = module
 
-    def forward(self, x):
-        return self.module(x)
+    def forward(self, x, **kwargs):
+        return self.module(x, **kwargs)
 
 
 def test_train_step_through_a_wrapper_runs_every_phase_and_accumulates():
@@ -250,31 +250,78 @@ def test_frozen_batchnorm_keeps_its_statistics_and_still_trains_its_scale():
     assert not torch.equal(norms[0].running_mean, before[0][0])
 
 
-def test_train_step_under_real_ddp(tmp_path):
+# -- the consensus step on two real ranks ------------------------------------------------------
+
+
+DDP = [*TINY, "warmup_steps=1", "admm_steps=2", "finetune_steps=1", "admm_every=1"]
+
+
+def _ddp_rank(rank: int, store: Path, out: Path) -> None:
+    """One of two gloo ranks running the loop's pieces under DDP, each on batches of its own
+    (rank r: 2 + 2 r crops): train_step, the real consensus step (admm_update with the loop's
+    sum_over_ranks) and its check after every update, the hard prune. Saves each update's
+    local sums, the end state and the verdict of a last check after rank 1's U drifts."""
     dist = torch.distributed
-    if not dist.is_available():
-        pytest.skip("torch.distributed is not available")
-    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0,
-                            world_size=1)
+    dist.init_process_group("gloo", init_method=f"file://{store}", rank=rank, world_size=2)
     try:
+        torch.set_num_threads(1)
         torch.manual_seed(0)
-        cfg = load_config(None, [*TINY, "warmup_steps=1", "admm_steps=1", "finetune_steps=1"])
+        cfg = load_config(None, DDP)
         model = torch.nn.parallel.DistributedDataParallel(CAE(cfg.model))
-        admm, optimizer = new_admm(cfg), make_optimizer(model, cfg)
-        schedule = Schedule(cfg)
+        admm, optimizer, schedule = new_admm(cfg), make_optimizer(model, cfg), Schedule(cfg)
+        torch.manual_seed(1 + rank)
+        record: dict = {"local": [], "loss": []}
         for step in range(schedule.total):
             if schedule.prune_at(step):
                 hard_prune(model, admm)
-            metrics = train_step(model, admm, optimizer, torch.rand(4, 3, 48, 48), step, cfg)
+            batch = torch.rand(2 + 2 * rank, 3, 48, 48)
+            metrics = train_step(model, admm, optimizer, batch, step, cfg, schedule)
+            record["loss"].append(float(metrics["loss"]))
             if schedule.update_due(step):
-                latent_sum, count = admm.pending()
-                count = torch.tensor(count)
-                dist.all_reduce(latent_sum)
-                dist.all_reduce(count)
-                admm.update(latent_sum, count)
-        assert model.module.mask is not None and math.isfinite(metrics["loss"])
+                record["local"].append(admm.pending())
+                admm_update(admm, sum_over_ranks)
+                check_consensus(admm, gather_from_ranks)
+        record |= {"Z": admm.Z.clone(), "U": admm.U.clone(), "mask": model.module.mask,
+                   "weights": [p.detach() for p in model.parameters()]}  # fmt: skip
+        if rank == 1:
+            admm.U[0, 0, 0] += 1e-6
+        try:
+            check_consensus(admm, gather_from_ranks)
+        except ConsensusError as exc:
+            record["error"] = str(exc)
+        torch.save(record, out / f"rank{rank}.pt")
     finally:
         dist.destroy_process_group()
+
+
+def test_two_ranks_reach_one_consensus_of_both_ranks_latents(tmp_path):
+    if not torch.distributed.is_available():
+        pytest.skip("torch.distributed is not available")
+    torch.multiprocessing.spawn(_ddp_rank, args=(tmp_path / "store", tmp_path), nprocs=2)
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt") for r in (0, 1))
+    assert all(math.isfinite(v) for r in (r0, r1) for v in r["loss"])
+    # Both ranks hold the same Z, U, mask and (DDP) weights ...
+    for key in ("Z", "U", "mask"):
+        assert torch.equal(r0[key], r1[key]), key
+    assert all(torch.equal(a, b) for a, b in zip(r0["weights"], r1["weights"], strict=True))
+    assert r0["mask"] is not None and int(r0["mask"].sum()) == new_admm(load_config(None, DDP)).k
+    # ... the updates one process makes from both ranks' latents (3 updates, 2 + 4 each) ...
+    assert [c for _, c in r0["local"]] == [2, 2, 2] and [c for _, c in r1["local"]] == [4, 4, 4]
+
+    def replay(*ranks: dict) -> ADMM:
+        admm = new_admm(load_config(None, DDP))
+        for parts in zip(*(r["local"] for r in ranks), strict=True):
+            admm.update(sum(s for s, _ in parts), sum(c for _, c in parts))
+        return admm
+
+    both = replay(r0, r1)
+    assert torch.equal(r0["Z"], both.Z) and torch.equal(r0["U"], both.U)
+    # ... which is not what rank 0's latents alone give.
+    alone = replay(r0)
+    assert not torch.equal(r0["Z"], alone.Z) and not torch.equal(r0["U"], alone.U)
+    # A rank whose U drifts is caught on every rank.
+    for r in (r0, r1):
+        assert "after ADMM update 3 the ranks hold different Z/U" in r["error"]
 
 
 # -- ADMM really sparsifies the mean latent --------------------------------------------------
@@ -313,6 +360,7 @@ def outside_share_after_training(rho: float, structure: str) -> float:
     return admm.energy_outside(latent.square().mean(dim=0))
 
 
+@pytest.mark.slow  # two 90-step runs: over a minute on 2 busy cores
 def test_admm_drives_the_latent_energy_into_k_channels():
     """The issue's check on a real (tiny) network: after the ADMM phase, the share of the
     latent energy E[c^2] outside the best k-channel support is well below a run without

@@ -52,6 +52,7 @@ from caeadmm import train_loop
 from caeadmm.checkpoint import (
     CheckpointError,
     export_model,
+    init_weights,
     load_checkpoint,
     newest_complete_checkpoint,
 )
@@ -117,7 +118,7 @@ def fit(
         if not Path(cfg.init_from).is_file():
             raise TrainRayError(f"init_from: no file at {cfg.init_from}")
         cfg = dataclasses.replace(cfg, init_from=str(Path(cfg.init_from).resolve()))
-        train_loop.init_weights(cfg)  # a model of another config: refused here, not on workers
+        init_weights(cfg)  # a model of another config: refused here, not on workers
     cfg = dataclasses.replace(cfg, storage_path=storage_path(cfg.storage_path))
     with quiet_data(), _ProgressRelay(log) as relay:
         train_ds, val_ds = read_patches(cfg.shards, seed=cfg.seed)
