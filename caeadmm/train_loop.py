@@ -306,7 +306,7 @@ ENTROPY_LR_SCALE = 10.0
 
 # A variable-rate model's gain vectors learn at this multiple of the network's learning rate:
 # a continuation's rate is small, and the gains must move far from their start.
-GAIN_LR_SCALE = 20.0
+GAIN_LR_SCALE = 50.0
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
