@@ -266,6 +266,7 @@ def test_round_trip_arbitrary(x):
     round_trip(x)
 
 
+@pytest.mark.slow  # 2000 fuzzed streams: about 10 s on 2 busy cores
 @settings(max_examples=2000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(symbol_arrays(), st.data())
 def test_mutated_stream_decodes_or_refuses(x, data):
