@@ -135,3 +135,18 @@ def test_models_piped_into_head_prints_no_traceback():
     _, err = process.communicate(timeout=120)
     assert process.returncode == 141, err.decode()
     assert b"BrokenPipeError" not in err and b"Traceback" not in err
+
+
+def test_variable_rate_models_come_first_with_their_quality_range(registry, capsys):
+    points = [{**kodak(0.05 * (q + 1), 24 + q, 0.9 + q / 100), "quality": q} for q in range(9)]
+    photos = [{**p, "bpp": p["bpp"] * 1.1} for p in points]
+    registry([entry("fixed", metric="ms-ssim", kodak=kodak(0.1, 24, 0.9)),
+              entry("vr", metric="ms-ssim", kodak=points, photos=photos, default_quality=4,
+                    rate_lambda=32, rate_lambda_max=8192)], default="vr")
+    assert main(["models"]) == 0
+    rows = capsys.readouterr().out.splitlines()[1:3]
+    assert rows[0].split()[:4] == ["*", "vr", "MS-SSIM,", "q"] and "0-8" in rows[0]
+    assert "0.050-0.450" in rows[0] and rows[1].split()[0] == "fixed"
+    assert main(["models", "vr"]) == 0
+    text = capsys.readouterr().out
+    assert "DebPhotos37" in text and "default 4" in text and text.count("quality") >= 18

@@ -102,8 +102,8 @@ def _ordered(models: list, entries: dict[str, dict]) -> list:
 
     def key(m) -> tuple:
         points = _points(m)
-        return (groups.index(metric(m, entries.get(m.name, {}))), not points,
-                points[0]["bpp"] if points else 0.0)
+        return (groups.index(metric(m, entries.get(m.name, {}))), m.default_quality is None,
+                not points, points[0]["bpp"] if points else 0.0)
 
     return sorted(models, key=key)
 
@@ -135,8 +135,10 @@ def table(models: list, entries: dict[str, dict]) -> str:
                      _span([p["ms_ssim"] for p in points], ".4f"))
         else:
             kodak = ("not measured", "", "")
-        rows.append(("*" if m.default else "", m.name, metric(m, entries.get(m.name, {})),
-                     *kodak, _size(m)))
+        trained = metric(m, entries.get(m.name, {}))
+        if m.default_quality is not None and points:  # variable rate: its quality range
+            trained += f", q {_span([p.get('quality', 0.0) for p in points], 'g')}"
+        rows.append(("*" if m.default else "", m.name, trained, *kodak, _size(m)))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     right = {3, 4, 5, 6}  # numbers line up on the right
     lines = []
@@ -167,6 +169,15 @@ def describe(model, entry: dict) -> str:
         fields.append(("Kodak", "not measured"))
     else:
         fields.append(("", "mean over the 24 Kodak images, real file bytes (caeadmm eval)"))
+    for i, p in enumerate(entry.get("photos") or []):
+        fields.append(("DebPhotos37" if i == 0 else "",
+                       f"{p['bpp']:.3f} bpp, PSNR {p['psnr']:.2f} dB, MS-SSIM "
+                       f"{p['ms_ssim']:.4f}, quality {p.get('quality', 0):g}"))
+    if entry.get("photos"):
+        fields.append(("", "the second evaluation set (docs/data.md), no model trained on it"))
+    if model.default_quality is not None:
+        fields.append(("quality", f"default {model.default_quality:g} (--quality, "
+                       "--target-bpp: docs/variable-rate.md)"))
     fields.append(("size", f"{_size(model)}, {model.file}"))
     if model.rate_lambda:
         fields.append(("rate_lambda", f"{model.rate_lambda:g}"))
@@ -174,7 +185,7 @@ def describe(model, entry: dict) -> str:
         fields.append(("distortion", ", ".join(f"{k} {v:g}" for k, v in
                                                model.distortion.items())))
     known = {"name", "file", "sha256", "fingerprint", "operating_point", "kodak", "rate_lambda",
-             "distortion", "superseded", "metric"}
+             "distortion", "superseded", "metric", "photos", "default_quality"}
     fields += [(key, json.dumps(value)) for key, value in entry.items() if key not in known]
     if model.superseded:
         fields.append(("superseded", "yes: registered so that its streams still decode; a "
