@@ -11,7 +11,7 @@ import torch
 from helpers import test_image
 from PIL import Image
 
-from caeadmm import image_codec
+from caeadmm import image_codec, zoo
 from caeadmm.bitstream import BitstreamError, parse, quantize_quality
 from caeadmm.config import ConfigError, ModelConfig, TrainConfig
 from caeadmm.images import load_rgb
@@ -168,3 +168,21 @@ def test_a_training_step_trains_every_image_at_its_own_quality(tmp_path):
     for quality in (0.0, 2.0):
         data = image_codec.compress(image, model, quality=quality)
         assert image_codec.decompress(data, model).shape == image.shape
+
+
+SHIPPED = [m for m in zoo.list_models() if m.default_quality is not None]
+
+
+@pytest.mark.parametrize("info", SHIPPED, ids=[m.name for m in SHIPPED])
+def test_shipped_variable_rate_model_rate_grows_with_quality(info):
+    """On a real photo (a bundled sample), each whole quality step of a shipped variable-rate
+    model gives a larger file, and --target-bpp lands within 5 % under its target."""
+    model = zoo.load(info.name)
+    image = load_rgb(SAMPLES[1])
+    pixels = image.shape[0] * image.shape[1]
+    top = model.config.quality_levels - 1
+    sizes = [len(image_codec.compress(image, model, quality=q)) for q in range(0, top + 1, 2)]
+    assert sizes == sorted(sizes) and len(set(sizes)) == len(sizes), sizes
+    target = 8 * (sizes[1] + sizes[2]) / 2 / pixels
+    bpp = 8 * len(image_codec.compress(image, model, target_bpp=target)) / pixels
+    assert 0.95 * target <= bpp <= target
