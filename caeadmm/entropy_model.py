@@ -95,8 +95,8 @@ class EntropyModel(nn.Module):
         the density's mean over -max_symbol..max_symbol, mu the mean of the channel's kept
         slots in this image. What a coder that adapts its tables to each image (as the
         per-image Huffman tables of the codec do) can spend, the two numbers per channel and
-        image it would be told not counted (docs/rate.md measures it). Differentiable in the
-        latent; `mask` as in `bits`.
+        image it would be told not counted (docs/history/rate-ablation.md measures it).
+        Differentiable in the latent; `mask` as in `bits`.
 
         zero_context: each channel's slots are split in two by whether the kept symbol before
         them in the coder's scan order (channel by channel, row by row; the first counts as

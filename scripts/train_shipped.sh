@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# How the shipped models were trained (docs/results.md). Two stages:
+# How the shipped models were trained (docs/history/training-rounds.md). Two stages:
 #
 # 1. On a GPU machine without Ray (an H100 lent for 15 minutes), the single-process trainer
 #    through scripts/gpu_train.py, with the training images in gpu_data/ (BSDS500 and
@@ -19,7 +19,7 @@
 # 2. Here (this script): Ray Train on the Parquet shards of the training corpus, from those
 #    weights: a further ADMM prune (3 -> 2 channels) for the lowest rate, which ships as
 #    small-k2. The masked fine-tunes of k3..k20 below lowered validation PSNR (batch 8 and,
-#    then, a too small shuffle buffer; docs/results.md), so their H100 weights ship instead.
+#    then, a too small shuffle buffer; docs/history/training-rounds.md), so their H100 weights ship instead.
 # 3. scripts/ship_model.py for each model (the last lines).
 set -euo pipefail
 cd "$(dirname "$0")/.."

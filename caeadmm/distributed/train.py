@@ -67,7 +67,7 @@ from caeadmm.distributed.shards import (
 from caeadmm.train_loop import CHECKPOINT_FILE, LOG_FILE, MODEL_FILE
 
 # Rows mixed before batching: four row groups (64 images, 50 MB at 128 px), as a row group
-# holds each image's crops in a row (docs/results.md, "How the models were trained").
+# holds each image's crops in a row (docs/history/training-rounds.md, "Stage 2").
 SHUFFLE_BUFFER_ROWS = 4 * ROW_GROUP_ROWS
 DEBUG_DIR = "debug"  # per-update consensus records (debug mode, local storage only)
 
