@@ -20,6 +20,7 @@ are read.
 
 from __future__ import annotations
 
+import os
 import struct
 import zlib
 from dataclasses import dataclass
@@ -45,9 +46,17 @@ WHOLE_IMAGE_LAYOUTS = ("channels", "predicted")  # one latent for the whole imag
 _HEADER = struct.Struct("<4sBBHHBBIII16sQI")
 HEADER_BYTES = _HEADER.size  # 52
 
-# Default limit on the pixels a stream may declare (2**27, e.g. 16384 x 8192); callers that
-# need larger images pass their own `max_pixels`.
-DEFAULT_MAX_PIXELS = 1 << 27
+# Default limit on the pixels a stream may declare: Pillow's MAX_IMAGE_PIXELS (e.g. 10000 x
+# 8947); callers that need larger images pass their own `max_pixels`, the CLI takes
+# --max-pixels or $CAEADMM_MAX_PIXELS (`max_pixels_from_env`).
+DEFAULT_MAX_PIXELS = 89_478_485
+MAX_PIXELS_ENV = "CAEADMM_MAX_PIXELS"
+# Limit on the shape (every stream, whatever `max_pixels`): the network computes the image
+# padded (to multiples of 8 and at least 16, or to whole tiles), at most MAX_PADDING times
+# its pixels plus PADDING_ALLOWANCE, so that no shape (1 x N, N x 1, a tile row of one pixel)
+# costs more per pixel than a photo does, beyond one small window's worth.
+MAX_PADDING = 1.5
+PADDING_ALLOWANCE = 1 << 16
 _MAX_TILE = 4096  # a tile larger than this is certainly not a real model's
 _MAX_CHANNELS = 1024
 LATENT_STRIDE = 8  # image pixels per latent position, each way
@@ -104,6 +113,15 @@ class Header:
                 padded_side(self.width) // LATENT_STRIDE)
 
     @property
+    def network_pixels(self) -> int:
+        """Pixels the decoder's network computes: the image padded to multiples of 8 (at
+        least 16) each way, or for "tiles" to whole tiles."""
+        if self.layout == "tiles":
+            rows, cols = self.tiles
+            return rows * cols * self.tile_size**2
+        return padded_side(self.height) * padded_side(self.width)
+
+    @property
     def n_symbols(self) -> int:
         rows, cols = self.tiles if self.layout == "tiles" else self.latent_size
         return rows * cols * self.kept
@@ -136,6 +154,24 @@ def pack(header: Header, payload: bytes) -> bytes:
     head = _HEADER.pack(*fields, 0)[:-4]
     crc = zlib.crc32(payload, zlib.crc32(head))
     return head + struct.pack("<I", crc) + payload
+
+
+def max_pixels_from_env(default: int | None = DEFAULT_MAX_PIXELS) -> int | None:
+    """The pixel limit $CAEADMM_MAX_PIXELS sets (a positive integer, or "none" for no limit),
+    else `default`; ValueError for anything else."""
+    text = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not text:
+        return default
+    if text.lower() == "none":
+        return None
+    try:
+        value = int(text.replace("_", ""))
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"${MAX_PIXELS_ENV}={text} is not a positive number of pixels "
+                         "(or 'none')")
+    return value
 
 
 def read_header(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Header:
@@ -199,7 +235,8 @@ def _check_fields(header: Header, max_pixels: int | None) -> None:
     if max_pixels is not None and header.width * header.height > max_pixels:
         raise BitstreamError(
             f"image of {header.width}x{header.height} = {header.width * header.height} pixels "
-            f"exceeds the limit of {max_pixels}"
+            f"exceeds the limit of {max_pixels} (raise it with --max-pixels or "
+            f"${MAX_PIXELS_ENV})"
         )
     if not 1 <= header.latent_channels <= _MAX_CHANNELS:
         raise BitstreamError(f"bad latent channel count {header.latent_channels}")
@@ -225,6 +262,13 @@ def _check_fields(header: Header, max_pixels: int | None) -> None:
             )
     else:
         raise BitstreamError(f"unknown symbol layout {header.layout!r}")
+    pixels = header.width * header.height
+    if header.network_pixels > MAX_PADDING * pixels + PADDING_ALLOWANCE:
+        raise BitstreamError(
+            f"image of {header.width}x{header.height} is too thin for the {header.layout} "
+            f"layout: the network would compute {header.network_pixels} pixels for its "
+            f"{pixels} (at most {MAX_PADDING} times plus {PADDING_ALLOWANCE}; docs/bitstream.md)"
+        )
     if header.mode not in MODE_CODES:
         raise BitstreamError(f"unknown image mode {header.mode!r}")
     if len(header.fingerprint) != FINGERPRINT_BYTES:

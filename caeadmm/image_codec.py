@@ -54,7 +54,7 @@ from PIL import Image
 from torch import nn
 
 import coding
-from caeadmm import bitstream
+from caeadmm import bitstream, png
 from caeadmm.bitstream import (
     DEFAULT_MAX_PIXELS,
     LATENT_STRIDE,
@@ -71,6 +71,8 @@ from caeadmm.refine import Refinement, refine_window
 from coding.format import unpack_header
 
 TILE = 512  # pixels: the core side of a network window (a multiple of 8)
+DECODE_TILE = 256  # pixels: the decoder's core side ("auto" beyond one window): a third of
+# the activation memory of TILE's windows, at the same speed (docs/bitstream.md, "Memory")
 ONE_WINDOW_PIXELS = 1 << 19  # pixels: "auto" runs images up to this size in one window
 SMALL_WINDOW = 1 << 16  # pixels: smaller windows run as a batch of two (see above)
 GPU_BATCH_TILES = 32  # "tiles" layout on a GPU: tiles per network call
@@ -210,7 +212,9 @@ def decompress(
     """
     header, payload = bitstream.parse(data, max_pixels)
     _check_model(header, model)
-    symbols = decode_payload(header, payload)
+    # The network clamps symbols to +-LATENT_MAX: int8 from here on, a quarter of the int32
+    # that the payload decodes into, which is freed before the output is allocated.
+    symbols = _as_int8(decode_payload(header, payload))
     shape = (header.height, header.width) + (() if header.mode == "L" else (3,))
     out = np.empty(shape, np.uint8)
     if header.layout in WHOLE_IMAGE_LAYOUTS:
@@ -218,6 +222,17 @@ def decompress(
         _decode_channels(latent, model, kept_channels(model), tile, out, header.quality)
     else:
         _decode_tiles(symbols, model, out)
+    return out
+
+
+def _as_int8(symbols: np.ndarray) -> np.ndarray:
+    """Symbols clamped to +-LATENT_MAX (what the network reads) as int8, in blocks (no
+    int32-sized temporary)."""
+    out = np.empty(symbols.shape, np.int8)
+    flat, dst = symbols.reshape(-1), out.reshape(-1)
+    for start in range(0, flat.size, 1 << 22):
+        block = flat[start : start + (1 << 22)]
+        dst[start : start + block.size] = np.clip(block, -LATENT_MAX, LATENT_MAX)
     return out
 
 
@@ -424,7 +439,8 @@ def _decode_channels(
     dtype = _dtype(model)
     shape = (1, model.config.latent_channels)
     with _inference(model):
-        for (r0, r1, s0, s1), (c0, c1, t0, t1) in _windows(rows, cols, tile, halo):
+        for (r0, r1, s0, s1), (c0, c1, t0, t1) in _windows(rows, cols, tile, halo,
+                                                           DECODE_TILE):
             y0, x0 = LATENT_STRIDE * r0, LATENT_STRIDE * c0
             if y0 >= height or x0 >= width:  # a core of padding alone
                 continue
@@ -439,15 +455,26 @@ def _decode_channels(
 
 
 def _windows(
-    rows: int, cols: int, tile: int | str | None, halo: int
+    rows: int, cols: int, tile: int | str | None, halo: int, auto_tile: int = TILE
 ) -> Iterator[tuple[tuple[int, int, int, int], tuple[int, int, int, int]]]:
     """Per window ((core rows, window rows), (core columns, window columns)) in latent
-    positions, each as (core start, core end, window start, window end), raster order."""
+    positions, each as (core start, core end, window start, window end), raster order.
+
+    Cores are tile / 8 positions a side ("auto": one window up to ONE_WINDOW_PIXELS, else
+    `auto_tile`); on an image thinner than that, a window spans the whole short side and its
+    core grows along the long side to the same area (a square core's), so that a thin image
+    runs in as few calls and as little halo per pixel as a square one, in the same memory."""
     if tile == "auto":
-        tile = None if rows * cols * LATENT_STRIDE**2 <= ONE_WINDOW_PIXELS else TILE
-    core = None if tile is None else max(1, tile // LATENT_STRIDE)
-    row_spans = list(_spans(rows, core, halo))
-    col_spans = list(_spans(cols, core, halo))
+        tile = None if rows * cols * LATENT_STRIDE**2 <= ONE_WINDOW_PIXELS else auto_tile
+    row_core = col_core = None if tile is None else max(1, tile // LATENT_STRIDE)
+    if tile is not None and min(rows, cols) < row_core:
+        area = row_core * row_core
+        if rows < cols:
+            row_core, col_core = rows, max(col_core, area // rows)
+        else:
+            row_core, col_core = max(row_core, area // cols), cols
+    row_spans = list(_spans(rows, row_core, halo))
+    col_spans = list(_spans(cols, col_core, halo))
     for row_span in row_spans:
         for col_span in col_spans:
             yield row_span, col_span
@@ -528,7 +555,7 @@ def _decode_tiles(symbols: np.ndarray, model: CAE, out: np.ndarray) -> None:
     latent_shape = model.config.latent_shape()
     with torch.inference_mode():
         for start in range(0, len(symbols), batch):
-            chunk = torch.from_numpy(symbols[start : start + batch])
+            chunk = torch.from_numpy(symbols[start : start + batch]).to(torch.int32)
             latent = torch.zeros((len(chunk), *latent_shape), dtype=torch.int32)
             latent[:, kept] = chunk
             latent = latent.clamp(-LATENT_MAX, LATENT_MAX).to(device, _dtype(model))
@@ -577,6 +604,9 @@ def save_image(path: str | os.PathLike, image: np.ndarray, *, overwrite: bool = 
     fmt = Image.registered_extensions().get(path.suffix.lower())
     if fmt is None:
         raise ValueError(f"{path}: unknown image file extension {path.suffix!r} (try .png)")
+    if fmt == "PNG" and image.shape[0] * image.shape[1] > png.LARGE_PIXELS:
+        write_atomic(path, lambda fh: png.write_png(fh, image), overwrite=overwrite)
+        return  # in the memory of a few rows (Pillow's needs 2.5 times the image)
     buffer = io.BytesIO()
     Image.fromarray(image).save(buffer, format=fmt)
     write_atomic(path, buffer.getvalue(), overwrite=overwrite)

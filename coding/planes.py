@@ -240,8 +240,10 @@ def decode(data: object, max_symbols: int = MAX_SYMBOLS,
         raise CorruptStreamError(
             f"residuals of shape {residual.shape} for {count} planes of {height} x {width}"
         )
-    planes = np.zeros((count, height, width), np.int32)
-    error = backend.predict_planes(planes, residual.reshape(planes.shape), taps, weights, True)
+    # In place: each value's residual is read just before its value is written over it, and
+    # the prediction reads only values written before (so the decoder holds one int32 array).
+    planes = residual.reshape(count, height, width)
+    error = backend.predict_planes(planes, planes, taps, weights, True)
     if error != OK:
         raise CorruptStreamError(ERROR_MESSAGES[error])
     return planes

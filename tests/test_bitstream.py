@@ -133,12 +133,67 @@ def test_refuses_bad_streams(data, message):
         bitstream.parse(data)
 
 
-def test_pixel_limit_is_configurable():
-    big = bitstream.pack(make_header(width=10_000, height=10_000), PAYLOAD)
-    bitstream.parse(big)  # 1e8 pixels: within the default limit
+def test_pixel_limit_is_pillows_and_configurable(monkeypatch):
+    """Pillow's MAX_IMAGE_PIXELS by default: 9459 x 9459 is within, 9459 x 9460 over; the
+    caller's limit, or none; the CLI's default from $CAEADMM_MAX_PIXELS."""
+    from PIL import Image
+
+    assert bitstream.DEFAULT_MAX_PIXELS == Image.MAX_IMAGE_PIXELS == 89_478_485
+    at = bitstream.pack(make_header(width=9459, height=9459), PAYLOAD)  # 89,472,681 pixels
+    over = bitstream.pack(make_header(width=9459, height=9460), PAYLOAD)  # 89,482,140
+    assert bitstream.parse(at)[0].width == 9459
+    with pytest.raises(BitstreamError, match="exceeds the limit of 89478485 .raise it with "
+                       "--max-pixels or .CAEADMM_MAX_PIXELS"):
+        bitstream.parse(over)
     with pytest.raises(BitstreamError, match="exceeds the limit of 1000000"):
-        bitstream.parse(big, max_pixels=1_000_000)
-    assert bitstream.parse(big, max_pixels=None)[0].width == 10_000
+        bitstream.parse(at, max_pixels=1_000_000)
+    assert bitstream.parse(over, max_pixels=9459 * 9460)[0].height == 9460
+    assert bitstream.parse(over, max_pixels=None)[0].height == 9460
+
+    monkeypatch.delenv(bitstream.MAX_PIXELS_ENV, raising=False)
+    assert bitstream.max_pixels_from_env() == 89_478_485
+    for text, value in [("134217728", 1 << 27), ("200_000_000", 200_000_000), ("none", None)]:
+        monkeypatch.setenv(bitstream.MAX_PIXELS_ENV, text)
+        assert bitstream.max_pixels_from_env() == value
+    for text in ("0", "-5", "lots"):
+        monkeypatch.setenv(bitstream.MAX_PIXELS_ENV, text)
+        with pytest.raises(ValueError, match="CAEADMM_MAX_PIXELS"):
+            bitstream.max_pixels_from_env()
+
+
+@pytest.mark.parametrize(("layout", "tile", "allowed", "refused"), [
+    # 1 x N: padded to 16 rows, 16 N <= 1.5 N + 65536 up to N = 4519
+    ("channels", 0, (1, 4512), (1, 4513)),
+    ("channels", 0, (4512, 1), (4513, 1)),  # N x 1
+    ("predicted", 0, (8, 16384), (8, 16385)),  # 8 rows padded to 16: 2x, up to the allowance
+    ("predicted", 0, (11, 8_134_407), (10, 8_947_848)),  # at the pixel limit: 11 rows pass
+    ("predicted", 0, (8_134_407, 11), (8_947_848, 10)),
+    ("tiles", 32, (1, 2144), (1, 2145)),  # one row of 32 x 32 tiles
+    ("tiles", 128, (86, 1_040_384), (85, 1_052_688)),  # 128 px tiles, at the pixel limit
+    ("tiles", 128, (129, 1024), (129, 1152)),  # two tile rows for 129 rows: 1.98x
+])
+def test_thin_images_are_refused_beyond_the_padding_limit(layout, tile, allowed, refused):
+    """The network computes the image padded (to multiples of 8, at least 16, or to whole
+    tiles): at most 1.5 times its pixels plus 65536, so that no shape costs more per pixel
+    than a photo beyond one small window. Checked when reading and when packing."""
+    def header(height, width):
+        changes = {"width": width, "height": height, "layout": layout}
+        if layout == "tiles":
+            changes.update(tile_size=tile, latent_channels=8, kept=8)
+        return make_header(**changes)
+
+    ok = header(*allowed)
+    assert ok.network_pixels <= 1.5 * allowed[0] * allowed[1] + 65536
+    assert bitstream.parse(bitstream.pack(ok, PAYLOAD))[0] == ok
+    bad = header(*refused)
+    with pytest.raises(BitstreamError, match=f"image of {refused[1]}x{refused[0]} is too thin "
+                       f"for the {layout} layout: the network would compute "
+                       f"{bad.network_pixels} pixels"):
+        bitstream.pack(bad, PAYLOAD)
+    data = with_field(with_field(bitstream.pack(ok, PAYLOAD), 12, "<I", refused[1]), 16, "<I",
+                      refused[0])
+    with pytest.raises(BitstreamError, match="is too thin"):
+        bitstream.parse(data, max_pixels=None)  # whatever the pixel limit
 
 
 def test_payload_corruption_is_caught_by_the_checksum():

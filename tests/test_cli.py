@@ -389,6 +389,30 @@ def test_an_alpha_channel_and_a_looping_link_are_told_in_one_line(
     assert "dangling.png: is a broken symbolic link" in captured.err
 
 
+def test_decompress_pixel_limit_from_the_flag_or_the_environment(
+    checkpoint, corpus, tmp_path, monkeypatch, capsys
+):
+    """--max-pixels N, else $CAEADMM_MAX_PIXELS, else Pillow's limit; "none" lifts it."""
+    cae = tmp_path / "a.cae"
+    assert main(["compress", str(corpus / "a.png"), "-o", str(cae), "--model",
+                 str(checkpoint)]) == 0  # 50 x 40 = 2,000 pixels
+    args = ["decompress", str(cae), "-o", str(tmp_path / "a.png"), "--model", str(checkpoint),
+            "--force"]
+    monkeypatch.setenv("CAEADMM_MAX_PIXELS", "1999")
+    capsys.readouterr()
+    assert main(args) == 1
+    assert "50x40 = 2000 pixels exceeds the limit of 1999" in capsys.readouterr().err
+    assert main([*args, "--max-pixels", "2000"]) == 0  # the flag before the variable
+    assert main([*args, "--max-pixels", "1,999"]) == 1
+    monkeypatch.setenv("CAEADMM_MAX_PIXELS", "2_000")
+    assert main(args) == 0
+    monkeypatch.setenv("CAEADMM_MAX_PIXELS", "lots")
+    capsys.readouterr()
+    assert main(args) == 2
+    assert "$CAEADMM_MAX_PIXELS=lots is not a positive number" in capsys.readouterr().err
+    assert main([*args, "--max-pixels", "none"]) == 0
+
+
 def _run_cli_in_session(args: list[str], tmp_path: Path) -> subprocess.Popen:
     """The CLI in a process of its own session (as a terminal's job), Python's output unbuffered."""
     registry = tmp_path / "empty-registry.json"

@@ -1,4 +1,5 @@
-"""`caeadmm decompress FILE... [-o FILE|DIR] [--model M] [--workers N] [--force|--skip-existing]`.
+"""`caeadmm decompress FILE... [-o FILE|DIR] [--model M] [--max-pixels N] [--workers N]
+[--force|--skip-existing]`.
 
 Without --model each stream picks the registered model whose fingerprint it names. Outputs
 are PNG unless -o names a file with another image extension; grayscale streams give
@@ -11,7 +12,7 @@ import argparse
 import functools
 from pathlib import Path
 
-from caeadmm.bitstream import DEFAULT_MAX_PIXELS
+from caeadmm.bitstream import DEFAULT_MAX_PIXELS, MAX_PIXELS_ENV, max_pixels_from_env
 from caeadmm.cli import common
 
 
@@ -29,8 +30,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     common.add_common_options(p, model_help="registered model name or checkpoint path "
                               "(default: the registered model whose fingerprint the stream names)")
-    p.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS, metavar="N",
-                   help=f"refuse streams of larger images (default {DEFAULT_MAX_PIXELS})")
+    p.add_argument("--max-pixels", type=_pixels, default=None, metavar="N",
+                   help=f"refuse streams of larger images, 'none' for no limit (default "
+                   f"${MAX_PIXELS_ENV}, else {DEFAULT_MAX_PIXELS:,}: Pillow's limit, "
+                   "e.g. 10000 x 8947)")
     p.set_defaults(func=run)
 
 
@@ -39,9 +42,13 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         pairs, errors = common.plan(args.inputs, args.output, ".png", _cae_files)
+        if args.max_pixels is None:
+            args.max_pixels = max_pixels_from_env()  # ValueError when malformed
+        elif args.max_pixels == "none":
+            args.max_pixels = None
         if args.model is not None:
             common.cached_model(args.model)  # fail early, once, if the model is unusable
-    except (common.UsageError, ModelLoadError) as exc:
+    except (common.UsageError, ModelLoadError, ValueError) as exc:
         return common.usage_error("decompress", str(exc))
     task = functools.partial(decompress_one, model=args.model,
                              existing=common.existing_mode(args), max_pixels=args.max_pixels)
@@ -78,6 +85,16 @@ def _decompress(src: Path, dst: Path, model: str | None, overwrite: bool, max_pi
     save_image(dst, image, overwrite=overwrite)
     mode = "L" if image.ndim == 2 else "RGB"
     return f"{src} -> {dst}: {image.shape[1]}x{image.shape[0]} {mode}"
+
+
+def _pixels(text: str) -> int | str:
+    """A --max-pixels value: a positive count (1_000_000 or 1,000,000 too), or 'none'."""
+    if text.strip().lower() == "none":
+        return "none"
+    value = int(text.replace("_", "").replace(",", ""))
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1 (or 'none')")
+    return value
 
 
 def _cae_files(root: Path) -> list[Path]:
