@@ -214,6 +214,11 @@ class TrainConfig:
     # lowest rate); quality q's weight is geometric between it and rate_lambda (at the top
     # quality), and every image of a batch is trained at a quality drawn uniformly.
     rate_lambda_max: float = 0.0
+    # Variable-rate models: each image's loss D + lambda(q) R is scaled by
+    # (rate_lambda / lambda(q)) ** quality_balance, so that the low qualities' larger
+    # distortion does not steer the shared network alone (0: no scaling; 1: every quality's
+    # distortion counts as at the top quality's rate weight). docs/variable-rate.md.
+    quality_balance: float = 0.0
     # Final phase: Adam steps of a fit of the entropy model alone (the network frozen) to the
     # symbols of the run's last training batches, so that the estimate matches what the coder
     # writes (entropy_fit.fit_entropy_model, docs/rate.md); 0: no fit. Needs an entropy model.
@@ -261,7 +266,7 @@ class TrainConfig:
             "warmup_steps", "admm_steps", "finetune_steps", "checkpoint_every", "eval_patches",
             "threads", "loader_workers", "lr_final_scale", "weight_decay", "grad_clip", "rho",
             "w_msssim", "w_ssim", "w_mse", "w_psnr", "rate_lambda", "rate_lambda_max",
-            "entropy_fit_steps",
+            "quality_balance", "entropy_fit_steps",
         )
         for name in positive:
             if getattr(self, name) <= 0:

@@ -70,26 +70,33 @@ def distortion(
     w_psnr: float = 1.0,
     psnr_ref: float = 45.0,
     mse_only: bool = False,
+    weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """(scalar loss to minimise, the terms' values for logs as detached 0-d tensors: reading
     them waits for the device, so a training loop reads them once per log step).
 
     With `mse_only` (warm-up) the loss is w_mse * MSE; MS-SSIM and SSIM are still reported
     (computed without gradient) so that logs have the same columns in every phase.
-    Weights of 0 skip a term's gradient computation.
+    Weights of 0 skip a term's gradient computation. `weights` (B,): each image's distortion
+    counts that much in the loss (the mean over the batch of weight_i * D_i); the logged
+    terms stay plain means.
     """
     side = min(x.shape[-2:])
-    mse = (x_hat - x).square().mean()
+    per_image = weights is not None
+    # Each term as one value per image when weighed, else as the batch's value.
+    mse = per_image_mse(x_hat, x) if per_image else (x_hat - x).square().mean()
     per_image_psnr = psnr(x_hat, x)
     loss = w_mse * mse
     # Computed whenever the patch allows (for the logs); with gradient only where trained on.
     with torch.set_grad_enabled(torch.is_grad_enabled() and not mse_only):
         ssim_value = None
         if side >= SSIM_WINDOW:
-            ssim_value = ssim(x_hat, x, data_range=1.0, win_size=SSIM_WINDOW)
+            ssim_value = ssim(x_hat, x, data_range=1.0, win_size=SSIM_WINDOW,
+                              size_average=not per_image)  # fmt: skip
         msssim_value = None
         if side > 32 or (w_msssim > 0 and not mse_only):  # the latter raises LossConfigError
-            msssim_value = ms_ssim(x_hat, x, data_range=1.0, win_size=ms_ssim_window(side))
+            msssim_value = ms_ssim(x_hat, x, data_range=1.0, win_size=ms_ssim_window(side),
+                                   size_average=not per_image)  # fmt: skip
     if not mse_only:
         if w_msssim > 0:
             loss = loss + w_msssim * (1.0 - msssim_value)
@@ -98,13 +105,16 @@ def distortion(
                 raise LossConfigError(f"SSIM needs images of at least {SSIM_WINDOW} px")
             loss = loss + w_ssim * (1.0 - ssim_value)
         if w_psnr > 0:
-            loss = loss + w_psnr * (psnr_ref - per_image_psnr.mean())
+            loss = loss + w_psnr * (psnr_ref - (per_image_psnr if per_image else
+                                                per_image_psnr.mean()))  # fmt: skip
+    if per_image:
+        loss = (weights * loss).mean()
     nan = mse.new_full((), math.nan)
     terms = {
-        "mse": mse.detach(),
+        "mse": mse.detach().mean(),
         "psnr": per_image_psnr.detach().mean(),
-        "ssim": ssim_value.detach() if ssim_value is not None else nan,
-        "msssim": msssim_value.detach() if msssim_value is not None else nan,
+        "ssim": ssim_value.detach().mean() if ssim_value is not None else nan,
+        "msssim": msssim_value.detach().mean() if msssim_value is not None else nan,
     }
     return loss, terms
 
@@ -129,11 +139,16 @@ def compute_loss(
     With rate_lambda = 0 the loss is the distortion tensor itself (bit for bit the paper's
     loss, whatever `bits` holds). `lambdas` (B,): a rate weight per image instead (a
     variable-rate model trains each image at its own quality): the loss is then the
-    distortion plus the mean over the images of lambda_i * bpp_i.
+    distortion plus the mean over the images of lambda_i * bpp_i, and with
+    cfg.quality_balance > 0 each image's D_i + lambda_i * bpp_i is scaled by
+    (cfg.rate_lambda / lambda_i) ** cfg.quality_balance.
     """
+    weights = None
+    if lambdas is not None and cfg.quality_balance > 0:
+        weights = (cfg.rate_lambda / lambdas) ** cfg.quality_balance
     loss, terms = distortion(
         x_hat, x, w_msssim=cfg.w_msssim, w_ssim=cfg.w_ssim, w_mse=cfg.w_mse, w_psnr=cfg.w_psnr,
-        psnr_ref=cfg.psnr_ref, mse_only=mse_only,
+        psnr_ref=cfg.psnr_ref, mse_only=mse_only, weights=weights,
     )
     terms["distortion"] = loss.detach()
     if bits is None:
@@ -143,7 +158,8 @@ def compute_loss(
     bpp = bits_per_pixel(bits, x)
     terms["bpp"] = bpp.detach()
     if lambdas is not None:
-        loss = loss + (lambdas * bits).mean() / (x.shape[-2] * x.shape[-1])
+        rate = lambdas * bits if weights is None else weights * lambdas * bits
+        loss = loss + rate.mean() / (x.shape[-2] * x.shape[-1])
     elif cfg.rate_lambda > 0:
         loss = loss + cfg.rate_lambda * bpp
     return loss, terms

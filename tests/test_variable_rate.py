@@ -144,6 +144,34 @@ def test_training_config_draws_rate_weights_between_the_ends():
         ModelConfig(quality_levels=1)
 
 
+def test_quality_balance_scales_each_images_loss_by_its_rate_weight():
+    """With quality_balance b, image i's D_i + lambda_i R_i counts (lambda_top / lambda_i)^b:
+    the loss of a batch is the mean of those scaled per-image losses; b = 0 is the plain
+    D + mean(lambda_i R_i)."""
+    from caeadmm.losses import compute_loss, distortion
+
+    torch.manual_seed(0)
+    x = torch.rand(3, 3, 64, 64)
+    x_hat = (x + 0.05 * torch.randn_like(x)).clamp(0, 1)
+    bits = torch.tensor([900.0, 400.0, 100.0])
+    lambdas = torch.tensor([32.0, 512.0, 8192.0])
+    model = ModelConfig(latent_norm="none", entropy_model="factorized", quality_levels=9)
+    for balance in (0.0, 0.5, 1.0):
+        cfg = TrainConfig(model=model, rate_lambda=32.0, rate_lambda_max=8192.0,
+                          w_msssim=0.0, w_ssim=0.0, w_mse=1e5, quality_balance=balance)  # fmt: skip
+        loss, terms = compute_loss(x_hat, x, cfg, bits=bits, lambdas=lambdas)
+        expected = 0.0
+        for i in range(3):
+            d_i, _ = distortion(x_hat[i : i + 1], x[i : i + 1], w_msssim=0.0, w_ssim=0.0,
+                                w_mse=1e5)  # fmt: skip
+            weight = (32.0 / lambdas[i]) ** balance
+            expected += weight * (d_i + lambdas[i] * bits[i] / (64 * 64)) / 3
+        assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+        assert terms["bpp"].item() == pytest.approx(bits.mean().item() / (64 * 64))
+    with pytest.raises(ConfigError, match="quality_balance"):
+        TrainConfig(model=model, rate_lambda=32.0, rate_lambda_max=8192.0, quality_balance=-1)
+
+
 def test_a_training_step_trains_every_image_at_its_own_quality(tmp_path):
     """One local training run of a variable-rate model: the gains move, the loss is finite,
     the exported model decodes at two qualities."""
