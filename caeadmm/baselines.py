@@ -21,8 +21,9 @@ files (docs/results.md), not as baselines.
 The CAE codec (`cae`) is the same kind of entry: its settings are model names for
 `caeadmm.zoo.load`, one model per operating point; `caeadmm.image_codec` and `caeadmm.zoo` are
 imported only when a CAE point is measured. `cae-refined` is the same models with the latent
-of each image refined before coding (caeadmm.refine, its default steps, the rate weighed by
-the model's registered rate_lambda): the same decoder, a slower encoder.
+of each image refined before coding (caeadmm.refine at its default effort, what `--refine`
+alone does; the rate weighed by the model's registered rate_lambda): the same decoder, a
+slower encoder.
 
 A variable-rate model's setting names its quality after an "@": `cae:ms-ssim@2.5` (the
 registered variable-rate model for MS-SSIM, `caeadmm.zoo.for_metric`, at quality 2.5), and
@@ -263,8 +264,9 @@ CODECS: dict[str, Codec] = {
         ),
         Codec(
             "cae-refined", "CAE-ADMM, refined latent",
-            "CAE-ADMM (caeadmm), the latent of each image refined by gradient steps before "
-            "coding (caeadmm.refine), the same decoder; setting = model",
+            "CAE-ADMM (caeadmm), the latent of each image refined before coding "
+            "(caeadmm.refine, `--refine` at its default effort), the same decoder; "
+            "setting = model",
             (), _cae_setting, _cae_refined_encode, _cae_decode, prepare=_cae_model,
         ),
     )

@@ -3,6 +3,7 @@ stream is an ordinary stream, better for the objective, for any image size and w
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -221,3 +222,105 @@ def test_corpus_job_refines_as_compress_does(ray_local, model, tmp_path):
     assert job.build_parser().parse_args(["x", "-o", "y", "--refine"]).refine is None
     assert job.build_parser().parse_args(["x", "-o", "y", "--refine", "4"]).refine == 4
     assert job.build_parser().parse_args(["x", "-o", "y"]).refine == 0
+
+
+# -- effort levels: the flip search and the gradient decoder ----------------------------------
+
+
+def test_effort_levels_parse_and_build():
+    """`--refine fast|best|STEPS`: fast and best are flip searches of EFFORTS rounds, a number
+    is Adam steps (as before the levels), alone is DEFAULT_EFFORT, 0 nothing."""
+    from caeadmm.cli.flags import effort
+    from caeadmm.refine import DEFAULT_EFFORT, EFFORTS
+
+    assert effort("fast") == "fast" and effort("best") == "best" and effort("7") == 7
+    for bad in ("-1", "quick", "1.5"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            effort(bad)
+    for level, rounds in EFFORTS.items():
+        refine = refinement_for(None, level)
+        assert (refine.method, refine.steps) == ("flip", rounds)
+        assert refine.rate_lambda == zoo.rate_lambda(None) > 0
+    assert refinement_for(None) == refinement_for(None, DEFAULT_EFFORT)
+    assert (refinement_for(None, 7).method, refinement_for(None, 7).steps) == ("adam", 7)
+    assert refinement_for(None, 0) is None
+    with pytest.raises(ValueError, match="fast, best"):
+        refinement_for(None, "quick")
+    with pytest.raises(ValueError, match="method"):
+        Refinement(method="sga")
+    job = load_job()
+    assert job.build_parser().parse_args(["x", "-o", "y", "--refine", "best"]).refine == "best"
+
+
+@pytest.mark.parametrize("size, tile", [((48, 64), None), ((75, 101), 32)])
+def test_flip_search_lowers_the_distortion_and_repeats_itself(model, size, tile):
+    """Two rounds (fast) and more (best) each give an image closer to the input than the
+    plain stream, whole or window by window; the same run gives the same bytes again."""
+    image = test_image(*size, seed=6)
+    plain = mse(image_codec.decompress(image_codec.compress(image, model, tile=tile), model),
+                image)
+    mse_only = {"w_msssim": 0.0, "w_ssim": 0.0, "w_mse": 1e4, "w_psnr": 0.0}
+    for rounds in (2, 6):
+        refine = Refinement(method="flip", steps=rounds, distortion=mse_only)
+        data = image_codec.compress(image, model, tile=tile, refine=refine)
+        assert mse(image_codec.decompress(data, model), image) < plain
+        assert data == image_codec.compress(image, model, tile=tile, refine=refine)
+
+
+def test_flip_search_with_a_rate_term_is_repeatable():
+    """The rate term's noise comes from a seeded generator: the same bytes on every run."""
+    name = next(m.name for m in zoo.list_models() if m.default)
+    model = zoo.load(name)
+    image = np.asarray(Image.open(SAMPLES / "astronaut.png").convert("RGB"))[96:160, 160:240]
+    refine = refinement_for(name, "fast")
+    first = image_codec.compress(image, model, refine=refine)
+    assert first == image_codec.compress(image, model, refine=refine)
+    assert first != image_codec.compress(image, model)
+
+
+def test_gradient_decoder_is_the_decoder(model):
+    """The folded copy (BatchNorm in the convolutions, PReLU as leaky ReLU, channels-last) in
+    float32 computes what the model's decoder does, and leaves the model as it was."""
+    from caeadmm.refine import _gradient_decoder
+
+    before = model.fingerprint()
+    decoder, half = _gradient_decoder(model.decoder, torch.device("cpu"))
+    assert half in (None, torch.bfloat16)
+    assert not any(isinstance(m, (torch.nn.BatchNorm2d, torch.nn.PReLU))
+                   for m in decoder.modules())
+    latent = torch.randn(2, model.config.latent_channels, 5, 7) * 3
+    with torch.no_grad():
+        expected = model.decoder(latent)
+        got = decoder(latent.contiguous(memory_format=torch.channels_last))
+    torch.testing.assert_close(got, expected, atol=1e-4, rtol=1e-4)
+    assert model.fingerprint() == before
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_flip_rounds_extend_their_table():
+    from caeadmm.refine import MSE_SHARE, ROUNDS, rounds
+
+    assert rounds(2) == list(ROUNDS[:2])
+    assert rounds(len(ROUNDS) + 3) == [*ROUNDS, ROUNDS[-2], ROUNDS[-1], ROUNDS[-2]]
+    mse_only = {"w_msssim": 0.0, "w_ssim": 0.0, "w_mse": 1e5}
+    assert rounds(2, mse_only) == [(kind, MSE_SHARE * share) for kind, share in ROUNDS[:2]]
+    assert rounds(2, {"w_ssim": 0.0}) == rounds(2)
+
+
+def test_cli_compress_refine_fast(model, tmp_path):
+    checkpoint = tmp_path / "tiny.pt"
+    save_checkpoint(checkpoint, model=model, admm=None, optimizer=None, step=0,
+                    config=TrainConfig(model=model.config))
+    src = tmp_path / "a.png"
+    Image.fromarray(test_image(40, 50)).save(src)
+    out = {}
+    for level in ("fast", "best", None):
+        out[level] = tmp_path / f"{level}.cae"
+        extra = ["--refine"] if level is None else ["--refine", level]
+        assert main(["compress", str(src), "-o", str(out[level]), "--model", str(checkpoint),
+                     *extra]) == 0
+    image = np.asarray(Image.open(src))
+    assert out["fast"].read_bytes() == image_codec.compress(
+        image, model, refine=refinement_for(str(checkpoint), "fast"))
+    assert out[None].read_bytes() == out["fast"].read_bytes()  # the default level
+    assert image_codec.decompress(out["best"].read_bytes(), model).shape == (40, 50, 3)

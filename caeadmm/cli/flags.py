@@ -1,8 +1,9 @@
 """One flag style for the `caeadmm` commands and the jobs/ scripts.
 
 `-o/--output` names where results go, `--force` replaces what is there, `--quiet` turns off
-progress output, `--version` prints the version, `--refine [STEPS]` refines each image's latent
-before coding (caeadmm.refine). Old spellings (`--out`, `--overwrite`,
+progress output, `--version` prints the version, `--refine [fast|best|STEPS]` refines each
+image's latent before coding (caeadmm.refine), `--device cpu|cuda` picks where the network
+runs. Old spellings (`--out`, `--overwrite`,
 `--no-progress`) still work in this release and print a note naming the new one; they go
 in the next release.
 """
@@ -58,21 +59,39 @@ def add_quiet(parser: argparse.ArgumentParser, help: str = "no progress output",
 
 
 def add_refine(parser: argparse.ArgumentParser) -> None:
-    """`--refine [STEPS]`: 0 (absent) plain coding, None (alone) refine.STEPS, else STEPS."""
+    """`--refine [fast|best|STEPS]`: 0 (absent) plain coding, None (alone) the default effort
+    (caeadmm.refine.DEFAULT_EFFORT), "fast" or "best", or a number of Adam steps."""
     parser.add_argument(
-        "--refine", type=steps, nargs="?", const=None, default=0, metavar="STEPS",
-        help="refine each image's latent by STEPS gradient steps before coding (alone: the "
-        "default steps of caeadmm.refine): better quality at about the same rate, the same "
-        "decoder, encoding about 40 s per Kodak image on a CPU core (docs/refine.md)",
+        "--refine", type=effort, nargs="?", const=None, default=0, metavar="fast|best|STEPS",
+        help="refine each image's latent before coding: better quality at about the same "
+        "rate, read by the same decoder. fast (the default when no value is given): about "
+        "3 s per Kodak image on a CPU core; best: a little more gain, about 4 times "
+        "fast's time; STEPS: that many Adam steps, the slower method of earlier releases "
+        "(docs/refine.md)",
     )
 
 
-def steps(text: str) -> int:
-    """A --refine value: a count of steps, 0 or more."""
-    value = int(text)
+def effort(text: str) -> str | int:
+    """A --refine value: "fast", "best", or a count of Adam steps, 0 or more."""
+    if text in ("fast", "best"):
+        return text
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected fast, best or a number of steps, got {text!r}") from None
     if value < 0:
         raise argparse.ArgumentTypeError(f"steps must be >= 0, got {value}")
     return value
+
+
+def add_device(parser: argparse.ArgumentParser) -> None:
+    """`--device cpu|cuda` (dest "device"): where the network runs (caeadmm.devices)."""
+    parser.add_argument(
+        "--device", choices=("cpu", "cuda"), default="cpu",
+        help="where the network runs (default cpu); cuda needs an NVIDIA GPU and a CUDA "
+        "build of PyTorch, and is refused with a message where there is none",
+    )
 
 
 def add_version(parser: argparse.ArgumentParser) -> None:
