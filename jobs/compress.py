@@ -10,9 +10,11 @@ listed in the manifest (status "failed") and do not stop the others. Under `ray 
 the output must be an absolute path. Exit code (as `caeadmm compress`): 0 when every file was
 compressed or already done, 1 when some failed (status "failed" in the manifest), 2 for bad
 arguments or no model, 130 when interrupted (the manifest then lists what finished).
-`--refine [STEPS]` refines each image's latent before coding (docs/refine.md); `--metric`,
-`--quality` and `--target-bpp` choose a variable-rate model and its rate, as for
-`caeadmm compress` (docs/variable-rate.md).
+`--refine [fast|best|STEPS]` refines each image's latent before coding (docs/refine.md);
+`--metric`, `--quality` and `--target-bpp` choose a variable-rate model and its rate, as for
+`caeadmm compress` (docs/variable-rate.md); `--device cuda` runs the network on a GPU per
+actor (default cpu). The job ends with images/s and MB/s (of pixels), as `caeadmm compress`
+does (docs/speed.md).
 See docs/cli.md ("Corpora on a Ray cluster") and caeadmm/distributed/batch_compress.py.
 """
 
@@ -25,6 +27,7 @@ from pathlib import Path
 from caeadmm.cli import flags
 from caeadmm.cli.common import UsageError
 from caeadmm.cli.compress import add_rate_options, resolve_rate
+from caeadmm.devices import DeviceError
 from caeadmm.distributed.batch_compress import Interrupted, compress_corpus
 from caeadmm.distributed.session import connect
 from caeadmm.refine import refinement_for
@@ -42,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--concurrency", type=int, default=2, help="actors (default 2)")
     parser.add_argument("--cpus-per-actor", type=float, default=1.0, help="default 1")
     parser.add_argument("--gpus-per-actor", type=float,
-                        help="default: 1 when the cluster has GPUs, else 0")
+                        help="with --device cuda; default 1 then")
+    flags.add_device(parser)
     flags.add_force(parser, "recompress existing outputs")
     flags.add_refine(parser)
     flags.add_quiet(parser, "no progress output (a bar on a terminal, else a line every 30 s)",
@@ -63,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         manifest = args.manifest and flags.resolve_output(args.manifest, "--manifest")
         # A missing or broken model fails here, not in every actor.
         model, quality, target_bpp = resolve_rate(args)
+        if args.gpus_per_actor and args.device != "cuda":
+            raise UsageError("--gpus-per-actor needs --device cuda")
     except (ValueError, UsageError, ModelLoadError) as exc:
         print(f"compress: {exc}", file=sys.stderr)
         return 2
@@ -73,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
             args.inputs, output, model, manifest=manifest, quality=quality,
             target_bpp=target_bpp,
             concurrency=args.concurrency, num_cpus=args.cpus_per_actor,
-            num_gpus=args.gpus_per_actor, force=args.force,
+            num_gpus=args.gpus_per_actor, force=args.force, device=args.device,
             refine=refinement_for(model, args.refine), progress=not args.quiet,
         )
     except Interrupted as stop:
@@ -82,9 +88,14 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # before any file was planned
         print("compress: interrupted; nothing done", file=sys.stderr)
         return 130
+    except DeviceError as exc:  # the cluster has no GPU for --device cuda
+        print(f"compress: {exc}", file=sys.stderr)
+        return 2
     redone = f", {summary.redone} of them damaged ones made again" if summary.redone else ""
     print(f"compressed {summary.compressed}{redone}, already done {summary.skipped}, "
           f"failed {summary.failed}; outputs in {output}; manifest: {summary.manifest}")
+    if summary.compressed:
+        print(f"compress: {summary.throughput()}")
     if summary.failed:
         print(f"compress: {summary.failed} files failed (status \"failed\" in "
               f"{summary.manifest}, with the reason)", file=sys.stderr)

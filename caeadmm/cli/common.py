@@ -20,6 +20,7 @@ import os
 import signal
 import sys
 import threading
+import time
 import warnings
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -39,10 +40,13 @@ EXISTING_MODES = ("refuse", "force", "skip")
 
 class Done(NamedTuple):
     """What a task did with one file: kind "written", "skipped", "redone" (a damaged output
-    made again) or "replaced" (one made with another model or quality), and its line."""
+    made again) or "replaced" (one made with another model or quality), its line, and for a
+    file it coded the image's pixel count and the bytes of the stream (compressed size)."""
 
     kind: str
     line: str
+    pixels: int = 0
+    stream_bytes: int = 0
 
 
 class UsageError(Exception):
@@ -53,6 +57,7 @@ def add_common_options(p: argparse.ArgumentParser, model_help: str) -> None:
     p.add_argument("--model", metavar="NAME|PATH", help=model_help)
     p.add_argument("--workers", type=_positive_int, default=1, metavar="N",
                    help="worker processes (default 1)")
+    flags.add_device(p)
     flags.add_quiet(p, "no progress bar")
     existing = p.add_mutually_exclusive_group()
     existing.add_argument("--force", action="store_true", help="overwrite existing outputs")
@@ -74,6 +79,24 @@ def cached_model(spec: str | None):
     from caeadmm.zoo import load
 
     return load(spec)
+
+
+def model_on(spec: str | None, device: str = "cpu"):
+    """`cached_model(spec)` on `device` ("cpu" or "cuda"; caeadmm.devices.resolve, whose
+    DeviceError says why a GPU cannot be used)."""
+    from caeadmm.devices import resolve
+
+    return cached_model(spec).to(resolve(device))
+
+
+def check_device(device: str) -> None:
+    """Raise UsageError when `device` cannot be used here (before any file is planned)."""
+    from caeadmm.devices import resolve
+
+    try:
+        resolve(device)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def plan(
@@ -120,6 +143,7 @@ def execute(
     for src, message in errors:
         report_failure(command, src, message)
     counts = dict.fromkeys(("written", "skipped", "redone", "replaced"), 0)
+    rate = Throughput()
     bar = tqdm(total=len(pairs), unit="file", file=sys.stderr,
                disable=True if quiet or len(pairs) < 2 else None)
     try:
@@ -127,6 +151,7 @@ def execute(
             for src, (ok, outcome) in results:
                 if ok:
                     counts[outcome.kind] += 1
+                    rate.add(outcome)
                     tqdm.write(outcome.line, file=sys.stdout)
                 else:
                     failed += 1
@@ -146,7 +171,32 @@ def execute(
     if failed and len(pairs) + len(errors) > 1:
         print(f"caeadmm {command}: {failed} of {len(pairs) + len(errors)} files failed",
               file=sys.stderr)
+    if rate.images and not quiet:
+        print(f"caeadmm {command}: {rate.summary()}", file=sys.stderr)
     return EXIT_FAILED if failed else EXIT_OK
+
+
+class Throughput:
+    """Images coded and their pixels and stream bytes since it was made (wall clock): the
+    `N images in T s: X images/s, Y MB/s` line that compress, decompress and the batch job
+    end with. MB/s counts the uncompressed pixels (3 bytes each, as RGB; 10^6 bytes a MB),
+    the same for both directions, so that the figures compare across codecs and formats."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.images = self.pixels = self.stream_bytes = 0
+
+    def add(self, done: Done) -> None:
+        if done.pixels:
+            self.images += 1
+            self.pixels += done.pixels
+            self.stream_bytes += done.stream_bytes
+
+    def summary(self) -> str:
+        seconds = max(time.perf_counter() - self.start, 1e-9)
+        return (f"{self.images} images in {seconds:.1f} s: {self.images / seconds:.2f} "
+                f"images/s, {3 * self.pixels / 1e6 / seconds:.2f} MB/s of pixels "
+                f"({self.pixels / 1e6:.1f} Mpx, {self.stream_bytes / 1e6:.2f} MB of streams)")
 
 
 def check_existing(
@@ -176,17 +226,18 @@ def check_existing(
 
 def run_task(
     src: Path, dst: Path, existing: str, check: Callable[[Path], object],
-    write: Callable[[bool], str],
+    write: Callable[[bool], tuple[str, int, int]],
 ) -> Done:
     """One file under the EXISTING_MODES policy: `write(overwrite)` makes the output and
-    returns its summary line. With "skip", an output that another run writes between the
-    check and the write is judged by the same rule (kept, or replaced). Warnings that the
-    work raises (an alpha channel dropped, ...) end the line, one note each."""
+    returns its summary line, the image's pixel count and the stream's bytes. With "skip",
+    an output that another run writes between the check and the write is judged by the same
+    rule (kept, or replaced). Warnings that the work raises (an alpha channel dropped, ...)
+    end the line, one note each."""
     state = check_existing(dst, existing, check)
     if state == "ok":
         return Done("skipped", f"{src} -> {dst}: already done (checked), skipped")
     try:
-        line, notes = _noting(write, existing == "force" or state is not None, src)
+        (line, *coded), notes = _noting(write, existing == "force" or state is not None, src)
     except FileExistsError:
         if existing != "skip" or state is not None:
             raise
@@ -194,17 +245,19 @@ def run_task(
         if state == "ok":
             return Done("skipped", f"{src} -> {dst}: made meanwhile by another run "
                         "(checked), skipped")
-        line, notes = _noting(write, True, src)
+        (line, *coded), notes = _noting(write, True, src)
     line += "".join(f"; note: {note}" for note in notes)
     if state is None:
-        return Done("written", line)
+        return Done("written", line, *coded)
     kind, reason = state
     if kind == "stale":
-        return Done("replaced", f"{line} (replaced an output {reason})")
-    return Done("redone", f"{line} (replaced a damaged output: {reason})")
+        return Done("replaced", f"{line} (replaced an output {reason})", *coded)
+    return Done("redone", f"{line} (replaced a damaged output: {reason})", *coded)
 
 
-def _noting(write: Callable[[bool], str], overwrite: bool, src: Path) -> tuple[str, list[str]]:
+def _noting(
+    write: Callable[[bool], tuple[str, int, int]], overwrite: bool, src: Path
+) -> tuple[tuple[str, int, int], list[str]]:
     """(write(overwrite), the messages of the UserWarnings it raised, each on one line and
     without a leading "SRC: "), instead of Python's warning lines with file and line; other
     warnings (deprecations) are shown as usual."""

@@ -1,5 +1,6 @@
 """`caeadmm compress INPUT... [-o FILE|DIR] [--model M | --metric ms-ssim|mse]
-[--quality Q | --target-bpp X] [--refine [STEPS]] [--workers N] [--force|--skip-existing]`."""
+[--quality Q | --target-bpp X] [--refine [fast|best|STEPS]] [--workers N] [--device cpu|cuda]
+[--force|--skip-existing]`."""
 
 from __future__ import annotations
 
@@ -77,13 +78,15 @@ def run(args: argparse.Namespace) -> int:
     from caeadmm.zoo import ModelLoadError
 
     try:
+        common.check_device(args.device)
         pairs, errors = common.plan(args.inputs, args.output, ".cae", lambda d: list_images([d]))
         spec, quality, target_bpp = resolve_rate(args)
         refine = refinement_for(spec, args.refine)
     except (common.UsageError, ModelLoadError) as exc:
         return common.usage_error("compress", str(exc))
     task = functools.partial(compress_one, model=spec, existing=common.existing_mode(args),
-                             refine=refine, quality=quality, target_bpp=target_bpp)
+                             refine=refine, quality=quality, target_bpp=target_bpp,
+                             device=args.device)
     return common.execute("compress", pairs, errors, task, args.workers,
                           quiet=args.quiet)
 
@@ -96,12 +99,13 @@ def compress_one(
     refine: Refinement | None = None,
     quality: float | None = None,
     target_bpp: float | None = None,
+    device: str = "cpu",
 ) -> common.Done:
     from caeadmm.image_codec import compress_file
     from caeadmm.resume import Wanted, check_stream
 
-    def write(overwrite: bool) -> str:
-        nbytes, bpp, used = compress_file(src, dst, common.cached_model(model),
+    def write(overwrite: bool) -> tuple[str, int, int]:
+        nbytes, bpp, used = compress_file(src, dst, common.model_on(model, device),
                                           overwrite=overwrite, refine=refine, quality=quality,
                                           target_bpp=target_bpp)  # fmt: skip
         line = f"{src} -> {dst}: {nbytes} bytes, {bpp:.4f} bpp"
@@ -109,7 +113,7 @@ def compress_one(
             line += f", quality {used:.3f}"
         if target_bpp is not None and bpp > target_bpp:
             line += f" (the lowest quality; the target {target_bpp} bpp is out of reach)"
-        return line
+        return line, round(8 * nbytes / bpp), nbytes
 
     # An existing output counts as done only if made with this model (and quality).
     wanted = Wanted(common.cached_model(model).fingerprint(), model or "the default model",

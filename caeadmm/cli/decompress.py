@@ -41,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from caeadmm.zoo import ModelLoadError
 
     try:
+        common.check_device(args.device)
         pairs, errors = common.plan(args.inputs, args.output, ".png", _cae_files)
         if args.max_pixels is None:
             args.max_pixels = max_pixels_from_env()  # ValueError when malformed
@@ -51,23 +52,26 @@ def run(args: argparse.Namespace) -> int:
     except (common.UsageError, ModelLoadError, ValueError) as exc:
         return common.usage_error("decompress", str(exc))
     task = functools.partial(decompress_one, model=args.model,
-                             existing=common.existing_mode(args), max_pixels=args.max_pixels)
+                             existing=common.existing_mode(args), max_pixels=args.max_pixels,
+                             device=args.device)
     return common.execute("decompress", pairs, errors, task, args.workers,
                           quiet=args.quiet)
 
 
 def decompress_one(
-    src: Path, dst: Path, model: str | None, existing: str, max_pixels: int
+    src: Path, dst: Path, model: str | None, existing: str, max_pixels: int,
+    device: str = "cpu",
 ) -> common.Done:
     from caeadmm.resume import check_image
 
-    def write(overwrite: bool) -> str:
-        return _decompress(src, dst, model, overwrite, max_pixels)
+    def write(overwrite: bool) -> tuple[str, int, int]:
+        return _decompress(src, dst, model, overwrite, max_pixels, device)
 
     return common.run_task(src, dst, existing, check_image, write)
 
 
-def _decompress(src: Path, dst: Path, model: str | None, overwrite: bool, max_pixels: int) -> str:
+def _decompress(src: Path, dst: Path, model: str | None, overwrite: bool, max_pixels: int,
+                device: str = "cpu") -> tuple[str, int, int]:
     from caeadmm import bitstream, zoo
     from caeadmm.image_codec import decompress, save_image
 
@@ -81,10 +85,11 @@ def _decompress(src: Path, dst: Path, model: str | None, overwrite: bool, max_pi
                 "is not registered; pass --model PATH to its checkpoint"
             )
         model = info.name
-    image = decompress(data, common.cached_model(model), max_pixels=max_pixels)
+    image = decompress(data, common.model_on(model, device), max_pixels=max_pixels)
     save_image(dst, image, overwrite=overwrite)
     mode = "L" if image.ndim == 2 else "RGB"
-    return f"{src} -> {dst}: {image.shape[1]}x{image.shape[0]} {mode}"
+    line = f"{src} -> {dst}: {image.shape[1]}x{image.shape[0]} {mode}"
+    return line, image.shape[0] * image.shape[1], len(data)
 
 
 def _pixels(text: str) -> int | str:

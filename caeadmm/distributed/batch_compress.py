@@ -1,10 +1,11 @@
 """Compress a corpus on a Ray cluster (jobs/compress.py is the entry point).
 
 Ray Data spreads the file list over a pool of actors; each actor loads the model once (on
-a GPU when it was given one) and compresses its files with `image_codec.compress_file`, which
-writes every .cae atomically. The driver collects one manifest row per file (source,
-output, bytes, bpp, status, error) and writes the manifest Parquet atomically at the end,
-also when interrupted (`Interrupted`), so it lists what was done.
+its GPU with device "cuda", which gives every actor one unless num_gpus says otherwise) and
+compresses its files with `image_codec.compress_file`, which writes every .cae atomically.
+The driver collects one manifest row per file (source, output, bytes, bpp, status, error)
+and writes the manifest Parquet atomically at the end, also when interrupted
+(`Interrupted`), so it lists what was done; the Summary has the run's throughput.
 
 Reruns: an existing output is checked whole (`caeadmm.resume.check_stream`: header, payload
 length against the file size, checksum, and the model fingerprint and quality asked for); a
@@ -21,6 +22,7 @@ from __future__ import annotations
 import io
 import os
 import sys
+import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -33,6 +35,7 @@ import pyarrow.parquet as pq
 import ray
 
 from caeadmm import image_codec, zoo
+from caeadmm.devices import DeviceError, resolve
 from caeadmm.distributed.session import connect, quiet_data, shutdown_own_ray
 from caeadmm.files import is_temp_file, write_atomic
 from caeadmm.images import list_images
@@ -59,6 +62,18 @@ class Summary:
     failed: int
     manifest: Path
     redone: int = 0  # damaged outputs of an earlier run, compressed again
+    seconds: float = 0.0  # wall clock of the run, from the plan to the manifest
+    pixels: int = 0  # of the images this run compressed
+    stream_bytes: int = 0  # of the streams this run wrote
+
+    def throughput(self) -> str:
+        """`N images in T s: X images/s, Y MB/s of pixels (...)`, as caeadmm compress ends
+        (MB/s: the uncompressed pixels, 3 bytes each, per second)."""
+        seconds = max(self.seconds, 1e-9)
+        return (f"{self.compressed} images in {seconds:.1f} s: "
+                f"{self.compressed / seconds:.2f} images/s, "
+                f"{3 * self.pixels / 1e6 / seconds:.2f} MB/s of pixels "
+                f"({self.pixels / 1e6:.1f} Mpx, {self.stream_bytes / 1e6:.2f} MB of streams)")
 
 
 class Interrupted(KeyboardInterrupt):
@@ -85,12 +100,15 @@ def compress_corpus(
     on_row: Callable[[dict], None] | None = None,
     quality: float | None = None,
     target_bpp: float | None = None,
+    device: str = "cpu",
 ) -> Summary:
     """Compress every image under `inputs` into `output_dir` (trees mirrored), NAME.cae.
 
     - model: registered name or checkpoint path (None: the registry's default);
-    - concurrency: actors; num_cpus, num_gpus: per actor (num_gpus None: 1 when the cluster
-      has GPUs, else 0);
+    - concurrency: actors; num_cpus, num_gpus: per actor (num_gpus None: 1 with device
+      "cuda", else 0);
+    - device: "cpu", or "cuda" (the network on each actor's GPU; DeviceError when the
+      cluster has none);
     - manifest: Parquet path (default OUTPUT_DIR/manifest.parquet);
     - refine: refine each image's latent before coding (caeadmm.refine.refinement_for);
     - quality, target_bpp: a variable-rate model's quality, or the bpp to fit
@@ -98,6 +116,14 @@ def compress_corpus(
     - progress: a progress bar on stderr; on_row: called with each new manifest row.
     Connects to Ray (`caeadmm.distributed.session.connect`) if this process is not yet.
     """
+    if device not in ("cpu", "cuda"):
+        raise ValueError(f"device must be cpu or cuda, got {device!r}")
+    if device == "cpu" and num_gpus:
+        raise ValueError("GPUs per actor need device cuda (--device cuda)")
+    start = time.perf_counter()
+    if device == "cuda":  # refused before anything is planned or written
+        connect()
+        _cluster_gpus()
     output_dir = Path(output_dir)
     manifest = Path(manifest) if manifest else output_dir / "manifest.parquet"
     pairs, errors = plan_outputs(
@@ -120,14 +146,17 @@ def compress_corpus(
                   flush=True)
         todo.append({"source": str(src), "output": str(dst), "replace": damage is not None})
     skipped = len(rows) - sum(r["status"] == "failed" for r in rows)
-    compressed = 0
+    compressed = pixels = stream_bytes = 0
     bar = Progress(len(todo), "compress", "file", enabled=progress)
-    results = _run_actors(todo, model, concurrency, num_cpus, num_gpus, force,
+    results = _run_actors(todo, model, concurrency, num_cpus, num_gpus, force, device,
                           {"refine": refine, "quality": quality, "target_bpp": target_bpp})
     try:
         for row in results:
             rows.append(row)
-            compressed += row["status"] == "ok"
+            if row["status"] == "ok":
+                compressed += 1
+                pixels += round(8 * row["bytes"] / row["bpp"])
+                stream_bytes += row["bytes"]
             bar.update()
             if on_row is not None:
                 on_row(row)
@@ -147,7 +176,8 @@ def compress_corpus(
     _write_manifest(manifest, rows)
     failed = sum(r["status"] == "failed" for r in rows)
     return Summary(compressed=compressed, skipped=skipped, failed=failed, manifest=manifest,
-                   redone=redone)
+                   redone=redone, seconds=time.perf_counter() - start, pixels=pixels,
+                   stream_bytes=stream_bytes)
 
 
 class _Compressor:
@@ -155,14 +185,13 @@ class _Compressor:
 
     def __init__(self, model: str | None, overwrite: bool, threads: int,
                  refine: Refinement | None = None, quality: float | None = None,
-                 target_bpp: float | None = None):
+                 target_bpp: float | None = None, device: str = "cpu"):
         import torch
 
         die_with_parent(os.getppid(), kernel_signal=False)  # the raylet: gone with the driver
         torch.set_num_threads(threads)
-        self.model = zoo.load(model)
-        if torch.cuda.is_available():  # true only when Ray gave this actor a GPU
-            self.model.to("cuda")
+        # "cuda" works only where Ray gave this actor a GPU (DeviceError otherwise)
+        self.model = zoo.load(model).to(resolve(device))
         self.overwrite = overwrite
         self.encode = {"refine": refine, "quality": quality, "target_bpp": target_bpp}
 
@@ -182,21 +211,33 @@ class _Compressor:
 
 def _run_actors(
     todo: list[dict], model: str | None, concurrency: int, num_cpus: float, num_gpus: float | None,
-    overwrite: bool, encode: dict[str, Any],
+    overwrite: bool, device: str, encode: dict[str, Any],
 ) -> Iterator[dict]:
     if not todo:
         return
     connect()  # nothing to do when the caller (or jobs/compress.py) is connected already
-    if num_gpus is None:
-        num_gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    if device == "cuda":
+        _cluster_gpus()
+        num_gpus = 1 if num_gpus is None else num_gpus
+    num_gpus = num_gpus or 0
     ds = ray.data.from_items(todo, override_num_blocks=min(len(todo), 2000))
     with warnings.catch_warnings():
         # max_restarts has no named parameter in Ray 2.60, so it goes through the deprecated
         # ray_remote_args; this run asks for it on purpose.
         warnings.filterwarnings("ignore", "`ray_remote_args` is deprecated")
-        ds = _map(ds, model, concurrency, num_cpus, num_gpus, overwrite, encode, len(todo))
+        ds = _map(ds, model, concurrency, num_cpus, num_gpus, overwrite,
+                  {**encode, "device": device}, len(todo))
     with quiet_data():
         yield from ds.iter_rows()
+
+
+def _cluster_gpus() -> float:
+    """The GPUs of the connected Ray cluster; DeviceError when it has none."""
+    gpus = ray.cluster_resources().get("GPU", 0)
+    if gpus <= 0:
+        raise DeviceError("--device cuda: the Ray cluster has no GPUs (ray status lists its "
+                          "resources); use --device cpu")
+    return gpus
 
 
 def _map(ds: ray.data.Dataset, model: str | None, concurrency: int, num_cpus: float,
@@ -206,7 +247,7 @@ def _map(ds: ray.data.Dataset, model: str | None, concurrency: int, num_cpus: fl
         _Compressor,
         fn_constructor_kwargs={
             "model": model, "overwrite": overwrite, "threads": max(1, int(num_cpus)),
-            **encode,  # refine, quality, target_bpp: image_codec.compress_file's options
+            **encode,  # refine, quality, target_bpp (compress_file's options), device
         },
         batch_size=1,
         compute=ray.data.ActorPoolStrategy(size=min(concurrency, n)),
