@@ -5,6 +5,8 @@ entropy coding, with Pillow JPEG and WebP timed on the same images in the same r
     .venv/bin/python bench/image_codec.py [--kodak DIR] [--threads 2] [--repeats 3] [--model M]
     .venv/bin/python bench/image_codec.py --large [--layout tiles]   # one 8000 x 6000 image
     .venv/bin/python bench/image_codec.py --payload --model small-k3 --model small-k6 --limit 6
+    .venv/bin/python bench/image_codec.py --bound [--limit 6] [--threads 2] [--model M ...]
+    .venv/bin/python bench/image_codec.py --throughput DIR [--workers 2] [--limit 6]
 
 Without --model the small preset runs with random weights: the time of a network does not
 depend on its weights, but the entropy coder's does on the symbols, so the random model's
@@ -20,17 +22,42 @@ for one layout (run it once per layout: the peak of a process only grows). --pay
 per --model, the bpp of the same symbols coded with one table (coding.encode), a table per
 group of channels (the "channels" layout) and as predicted planes (the default "predicted"
 layout), no timing.
+
+--bound: how far the codec is from what its network costs. Per model (default: the
+registry's default and every registered variable-rate model): the multiply-adds of the
+encoder and the decoder per megapixel, counted with forward hooks on every Conv2d over a
+Kodak-sized input; the time of a plain stack of the same convolutions (the same shapes, run
+one after another on random inputs in inference mode, --threads threads), hence the conv
+throughput torch reaches on this CPU and the compute-bound time per Kodak image; and the
+measured encode and decode (image_codec.compress / decompress, entropy coding included,
+medians of --repeats per image, median over the images) as a ratio to it. Beside them, in
+the same run and on the same images: Pillow WebP (method 6, and Pillow's default method 4)
+and AVIF (speed 4 and 8, --threads encoder threads) encode and decode at quality 75.
+
+--throughput DIR: images per second over the first --limit images of DIR, the way a user
+runs it: `caeadmm compress DIR --workers N` (plain, and with --refine fast) and
+`caeadmm decompress`, end to end (process start, model loading and file I/O included), and
+Pillow AVIF speed 4 (quality 75) over the same files with N worker processes, each given
+cores / N encoder threads as caeadmm's workers are given torch threads.
 """
 
 from __future__ import annotations
 
 import argparse
+import concurrent.futures as cf
 import io
+import math
+import multiprocessing
 import os
+import re
 import resource
+import shutil
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -43,12 +70,12 @@ sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import coding  # noqa: E402
 from caeadmm import image_codec  # noqa: E402
-from caeadmm.bitstream import parse  # noqa: E402
+from caeadmm.bitstream import padded_side, parse  # noqa: E402
 from caeadmm.config import ModelConfig  # noqa: E402
 from caeadmm.images import list_images, load_rgb  # noqa: E402
 from caeadmm.metrics import quality_metrics  # noqa: E402
 from caeadmm.model import CAE  # noqa: E402
-from caeadmm.zoo import load  # noqa: E402
+from caeadmm.zoo import default_quality, list_models, load  # noqa: E402
 
 # The Kodak set next to the repository (a checkout of this project's workspace).
 KODAK = Path(__file__).resolve().parents[2] / "shared" / "data" / "kodak"
@@ -206,6 +233,224 @@ def table(rows: list[dict[str, tuple]], random_weights: bool) -> str:
     return "\n".join(lines)
 
 
+# -- --bound: multiply-adds, the conv stack, and the codec against it ------------------------
+
+
+Records = list[tuple[torch.nn.Conv2d, tuple, tuple]]
+
+
+def conv_records(network: torch.nn.Module, x: torch.Tensor) -> Records:
+    """(convolution, its input shape, its output shape) of every Conv2d that `network(x)`
+    runs, in order (forward hooks)."""
+    records: Records = []
+
+    def hook(conv: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        records.append((conv, tuple(inputs[0].shape), tuple(output.shape)))
+
+    hooks = [m.register_forward_hook(hook) for m in network.modules()
+             if isinstance(m, torch.nn.Conv2d)]
+    try:
+        with torch.inference_mode():
+            network(x)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return records
+
+
+def conv_macs(records: Records) -> int:
+    """Multiply-adds of the recorded convolutions (batch 1): per output value, one per input
+    channel of its group and kernel tap."""
+    total = 0
+    for conv, _, out in records:
+        kh, kw = conv.kernel_size
+        total += math.prod(out[1:]) * (conv.in_channels // conv.groups) * kh * kw
+    return total
+
+
+def conv_stack_seconds(records: Records, repeats: int) -> float:
+    """Median wall time of running every recorded convolution once on a random input of its
+    shape: the network's convolutions alone, at the throughput torch reaches on them."""
+    inputs = [(conv, torch.rand(shape)) for conv, shape, _ in records]
+    with torch.inference_mode():
+        for conv, x in inputs:  # warm-up: oneDNN picks and caches its kernels
+            conv(x)
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for conv, x in inputs:
+                conv(x)
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def pillow_rows(images: list[np.ndarray], repeats: int, threads: int) -> list[tuple]:
+    """(codec, median encode s, median decode s, mean bpp) of Pillow WebP and AVIF."""
+    settings = [
+        ("WebP q75, method 6", "WEBP", {"quality": 75, "method": 6}),
+        ("WebP q75, default (method 4)", "WEBP", {"quality": 75}),
+        ("AVIF q75, speed 4", "AVIF", {"quality": 75, "speed": 4, "max_threads": threads}),
+        ("AVIF q75, speed 8", "AVIF", {"quality": 75, "speed": 8, "max_threads": threads}),
+    ]
+    rows = []
+    for label, fmt, options in settings:
+        encode, decode, bpp = [], [], []
+        for image in images:
+            pil = Image.fromarray(image)
+
+            def save(pil=pil, fmt=fmt, options=options) -> bytes:
+                buffer = io.BytesIO()
+                pil.save(buffer, format=fmt, **options)
+                return buffer.getvalue()
+
+            (wall, _), data = timed(save, repeats)
+            encode.append(wall)
+            (wall, _), _ = timed(lambda data=data: np.asarray(Image.open(io.BytesIO(data))
+                                                              .convert("RGB")), repeats)
+            decode.append(wall)
+            bpp.append(8 * len(data) / (image.shape[0] * image.shape[1]))
+        rows.append((label, statistics.median(encode), statistics.median(decode),
+                     statistics.mean(bpp)))
+    return rows
+
+
+def bound_models(names: list[str] | None) -> list[str | None]:
+    """--model, else the registry's default and every registered variable-rate model."""
+    if names:
+        return list(names)
+    variable = [m.name for m in list_models() if m.default_quality is not None
+                and not m.superseded]
+    return [None, *variable]
+
+
+def bound(args: argparse.Namespace) -> None:
+    paths = list_images([args.kodak])[: args.limit]
+    if not paths:
+        sys.exit(f"no images in {args.kodak}")
+    images = [load_rgb(p) for p in paths]
+    print(f"{len(images)} Kodak images ({', '.join(p.stem for p in paths)}), medians of "
+          f"{args.repeats} runs each; torch {torch.__version__}, {torch.get_num_threads()} "
+          f"threads; load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs\n")
+    lines = ["| model | part | G multiply-adds per Mpx | G per Kodak image | conv stack s "
+             "(the bound) | conv throughput GMAC/s | measured s | measured / bound |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name in bound_models(args.model):
+        model = load(name).eval()
+        quality = default_quality(name, model)
+        image_codec.compress(images[0][:64, :64], model, quality=quality)  # numba, oneDNN
+        # Per image, the codec and the conv stack of that image's shapes one after the
+        # other, so that both see the same load; the ratio is the median of the per-image
+        # ratios.
+        rows: dict[str, list[tuple[int, float, float]]] = {"encoder": [], "decoder": []}
+        for image in images:
+            height, width = (padded_side(n) for n in image.shape[:2])
+            latent = torch.rand(1, model.config.latent_channels, height // 8, width // 8)
+            records = {"encoder": conv_records(model.encoder, torch.rand(1, 3, height, width)),
+                       "decoder": conv_records(model.decoder, latent)}
+            (encode, _), data = timed(partial(image_codec.compress, image, model,
+                                              quality=quality), args.repeats)
+            (decode, _), _ = timed(partial(image_codec.decompress, data, model), args.repeats)
+            for part, measured in (("encoder", encode), ("decoder", decode)):
+                stack = conv_stack_seconds(records[part], args.repeats)
+                rows[part].append((conv_macs(records[part]), stack, measured))
+        pixels = statistics.median(math.prod(im.shape[:2]) for im in images)
+        for part, per_image in rows.items():
+            macs = statistics.median(r[0] for r in per_image)
+            stack = statistics.median(r[1] for r in per_image)
+            measured = statistics.median(r[2] for r in per_image)
+            ratio = statistics.median(r[2] / r[1] for r in per_image)
+            what = "encode" if part == "encoder" else "decode"
+            lines.append(f"| {name or 'default'} | {part} ({what}) | "
+                         f"{macs / pixels / 1e3:.1f} | {macs / 1e9:.1f} | {stack:.3f} | "
+                         f"{macs / 1e9 / stack:.1f} | {measured:.3f} | {ratio:.2f} |")
+    print("\n".join(lines))
+    print("\n| codec | encode s | decode s | mean bpp |\n|---|---|---|---|")
+    for label, enc, dec, bpp in pillow_rows(images, args.repeats, args.threads):
+        print(f"| Pillow {label} | {enc:.3f} | {dec:.3f} | {bpp:.3f} |")
+
+
+# -- --throughput: images/s on a folder, against AVIF speed 4 on the same cores ---------------
+
+
+def _avif_file(src: str, dst: str, threads: int) -> int:
+    """Encode one image file as AVIF speed 4, quality 75 (a worker's job); its pixel count."""
+    rgb = load_rgb(src)
+    Image.fromarray(rgb).save(dst, format="AVIF", quality=75, speed=4, max_threads=threads)
+    return rgb.shape[0] * rgb.shape[1]
+
+
+def _avif_decode(path: str) -> int:
+    with Image.open(path) as img:
+        return int(np.asarray(img.convert("RGB")).shape[0])
+
+
+def _pool_seconds(fn, jobs: list[tuple], workers: int) -> float:
+    """Wall time of running fn(*job) for every job over `workers` spawned processes (their
+    start included, as caeadmm's workers' is)."""
+    start = time.perf_counter()
+    if workers == 1:
+        for job in jobs:
+            fn(*job)
+    else:
+        context = multiprocessing.get_context("spawn")
+        with cf.ProcessPoolExecutor(workers, mp_context=context) as pool:
+            list(pool.map(fn, *zip(*jobs, strict=True)))
+    return time.perf_counter() - start
+
+
+def _cli_seconds(args: list[str]) -> tuple[float, str]:
+    """Wall time of `python -m caeadmm ARGS` and the throughput line it ends with."""
+    start = time.perf_counter()
+    result = subprocess.run([sys.executable, "-m", "caeadmm", *args], capture_output=True,
+                            text=True, check=False)
+    seconds = time.perf_counter() - start
+    if result.returncode != 0:
+        sys.exit(f"caeadmm {' '.join(args)} failed:\n{result.stderr[-2000:]}")
+    found = re.findall(r"^caeadmm \w+: (\d+ images in .*)$", result.stderr, re.MULTILINE)
+    return seconds, found[-1] if found else ""
+
+
+def throughput(args: argparse.Namespace) -> None:
+    paths = list_images([args.throughput])[: args.limit]
+    if not paths:
+        sys.exit(f"no images in {args.throughput}")
+    cores = os.cpu_count() or 1
+    threads = max(1, cores // args.workers)
+    pixels = sum(math.prod(load_rgb(p).shape[:2]) for p in paths)
+    print(f"{len(paths)} images from {args.throughput} ({pixels / 1e6:.1f} Mpx), "
+          f"--workers {args.workers} on {cores} CPUs ({threads} threads each); load "
+          f"average {os.getloadavg()[0]:.1f}\n")
+    print("| what | wall s | images/s | MB/s of pixels | against AVIF speed 4 encode |")
+    print("|---|---|---|---|---|")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp) / "in"
+        folder.mkdir()
+        for path in paths:
+            shutil.copy(path, folder / path.name)
+        model = ["--model", args.model[0]] if args.model else []
+        common = ["--workers", str(args.workers), "--force"]
+        jobs = [(str(p), str(Path(tmp) / f"{p.stem}.avif"), threads) for p in paths]
+        avif = _pool_seconds(_avif_file, jobs, args.workers)
+        rows.append(("Pillow AVIF speed 4, quality 75: encode", avif))
+        seconds, line = _cli_seconds(["compress", str(folder), "-o", f"{tmp}/cae", *model,
+                                      *common])
+        rows.append((f"caeadmm compress --workers {args.workers}", seconds))
+        seconds, _ = _cli_seconds(["compress", str(folder), "-o", f"{tmp}/fast", *model,
+                                   *common, "--refine", "fast"])
+        rows.append((f"caeadmm compress --workers {args.workers} --refine fast", seconds))
+        seconds, _ = _cli_seconds(["decompress", f"{tmp}/cae", "-o", f"{tmp}/png", *model,
+                                   *common])
+        rows.append((f"caeadmm decompress --workers {args.workers}", seconds))
+        decode = _pool_seconds(_avif_decode, [(j[1],) for j in jobs], args.workers)
+        rows.append(("Pillow AVIF: decode", decode))
+    for what, seconds in rows:
+        print(f"| {what} | {seconds:.1f} | {len(paths) / seconds:.2f} | "
+              f"{3 * pixels / 1e6 / seconds:.2f} | {avif / seconds:.2f} x |")
+    if line:
+        print(f"\ncaeadmm compress's own last line (its run alone, from its first file): {line}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--kodak", default=str(KODAK), help="Kodak folder")
@@ -222,9 +467,22 @@ def main() -> None:
                         help="--large: the layout to measure (default: predicted)")
     parser.add_argument("--payload", action="store_true",
                         help="sizes only: one table, per channel group, predicted planes")
+    parser.add_argument("--bound", action="store_true",
+                        help="multiply-adds, conv throughput, encode/decode against the "
+                        "compute bound, Pillow WebP and AVIF beside")
+    parser.add_argument("--throughput", type=Path, metavar="DIR",
+                        help="images/s of caeadmm compress/decompress on DIR against Pillow "
+                        "AVIF speed 4")
+    parser.add_argument("--workers", type=int, default=2, help="--throughput: processes")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
+    if args.throughput:
+        throughput(args)
+        return
+    if args.bound:
+        bound(args)
+        return
     if args.payload:
         if not args.model:
             sys.exit("--payload needs trained models (--model NAME, repeatable)")
