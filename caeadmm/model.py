@@ -372,14 +372,24 @@ class CAE(nn.Module):
         run in numpy on one thread.
         """
         with eval_mode(self):
-            features = self.decoder[:-1](self._ungain(latent, quality)).double()
+            features = self.decoder[:-1](self._ungain(latent, quality))
         weight, bias = _folded_output_layer(self.decoder[-1])
-        out = bias.to(features.device).view(1, -1, 1, 1).expand(
-            features.shape[0], -1, *features.shape[2:]
-        ).clone()
-        for c in range(features.shape[1]):
-            out += features[:, c : c + 1] * weight[:, c].to(features.device).view(1, -1, 1, 1)
-        y = out.cpu().numpy().transpose(0, 2, 3, 1)
+        if features.device.type == "cpu" and features.dtype == torch.float32:
+            # The same sum in one pass over the float32 features (caeadmm.kernels)
+            from caeadmm.kernels import output_layer_sum
+
+            out = output_layer_sum(features.detach().contiguous().numpy(), weight.numpy(),
+                                   bias.numpy())
+        else:
+            features = features.double()
+            out = bias.to(features.device).view(1, -1, 1, 1).expand(
+                features.shape[0], -1, *features.shape[2:]
+            ).clone()
+            for c in range(features.shape[1]):
+                out += features[:, c : c + 1] * weight[:, c].to(features.device).view(
+                    1, -1, 1, 1)
+            out = out.cpu().numpy()
+        y = out.transpose(0, 2, 3, 1)
         return np.rint((np.tanh(y) + 1) * 127.5).clip(0, 255).astype(np.uint8)
 
     # -- helpers -----------------------------------------------------------------------------

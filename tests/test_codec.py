@@ -269,6 +269,26 @@ def test_fixed_order_output_layer_matches_the_float32_decoder(model):
     assert difference.max() <= 1 and (difference > 0).mean() < 1e-3
 
 
+def test_output_layer_kernel_gives_the_bits_of_the_torch_sum():
+    """caeadmm.kernels.output_layer_sum (the CPU decoder's last layer) is the float64 torch
+    expression it replaced, bit for bit: bias, then features times weight added channel by
+    channel in order, each product and sum rounded (no fused multiply-add); also for a
+    weight that is a strided view."""
+    from caeadmm.kernels import output_layer_sum
+
+    generator = torch.Generator().manual_seed(3)
+    features = torch.randn(2, 32, 9, 37, generator=generator) * 5
+    weight = torch.randn(3, 32, 1, 1, generator=generator, dtype=torch.float64)[:, :, 0, 0]
+    bias = torch.randn(3, generator=generator, dtype=torch.float64)
+    expected = bias.view(1, -1, 1, 1).expand(2, -1, 9, 37).clone()
+    wide = features.double()
+    for c in range(32):
+        expected += wide[:, c : c + 1] * weight[:, c].view(1, -1, 1, 1)
+    got = output_layer_sum(features.numpy(), weight.numpy(), bias.numpy())
+    assert got.dtype == np.float64 and got.shape == (2, 3, 9, 37)
+    np.testing.assert_array_equal(got.view(np.int64), expected.numpy().view(np.int64))
+
+
 def test_small_windows_compute_what_large_ones_do(model, monkeypatch):
     """The batch-of-two rule: a small window's encoder output equals the same positions of a
     large pass bit for bit; the plain batch of one (a different convolution path in PyTorch)
