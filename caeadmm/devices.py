@@ -47,9 +47,3 @@ def resolve(name: str | None) -> torch.device:
         torch.backends.cudnn.benchmark = False
     return torch.device(name)
 
-
-def describe(device: torch.device) -> str:
-    """"cpu (N threads)" or "cuda (GPU name)", for progress lines and benchmarks."""
-    if device.type == "cuda":
-        return f"cuda ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({torch.get_num_threads()} threads)"

@@ -18,8 +18,8 @@ Two searches, each costing one decoder pass forward and backward per gradient:
   best-scoring share of the symbols not yet moved ("flip" rounds), or moves back the worst of
   those moved ("revert" rounds: after a round of simultaneous flips the new gradient says
   which of them did not help together). ROUNDS gives the shares (MSE_SHARE of them for an
-  MSE-only loss). Two rounds ("fast") buy more than 15 Adam steps did, at under a tenth of
-  their time (bench/refine.py, docs/refine.md).
+  MSE-only loss). Two rounds ("fast") buy as much as 15 Adam steps did, in under a tenth of
+  their time (bench/refine.py --kodak, docs/speed.md).
 - "adam" (`--refine STEPS`, the method before the effort levels): Adam steps on the latent,
   learning rate decayed linearly to 0.
 
@@ -30,8 +30,9 @@ image_codec.ONE_WINDOW_PIXELS is one window: the whole image at once.
 
 The gradient runs on a copy of the decoder made for it (`fast_gradient`): BatchNorm folded
 into the convolutions, single-slope PReLU as leaky ReLU, channels-last tensors, and bfloat16
-where the CPU (or GPU) computes it natively: about 3.5 times faster than the model's own
-float32 decoder on a CPU core, for gradients that agree to 0.9997 (correlation). The rate
+where the CPU (or GPU) computes it natively: about 3 times faster than the model's own
+float32 decoder on a CPU core (docs/speed.md), for gradients that agree to 0.9997
+(correlation). The rate
 term's noise comes from a generator seeded per window, so a refined stream is the same on
 every run on one machine; it still depends on the float rounding of the backward pass (CPU,
 thread count, bfloat16 or not), so another machine may give slightly different bytes.
@@ -58,7 +59,7 @@ STEPS = 15  # Adam steps of `--refine STEPS` alone before effort levels (docs/re
 LEARNING_RATE = 0.02  # Adam, in symbol units, decayed linearly to 0 over the steps
 METHODS = ("flip", "adam")
 # The flip search's rounds, one gradient each: (kind, share of the core's kept symbols).
-# Chosen on held-out training-corpus crops (bench/refine.py --sweep), never on Kodak.
+# Chosen on held-out training-corpus crops (bench/refine.py --images --rounds), never Kodak.
 ROUNDS = (("flip", 0.10), ("revert", 0.03), ("flip", 0.03), ("revert", 0.01),
           ("flip", 0.02), ("revert", 0.01))
 # An MSE-only loss (the PSNR family) gains most from half those shares: flipped symbols

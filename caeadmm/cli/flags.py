@@ -65,9 +65,9 @@ def add_refine(parser: argparse.ArgumentParser) -> None:
         "--refine", type=effort, nargs="?", const=None, default=0, metavar="fast|best|STEPS",
         help="refine each image's latent before coding: better quality at about the same "
         "rate, read by the same decoder. fast (the default when no value is given): about "
-        "3 s per Kodak image on a CPU core; best: a little more gain, about 4 times "
-        "fast's time; STEPS: that many Adam steps, the slower method of earlier releases "
-        "(docs/refine.md)",
+        "2 s per Kodak image on a CPU core (a plain encode: under 1 s); best: a third more "
+        "gain in about 4 times fast's time; STEPS: that many Adam steps, the slower method "
+        "of earlier releases (docs/refine.md, docs/speed.md)",
     )
 
 
