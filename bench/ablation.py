@@ -14,7 +14,7 @@ families with ADMM, half the steps with the ADMM penalty and the hard prune, the
 fine-tuning (without ADMM: fine-tuning from the warm-up on).
 
 Evaluation: the central EVAL_SIDE square of HELD_OUT training-corpus images never trained
-on (never Kodak), coded into real .cae streams by caeadmm.image_codec (the shipped coder:
+on (never Kodak), coded into real .cae streams by caeadmm.codec (the shipped coder:
 per-channel-group Huffman tables): real bpp, PSNR, MS-SSIM; for a rate-aware model its
 estimate over the real payload bits. The table ends with each family's BD-rate against the
 paper's family (PSNR and MS-SSIM in dB), the figure that decides whether a change stays.
@@ -39,7 +39,7 @@ import torch
 # instead, so that this checkout's packages (`coding`, `caeadmm`, `bench`) are the ones imported.
 sys.path[0] = str(Path(__file__).resolve().parent.parent)
 from bench.rate_estimate import estimated_bits  # noqa: E402
-from caeadmm import bitstream, image_codec, train_loop  # noqa: E402
+from caeadmm import bitstream, codec, train_loop  # noqa: E402
 from caeadmm.checkpoint import load_model  # noqa: E402
 from caeadmm.config import TrainConfig  # noqa: E402
 from caeadmm.images import list_images, load_rgb  # noqa: E402
@@ -161,11 +161,11 @@ def train(cfg: TrainConfig, pool: torch.Tensor, device: torch.device,
         return load_model(final).eval()
 
 
-def stream_estimate(model: CAE, header: bitstream.Header, payload: bytes) -> float:
+def stream_estimate(model: CAE, header: bitstream.CaeHeader, payload: bytes) -> float:
     """The model's rate estimate (fixed, per-image adaptive or that with the zero context, as
     it was trained) of exactly the symbols a version 2 payload holds."""
-    kept = image_codec.kept_channels(model)
-    symbols = image_codec.decode_payload(header, payload).reshape(len(kept), *header.latent_size)
+    kept = codec.kept_channels(model)
+    symbols = codec.decode_payload(header, payload).reshape(len(kept), *header.latent_size)
     fixed, adaptive, runs = estimated_bits(model, kept, symbols)
     return {"adaptive": adaptive, "adaptive-runs": runs}.get(model.config.rate_estimate, fixed)
 
@@ -176,8 +176,8 @@ def evaluate(model: CAE, images: list[np.ndarray]) -> dict[str, float]:
     rate-aware model) the summed rate estimate over the summed real payload bits."""
     rows, payload_bits, estimate = [], 0, 0.0
     for img in images:
-        data = image_codec.compress(img, model)
-        decoded = image_codec.decompress(data, model)
+        data = codec.compress(img, model)
+        decoded = codec.decompress(data, model)
         rows.append({"bpp": bits_per_pixel(len(data), *img.shape[:2]),
                      **quality_metrics(img, decoded)})
         header, payload = bitstream.parse(data)

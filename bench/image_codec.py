@@ -29,7 +29,7 @@ encoder and the decoder per megapixel, counted with forward hooks on every Conv2
 Kodak-sized input; the time of a plain stack of the same convolutions (the same shapes, run
 one after another on random inputs in inference mode, --threads threads), hence the conv
 throughput torch reaches on this CPU and the compute-bound time per Kodak image; and the
-measured encode and decode (image_codec.compress / decompress, entropy coding included,
+measured encode and decode (codec.compress / decompress, entropy coding included,
 medians of --repeats per image, median over the images) as a ratio to it. Beside them, in
 the same run and on the same images: Pillow WebP (method 6, and Pillow's default method 4)
 and AVIF (speed 4 and 8, --threads encoder threads) encode and decode at quality 75.
@@ -69,7 +69,7 @@ from PIL import Image
 sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import coding  # noqa: E402
-from caeadmm import image_codec  # noqa: E402
+from caeadmm import codec  # noqa: E402
 from caeadmm.bitstream import padded_side, parse  # noqa: E402
 from caeadmm.config import ModelConfig  # noqa: E402
 from caeadmm.images import list_images, load_rgb  # noqa: E402
@@ -121,9 +121,9 @@ def measure_image(image: np.ndarray, model: CAE, repeats: int) -> dict[str, tupl
     pixels = image.shape[0] * image.shape[1]
     row = {}
     for name, layout in LAYOUTS.items():
-        t_enc, data = timed(lambda layout=layout: image_codec.compress(image, model,
+        t_enc, data = timed(lambda layout=layout: codec.compress(image, model,
                                                                       layout=layout), repeats)
-        t_dec, decoded = timed(lambda data=data: image_codec.decompress(data, model), repeats)
+        t_dec, decoded = timed(lambda data=data: codec.decompress(data, model), repeats)
         _, payload = parse(data)
         encode, decode = ENTROPY[name]
         symbols = decode(payload)
@@ -165,7 +165,7 @@ def payload_table(paths: list[Path], names: list[str]) -> str:
         model = load(name)
         single, grouped, predicted = [], [], []
         for image in images:
-            data = image_codec.compress(image, model, layout="channels")
+            data = codec.compress(image, model, layout="channels")
             header, payload = parse(data)
             head = len(data) - len(payload)
             symbols = coding.decode_channels(payload)
@@ -337,7 +337,7 @@ def bound(args: argparse.Namespace) -> None:
     for name in bound_models(args.model):
         model = load(name).eval()
         quality = default_quality(name, model)
-        image_codec.compress(images[0][:64, :64], model, quality=quality)  # numba, oneDNN
+        codec.compress(images[0][:64, :64], model, quality=quality)  # numba, oneDNN
         # Per image, the codec and the conv stack of that image's shapes one after the
         # other, so that both see the same load; the ratio is the median of the per-image
         # ratios.
@@ -347,9 +347,9 @@ def bound(args: argparse.Namespace) -> None:
             latent = torch.rand(1, model.config.latent_channels, height // 8, width // 8)
             records = {"encoder": conv_records(model.encoder, torch.rand(1, 3, height, width)),
                        "decoder": conv_records(model.decoder, latent)}
-            (encode, _), data = timed(partial(image_codec.compress, image, model,
+            (encode, _), data = timed(partial(codec.compress, image, model,
                                               quality=quality), args.repeats)
-            (decode, _), _ = timed(partial(image_codec.decompress, data, model), args.repeats)
+            (decode, _), _ = timed(partial(codec.decompress, data, model), args.repeats)
             for part, measured in (("encoder", encode), ("decoder", decode)):
                 stack = conv_stack_seconds(records[part], args.repeats)
                 rows[part].append((conv_macs(records[part]), stack, measured))
@@ -504,9 +504,9 @@ def main() -> None:
         image = synthetic_image(6000, 8000)
         rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         (t_enc, _), data = timed(
-            lambda: image_codec.compress(image, model, layout=args.layout), 1)
+            lambda: codec.compress(image, model, layout=args.layout), 1)
         after_encode = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        (t_dec, _), _ = timed(lambda: image_codec.decompress(data, model), 1)
+        (t_dec, _), _ = timed(lambda: codec.decompress(data, model), 1)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(f"8000 x 6000, layout {args.layout}: encode {t_enc:.1f} s (peak RSS "
               f"{after_encode:.0f} MB), decode {t_dec:.1f} s, "
@@ -516,7 +516,7 @@ def main() -> None:
     paths = list_images([args.kodak])[: args.limit]
     if not paths:
         sys.exit(f"no images in {args.kodak}")
-    image_codec.compress(load_rgb(paths[0])[:128, :128], model)  # warm-up: numba compilation
+    codec.compress(load_rgb(paths[0])[:128, :128], model)  # warm-up: numba compilation
     rows = []
     for path in paths:
         rows.append(measure_image(load_rgb(path), model, args.repeats))

@@ -4,7 +4,7 @@ where a gap comes from.
     .venv/bin/python bench/rate_estimate.py --model PATH_OR_NAME [--kodak DIR] [--limit N]
     .venv/bin/python bench/rate_estimate.py --model M --fit-images DIR [--fit-steps 500]
 
-For each image the model's "channels" stream is made (caeadmm.image_codec.compress with
+For each image the model's "channels" stream is made (caeadmm.codec.compress with
 layout="channels": the per-channel coder the rate term models; the default "predicted"
 payload codes the same symbols 15-24 % smaller, docs/coding.md) and its payload decoded back
 into the symbols the codec wrote; on exactly those symbols:
@@ -49,7 +49,7 @@ sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import coding  # noqa: E402
 from bench.image_codec import KODAK  # noqa: E402
-from caeadmm import bitstream, image_codec  # noqa: E402
+from caeadmm import bitstream, codec  # noqa: E402
 from caeadmm.entropy_fit import fit_entropy_model  # noqa: E402
 from caeadmm.images import list_images, load_rgb  # noqa: E402
 from caeadmm.model import CAE, LATENT_MAX  # noqa: E402
@@ -118,12 +118,12 @@ def payload_parts(symbols: np.ndarray) -> dict[str, float]:
 def measure(model: CAE, images: list[np.ndarray]) -> list[dict[str, float]]:
     """One row per image: pixels, est, H_pc, the payload's parts and the stream's bits; the
     per-channel histograms under "hist" (for H_pool)."""
-    kept = image_codec.kept_channels(model)
+    kept = codec.kept_channels(model)
     if kept is None:
         raise SystemExit("the model's mask is not channel-structured: no version 2 streams")
     rows = []
     for image in images:
-        stream = image_codec.compress(image, model, layout="channels")
+        stream = codec.compress(image, model, layout="channels")
         header, payload = bitstream.parse(stream)
         symbols = coding.decode_channels(payload)
         parts = payload_parts(symbols)

@@ -46,7 +46,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ablation import HELD_OUT, held_out, split  # noqa: E402
 
-from caeadmm import image_codec, metrics, zoo  # noqa: E402
+from caeadmm import codec, metrics, zoo  # noqa: E402
 from caeadmm.images import list_images, load_rgb  # noqa: E402
 from caeadmm.rd import Curve, bd_rate  # noqa: E402
 from caeadmm.refine import EFFORTS, STEPS, Refinement, refinement_for  # noqa: E402
@@ -62,10 +62,10 @@ def measure(image: np.ndarray, model, refine: Refinement | None, repeats: int) -
     times, cpus = [], []
     for _ in range(repeats):
         start, cpu = time.perf_counter(), time.process_time()
-        data = image_codec.compress(image, model, refine=refine)
+        data = codec.compress(image, model, refine=refine)
         times.append(time.perf_counter() - start)
         cpus.append(time.process_time() - cpu)
-    decoded = image_codec.decompress(data, model)
+    decoded = codec.decompress(data, model)
     h, w = image.shape[:2]
     return {"bpp": metrics.bpp(len(data), h, w), "psnr": metrics.psnr(image, decoded),
             "ms_ssim": metrics.ms_ssim(image, decoded), "time": statistics.median(times),
@@ -98,7 +98,7 @@ def settings_table(args: argparse.Namespace) -> None:
         print(f"{args.images} holds {len(found)} images: measuring {len(held)} of the "
               f"{args.count} asked for", flush=True)
     images = held_out(held[: args.count], args.side)
-    image_codec.compress(images[0], model)  # Numba compiles the coder before any timing
+    codec.compress(images[0], model)  # Numba compiles the coder before any timing
     plain = [measure(im, model, None, args.repeats) for im in images]
     print(f"model {args.model or 'default'} (rate_lambda {rate_lambda:g}), {len(images)} "
           f"held-out training-corpus images, central {args.side} px, {args.threads} thread(s); "
@@ -151,7 +151,7 @@ def kodak_table(args: argparse.Namespace) -> None:
     steps = {"plain": 0}
     for name in names:
         model = zoo.load(name)
-        image_codec.compress(images[0][:64, :64], model)  # Numba compiles the coder first
+        codec.compress(images[0][:64, :64], model)  # Numba compiles the coder first
         refines = {lv: None if lv == "plain" else level_refinement(name, lv)
                    for lv in ("plain", *levels)}
         steps.update({lv: gradients(r) for lv, r in refines.items()})

@@ -19,7 +19,7 @@ CompressAI made its published Kodak curves: they exist to check our measurements
 files (docs/results.md), not as baselines.
 
 The CAE codec (`cae`) is the same kind of entry: its settings are model names for
-`caeadmm.zoo.load`, one model per operating point; `caeadmm.image_codec` and `caeadmm.zoo` are
+`caeadmm.zoo.load`, one model per operating point; `caeadmm.codec` and `caeadmm.zoo` are
 imported only when a CAE point is measured. `cae-refined` is the same models with the latent
 of each image refined before coding (caeadmm.refine at its default effort, what `--refine`
 alone does; the rate weighed by the model's registered rate_lambda): the same decoder, a
@@ -162,12 +162,12 @@ def _load_cae(name: str) -> Any:
     One round trip of a tiny image follows, so that one-time costs (Numba compiling the entropy
     coder, torch's lazy initialisation) do not land in the first measured encode.
     """
-    from caeadmm import image_codec, zoo
+    from caeadmm import codec, zoo
 
     model = zoo.load(name)
     quality = zoo.default_quality(name, model)
     image = np.zeros((8, 8, 3), np.uint8)
-    image_codec.decompress(image_codec.compress(image, model, quality=quality), model)
+    codec.decompress(codec.compress(image, model, quality=quality), model)
     return model
 
 
@@ -180,26 +180,26 @@ def _cae_quality(setting: str, model: Any) -> float | None:
 
 
 def _cae_encode(rgb: np.ndarray, setting: str) -> bytes:
-    from caeadmm import image_codec
+    from caeadmm import codec
 
     model = _cae_model(setting)
-    return image_codec.compress(rgb, model, quality=_cae_quality(setting, model))
+    return codec.compress(rgb, model, quality=_cae_quality(setting, model))
 
 
 def _cae_refined_encode(rgb: np.ndarray, setting: str) -> bytes:
-    from caeadmm import image_codec
+    from caeadmm import codec
     from caeadmm.refine import refinement_for
 
     model = _cae_model(setting)
     refine = refinement_for(cae_setting_parts(setting)[0])
-    return image_codec.compress(rgb, model, refine=refine,
+    return codec.compress(rgb, model, refine=refine,
                                 quality=_cae_quality(setting, model))  # fmt: skip
 
 
 def _cae_decode(data: bytes, setting: str) -> np.ndarray:
-    from caeadmm import image_codec
+    from caeadmm import codec
 
-    return np.asarray(image_codec.decompress(data, _cae_model(setting)), dtype=np.uint8)
+    return np.asarray(codec.decompress(data, _cae_model(setting)), dtype=np.uint8)
 
 
 def _cae_setting(text: str) -> str:

@@ -24,11 +24,19 @@ import os
 import struct
 import zlib
 from dataclasses import dataclass
+from enum import IntEnum
 
 MAGIC = b"\x89CAE"
-VERSION = 2  # a fixed-rate model's stream
-VARIABLE_RATE_VERSION = 3  # a variable-rate model's stream: version 2 and the quality
-READABLE_VERSIONS = (1, 2, 3)
+
+
+class CaeVersion(IntEnum):
+    """The header's version byte: each version this decoder reads, by what it adds."""
+
+    TILES_ONLY = 1  # read only: no layout byte, always "tiles"
+    FIXED_RATE = 2  # the layout byte; what a fixed-rate model writes
+    VARIABLE_RATE = 3  # version 2 plus the quality; what a variable-rate model writes
+
+
 QUALITY_SCALE = 1024  # version 3 stores round(quality * QUALITY_SCALE) as a uint16
 MAX_QUALITY = (2**16 - 1) / QUALITY_SCALE
 FINGERPRINT_BYTES = 16  # leading bytes of the model's sha256 fingerprint
@@ -86,7 +94,7 @@ def padded_side(n: int) -> int:
 
 
 @dataclass(frozen=True)
-class Header:
+class CaeHeader:
     """The decoded header fields of a stream."""
 
     width: int
@@ -99,7 +107,7 @@ class Header:
     payload_length: int
     tile_size: int = 0  # "tiles" only: the tile side P; 0 for a whole-image layout
     quality: float | None = None  # a variable-rate model's quality (version 3), else None
-    version: int = VERSION
+    version: int = CaeVersion.FIXED_RATE
 
     @property
     def tiles(self) -> tuple[int, int]:
@@ -135,17 +143,17 @@ def quantize_quality(quality: float) -> float:
     return round(quality * QUALITY_SCALE) / QUALITY_SCALE
 
 
-def pack(header: Header, payload: bytes) -> bytes:
+def pack(header: CaeHeader, payload: bytes) -> bytes:
     """Build a complete stream from its header fields and payload: version 3 when the header
     has a quality, else version 2."""
     if len(payload) != header.payload_length:
         raise ValueError("payload_length does not match the payload")
     _check_fields(header, max_pixels=None)
-    version, setting = VERSION, header.tile_size
+    version, setting = CaeVersion.FIXED_RATE, header.tile_size
     if header.quality is not None:
         if header.quality != quantize_quality(header.quality):
             raise ValueError(f"quality {header.quality} is not a multiple of 1/{QUALITY_SCALE}")
-        version, setting = VARIABLE_RATE_VERSION, round(header.quality * QUALITY_SCALE)
+        version, setting = CaeVersion.VARIABLE_RATE, round(header.quality * QUALITY_SCALE)
     fields = (
         MAGIC, version, MODE_CODES[header.mode], setting, header.latent_channels,
         LAYOUT_CODES[header.layout], 0, header.width, header.height, header.kept,
@@ -174,7 +182,7 @@ def max_pixels_from_env(default: int | None = DEFAULT_MAX_PIXELS) -> int | None:
     return value
 
 
-def read_header(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Header:
+def read_header(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> CaeHeader:
     """Decode and check the header alone (no length or CRC check): enough for `info`."""
     if len(data) < HEADER_BYTES:
         raise BitstreamError(
@@ -184,25 +192,26 @@ def read_header(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Hea
      payload_length, _crc) = _HEADER.unpack_from(data)
     if magic != MAGIC:
         raise BitstreamError("not a .cae stream (bad magic number)")
-    if version not in READABLE_VERSIONS:
+    if version not in set(CaeVersion):
         raise BitstreamError(
             f"unsupported format version {version} (this decoder reads versions "
-            f"{', '.join(map(str, READABLE_VERSIONS))})"
+            f"{', '.join(map(str, CaeVersion))})"
         )
+    version = CaeVersion(version)
     if mode not in MODES:
         raise BitstreamError(f"unknown image mode code {mode}")
     # Version 1 had two reserved bytes where version 2 has the layout and a reserved byte:
     # a version 1 stream is a "tiles" stream with both zero.
-    if reserved != 0 or (version == 1 and layout != 0):
+    if reserved != 0 or (version == CaeVersion.TILES_ONLY and layout != 0):
         raise BitstreamError("reserved header field is not zero")
     if layout not in LAYOUTS:
         raise BitstreamError(f"unknown symbol layout code {layout}")
     quality = None
-    if version == VARIABLE_RATE_VERSION:
+    if version == CaeVersion.VARIABLE_RATE:
         if LAYOUTS[layout] not in WHOLE_IMAGE_LAYOUTS:
             raise BitstreamError(f"a version {version} stream must have a whole-image layout")
         quality, tile = tile / QUALITY_SCALE, 0
-    header = Header(
+    header = CaeHeader(
         width=width, height=height, mode=MODES[mode], layout=LAYOUTS[layout],
         latent_channels=channels, kept=kept, fingerprint=fingerprint,
         payload_length=payload_length, tile_size=tile, quality=quality, version=version,
@@ -211,7 +220,7 @@ def read_header(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Hea
     return header
 
 
-def parse(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[Header, bytes]:
+def parse(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[CaeHeader, bytes]:
     """Check a whole stream and split it into (header, payload)."""
     data = bytes(data)
     header = read_header(data, max_pixels)
@@ -228,7 +237,7 @@ def parse(data: bytes, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> tuple[Hea
     return header, data[HEADER_BYTES:]
 
 
-def _check_fields(header: Header, max_pixels: int | None) -> None:
+def _check_fields(header: CaeHeader, max_pixels: int | None) -> None:
     """Refuse values no model or image can have, before anyone sizes a buffer from them."""
     if header.width < 1 or header.height < 1:
         raise BitstreamError(f"bad image size {header.width}x{header.height}")

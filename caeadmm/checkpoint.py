@@ -34,7 +34,7 @@ from caeadmm.model import CAE, channel_support, unwrap
 
 CHECKPOINT_FORMAT = "caeadmm-checkpoint"
 MODEL_FORMAT = "caeadmm-model"
-FORMAT_VERSION = 1
+CHECKPOINT_VERSION = 1
 
 
 class CheckpointError(ValueError):
@@ -55,7 +55,7 @@ def save_checkpoint(
     net = unwrap(model)
     payload = {
         "format": CHECKPOINT_FORMAT,
-        "version": FORMAT_VERSION,
+        "version": CHECKPOINT_VERSION,
         "config": config.to_dict(),
         "model_config": net.config.to_dict(),
         "model": _float32_state(net),
@@ -75,7 +75,7 @@ def export_model(
     ckpt = load_checkpoint(checkpoint_path)
     payload = {
         "format": MODEL_FORMAT,
-        "version": FORMAT_VERSION,
+        "version": CHECKPOINT_VERSION,
         "model_config": ckpt["model_config"],
         "model": ckpt["model"],
     }
@@ -95,9 +95,9 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
         raise CheckpointError(f"{path} is not a caeadmm model or checkpoint") from exc
     if not isinstance(data, dict) or data.get("format") not in (CHECKPOINT_FORMAT, MODEL_FORMAT):
         raise CheckpointError(f"{path} is not a caeadmm checkpoint or model file")
-    if data.get("version") != FORMAT_VERSION:
+    if data.get("version") != CHECKPOINT_VERSION:
         raise CheckpointError(
-            f"{path} has format version {data.get('version')}; this code reads {FORMAT_VERSION}"
+            f"{path} has format version {data.get('version')}; this code reads {CHECKPOINT_VERSION}"
         )
     return data
 

@@ -1,6 +1,6 @@
 """`--device cpu|cuda`: where the codec's network runs.
 
-The codec (caeadmm.image_codec) runs the network wherever the model's parameters are, so a
+The codec (caeadmm.codec) runs the network wherever the model's parameters are, so a
 device is a model moved there. "cuda" is refused with a message that says why (no CUDA
 build of PyTorch, or no GPU visible) instead of a traceback. On a GPU, TF32 is turned off
 for convolutions and matrix products and cuDNN is asked for deterministic algorithms, so

@@ -4,7 +4,7 @@ Pillow's PNG encoder needs the whole image as a Pillow image (4 bytes a pixel fo
 written to a buffer, the whole file as well: about 2.5 times the decoded array for a
 maximal image. `write_png` takes the uint8 array as it is and writes the file block of rows
 by block of rows (Paeth filter on every row, zlib level 6), so what it adds is a few MB.
-`image_codec.save_image` uses it for PNG outputs of over LARGE_PIXELS pixels.
+`codec.save_image` uses it for PNG outputs of over LARGE_PIXELS pixels.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from coding import channels, codec, planes
+from coding import channels, huffman, planes
 from coding.errors import CorruptStreamError
 from coding.format import MAX_CHANNELS, MAX_SYMBOLS, SYMBOL_MAX, SYMBOL_MIN
 
@@ -47,7 +47,7 @@ def encode(symbols: np.ndarray) -> bytes:
     int32 range, and at most MAX_SYMBOLS elements; anything else raises ValueError (values,
     shape) or TypeError (dtype).
     """
-    return codec.encode(symbols)
+    return huffman.encode(symbols)
 
 
 def decode(data: bytes) -> np.ndarray:
@@ -55,12 +55,12 @@ def decode(data: bytes) -> np.ndarray:
 
     Raises CorruptStreamError (a ValueError) for anything `encode` did not write.
     """
-    return codec.decode(data)
+    return huffman.decode(data)
 
 
 def encoded_bits(symbols: np.ndarray) -> int:
     """Exact coded size of `symbols` in bits: len(encode(symbols)) == ceil(bits / 8)."""
-    return codec.encoded_bits(symbols)
+    return huffman.encoded_bits(symbols)
 
 
 def encode_channels(symbols: np.ndarray) -> bytes:

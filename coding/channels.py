@@ -2,7 +2,7 @@
 
 Channels with similar value statistics share a table; the groups come from a greedy merge
 over an estimate of the coded size (`kernels.merge_groups`), and each group is coded exactly
-like a 1-D stream (coding.codec: zero runs folded into tokens where they pay, R = 1 where
+like a 1-D stream (coding.huffman: zero runs folded into tokens where they pay, R = 1 where
 they do not). Encode measures the grouped stream and the single-table one (G = 1) and keeps
 the smaller. docs/coding.md describes the stream.
 """
@@ -14,12 +14,12 @@ from types import ModuleType
 
 import numpy as np
 
-from coding import codec, kernels
+from coding import huffman, kernels
 from coding.errors import CorruptStreamError
 from coding.format import (
-    CHANNELS_FORMAT_VERSION,
     MAX_CHANNELS,
     MAX_SYMBOLS,
+    StreamKind,
     as_channel_symbols,
     get_varint,
     pack_parameters,
@@ -40,7 +40,7 @@ MERGE_ROWS = 256
 class _Plan:
     """Everything encode_channels writes, and its exact size in bytes."""
 
-    groups: list[codec.Coding]
+    groups: list[huffman.Coding]
     head: bytes  # version, C, N, G and the packed labels
     sections: list[bytes]  # each group's length prefix (none for the last) and parameters
 
@@ -55,7 +55,7 @@ def _label_bits(groups: int) -> int:
 
 
 def _head(shape: tuple[int, int], labels: np.ndarray) -> bytes:
-    out = bytearray([CHANNELS_FORMAT_VERSION])
+    out = bytearray([StreamKind.CHANNELS])
     for value in shape:
         put_varint(out, value)
     if labels.size == 0:
@@ -73,7 +73,7 @@ def _plan(x: np.ndarray, labels: np.ndarray, backend: ModuleType) -> _Plan:
     """The stream of x with channel c in group labels[c] (labels canonical; empty if x is)."""
     groups = int(labels.max()) + 1 if x.size else 0
     rows = _group_rows(labels, groups) if groups else []
-    codings = [codec.prepare(x[r].ravel(), backend) for r in rows]
+    codings = [huffman.prepare(x[r].ravel(), backend) for r in rows]
     sections = []
     for g, c in enumerate(codings):
         parameters = pack_parameters(c.header)
@@ -130,7 +130,7 @@ def encode(symbols: object, backend: ModuleType = kernels) -> bytes:
     p = _prepare(symbols, backend)
     parts = [p.head]
     for section, c in zip(p.sections, p.groups, strict=True):
-        parts.append(codec.write(c, section, backend))
+        parts.append(huffman.write(c, section, backend))
     data = b"".join(parts)
     if len(data) != p.size:
         raise RuntimeError(f"coder wrote {len(data)} bytes where it planned {p.size}")
@@ -170,9 +170,9 @@ def decode(data: object, max_symbols: int = MAX_SYMBOLS,
     raw = memoryview(data).cast("B").tobytes()
     if not raw:
         raise CorruptStreamError("empty stream")
-    if raw[0] != CHANNELS_FORMAT_VERSION:
+    if raw[0] != StreamKind.CHANNELS:
         raise CorruptStreamError(
-            f"unknown format version {raw[0]} (expected {CHANNELS_FORMAT_VERSION})"
+            f"unknown stream kind {raw[0]} (expected {StreamKind.CHANNELS})"
         )
     limit = min(max_symbols, MAX_SYMBOLS)
     channels, offset = get_varint(raw, 1, MAX_CHANNELS, "channel count")
@@ -207,11 +207,11 @@ def decode(data: object, max_symbols: int = MAX_SYMBOLS,
             raise CorruptStreamError("symbol count larger than the payload can hold")
         extents.append((header, start, end))
         offset = end
-    stream = codec.padded(raw)
+    stream = huffman.padded(raw)
     if groups == 1:
         header, start, end = extents[0]
-        return codec.read(stream, 8 * start, 8 * end, header, backend).reshape(channels, -1)
+        return huffman.read(stream, 8 * start, 8 * end, header, backend).reshape(channels, -1)
     out = np.empty((channels, positions), np.int32)
     for rows, (header, start, end) in zip(_group_rows(labels, groups), extents, strict=True):
-        out[rows] = codec.read(stream, 8 * start, 8 * end, header, backend).reshape(-1, positions)
+        out[rows] = huffman.read(stream, 8 * start, 8 * end, header, backend).reshape(-1, positions)
     return out

@@ -16,20 +16,27 @@ stream of coding.channels (version 2), whose groups reuse the parameters, table 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from enum import IntEnum
 
 import numpy as np
 
 from coding.errors import CorruptStreamError
 
-FORMAT_VERSION = 1
+
+class StreamKind(IntEnum):
+    """The first byte of every stream this package writes: which of its three formats follows
+    (each decoder refuses the other two)."""
+
+    HUFFMAN = 1  # coding.huffman: one table for a 1-D array (`encode`)
+    CHANNELS = 2  # coding.channels: a table per group of channels (`encode_channels`)
+    PLANES = 3  # coding.planes: prediction residuals of (C, H, W) (`encode_planes`)
+
 
 SYMBOL_MIN = -(2**31)
 SYMBOL_MAX = 2**31 - 1
 MAX_SYMBOLS = 2**28  # 1 GiB of int32: far beyond one image's latents, refused beyond
 
-CHANNELS_FORMAT_VERSION = 2  # the first byte of a coding.channels stream
 MAX_CHANNELS = 2**16
-PLANES_FORMAT_VERSION = 3  # the first byte of a coding.planes stream
 
 # coding.planes: each value is predicted from its neighbours (and from the planes before it)
 # by integer weights in units of 2**-WEIGHT_SHIFT; the prediction is floor(sum / 2**shift + 1/2).
@@ -56,7 +63,7 @@ _SMALL_DTYPES = tuple(np.dtype(t) for t in (np.int8, np.int16, np.uint8, np.uint
 
 
 @dataclass(frozen=True)
-class Header:
+class HuffmanHeader:
     """What the decoder must know before it reads the bit string."""
 
     count: int  # number of symbols
@@ -141,7 +148,7 @@ def get_varint(data: bytes, offset: int, limit: int, what: str) -> tuple[int, in
     raise CorruptStreamError(f"{what} longer than 5 bytes")
 
 
-def pack_parameters(header: Header) -> bytes:
+def pack_parameters(header: HuffmanHeader) -> bytes:
     """The coding parameters of a non-empty stream: the (R, D, K) word and the tail."""
     word = header.log2_run << 12 | header.direct << 6 | header.classes
     out = bytearray(word.to_bytes(2, "big"))
@@ -149,7 +156,7 @@ def pack_parameters(header: Header) -> bytes:
     return bytes(out)
 
 
-def unpack_parameters(data: bytes, offset: int, count: int) -> tuple[Header, int]:
+def unpack_parameters(data: bytes, offset: int, count: int) -> tuple[HuffmanHeader, int]:
     """Parse and validate the parameters of a stream of `count` > 0 symbols at `offset`;
     returns the header and the offset of the bit string."""
     if offset + 2 > len(data):
@@ -159,34 +166,36 @@ def unpack_parameters(data: bytes, offset: int, count: int) -> tuple[Header, int
     if log2_run > MAX_LOG2_RUN or classes > MAX_CLASSES:
         raise CorruptStreamError(f"bad coding parameters R=2**{log2_run}, K={classes}")
     tail, offset = get_varint(data, offset + 2, (1 << log2_run) - 1, "tail length")
-    header = Header(count, log2_run, direct, classes, tail)
+    header = HuffmanHeader(count, log2_run, direct, classes, tail)
     if tail > count or header.alphabet > MAX_ALPHABET:
         raise CorruptStreamError("inconsistent header")
     return header, offset
 
 
-def pack_header(header: Header) -> bytes:
-    out = bytearray([FORMAT_VERSION])
+def pack_header(header: HuffmanHeader) -> bytes:
+    out = bytearray([StreamKind.HUFFMAN])
     put_varint(out, header.count)
     if header.count:
         out += pack_parameters(header)
     return bytes(out)
 
 
-def unpack_header(data: bytes) -> tuple[Header, int]:
+def unpack_header(data: bytes) -> tuple[HuffmanHeader, int]:
     """Parse and validate the header; returns it and the offset of the bit string."""
     if not data:
         raise CorruptStreamError("empty stream")
-    if data[0] != FORMAT_VERSION:
-        raise CorruptStreamError(f"unknown format version {data[0]} (expected {FORMAT_VERSION})")
+    if data[0] != StreamKind.HUFFMAN:
+        raise CorruptStreamError(
+            f"unknown stream kind {data[0]} (expected {StreamKind.HUFFMAN})"
+        )
     count, offset = get_varint(data, 1, MAX_SYMBOLS, "symbol count")
     if count == 0:
-        return Header(0), offset
+        return HuffmanHeader(0), offset
     return unpack_parameters(data, offset, count)
 
 
 # Error codes returned by the decoding kernels (numba cannot raise rich exceptions cheaply);
-# coding.codec turns them into CorruptStreamError with these messages.
+# coding.huffman turns them into CorruptStreamError with these messages.
 OK = 0
 ERR_TRUNCATED = 1
 ERR_TABLE = 2

@@ -17,7 +17,7 @@ from types import ModuleType
 
 import numpy as np
 
-from coding import channels, codec, kernels
+from coding import channels, huffman, kernels
 from coding.errors import CorruptStreamError
 from coding.format import (
     ERROR_MESSAGES,
@@ -26,8 +26,8 @@ from coding.format import (
     MAX_SYMBOLS,
     MAX_WEIGHT,
     OK,
-    PLANES_FORMAT_VERSION,
     WEIGHT_SHIFT,
+    StreamKind,
     as_channel_symbols,
     get_varint,
     put_varint,
@@ -126,7 +126,7 @@ def residuals(planes: np.ndarray, predictor: Predictor, weights: np.ndarray,
 
 
 def _head(shape: tuple[int, ...]) -> bytearray:
-    out = bytearray([PLANES_FORMAT_VERSION])
+    out = bytearray([StreamKind.PLANES])
     for value in shape:
         put_varint(out, value)
     return out
@@ -139,7 +139,7 @@ def _stream(predictor: Predictor, weights: np.ndarray, residual: np.ndarray,
     count = len(residual)
     flat = np.concatenate([weights[i, : predictor.weight_count(i)] for i in range(count)])
     if flat.size:  # the weights, as a 1-D stream after its length
-        coded = codec.encode(flat, backend)
+        coded = huffman.encode(flat, backend)
         put_varint(out, len(coded))
         out += coded
     return bytes(out) + channels.encode(residual.reshape(count, -1), backend)
@@ -152,8 +152,8 @@ def _candidate(planes: np.ndarray, predictor: Predictor, backend: ModuleType) ->
     if residual is None:
         return None
     for i in range(len(planes)):
-        plain = codec.encoded_bits(planes[i].ravel(), backend)
-        if codec.encoded_bits(residual[i].ravel(), backend) >= plain:
+        plain = huffman.encoded_bits(planes[i].ravel(), backend)
+        if huffman.encoded_bits(residual[i].ravel(), backend) >= plain:
             weights[i] = 0
             residual[i] = planes[i]
     return _stream(predictor, weights, residual, backend)
@@ -186,9 +186,9 @@ def _read_predictor(raw: bytes, offset: int, count: int) -> tuple[Predictor, int
 def _read_head(raw: bytes, limit: int) -> tuple[tuple[int, int, int], int]:
     if not raw:
         raise CorruptStreamError("empty stream")
-    if raw[0] != PLANES_FORMAT_VERSION:
+    if raw[0] != StreamKind.PLANES:
         raise CorruptStreamError(
-            f"unknown format version {raw[0]} (expected {PLANES_FORMAT_VERSION})"
+            f"unknown stream kind {raw[0]} (expected {StreamKind.PLANES})"
         )
     count, offset = get_varint(raw, 1, MAX_CHANNELS, "channel count")
     height, offset = get_varint(raw, offset, limit, "row count")
@@ -227,7 +227,7 @@ def decode(data: object, max_symbols: int = MAX_SYMBOLS,
     sizes = [predictor.weight_count(i) for i in range(count)]
     if sum(sizes):
         length, offset = get_varint(raw, offset, len(raw) - offset, "weights length")
-        flat = codec.decode(raw[offset : offset + length], backend)
+        flat = huffman.decode(raw[offset : offset + length], backend)
         offset += length
         if flat.size != sum(sizes):
             raise CorruptStreamError(f"{flat.size} weights where the predictor has {sum(sizes)}")

@@ -1,7 +1,7 @@
 """Plain Python/numpy reference for coding.kernels: same functions, same results, written for
 clarity rather than speed (textbook package-merge, bit strings, bit-by-bit decoding).
 
-The tests run coding.codec with this module as the backend and check that streams, sizes and
+The tests run coding.huffman with this module as the backend and check that streams, sizes and
 decoded symbols agree with the numba kernels byte for byte. Use it on small inputs only.
 """
 

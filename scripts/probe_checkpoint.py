@@ -14,7 +14,7 @@ import argparse
 
 import numpy as np
 
-from caeadmm import image_codec, zoo
+from caeadmm import codec, zoo
 from caeadmm.images import list_images, load_rgb
 from caeadmm.metrics import quality_metrics
 
@@ -23,8 +23,8 @@ def mean_point(images: list[np.ndarray], model, quality: float | None = None) ->
     """Mean (bpp, PSNR, MS-SSIM) of the images through the codec at `quality`."""
     points = []
     for image in images:
-        data = image_codec.compress(image, model, quality=quality)
-        metrics = quality_metrics(image, image_codec.decompress(data, model))
+        data = codec.compress(image, model, quality=quality)
+        metrics = quality_metrics(image, codec.decompress(data, model))
         points.append((8 * len(data) / image[..., 0].size, metrics["psnr"], metrics["ms_ssim"]))
     return np.mean(points, axis=0)
 

@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from caeadmm import image_codec
+from caeadmm import codec
 from caeadmm.checkpoint import export_model, load_checkpoint, load_model
 from caeadmm.config import DISTORTION_WEIGHTS, TrainConfig
 
@@ -172,9 +172,9 @@ def main() -> None:
     registry_file.write_text(json.dumps(registry, indent=2) + "\n")
 
     image = np.asarray(Image.open(TEST_DATA / "reference.png").convert("RGB"))
-    stream = image_codec.compress(image, model, quality=quality)
+    stream = codec.compress(image, model, quality=quality)
     (TEST_DATA / f"{args.name}.cae").write_bytes(stream)
-    Image.fromarray(image_codec.decompress(stream, model)).save(TEST_DATA / f"{args.name}.png")
+    Image.fromarray(codec.decompress(stream, model)).save(TEST_DATA / f"{args.name}.png")
     bpp = 8 * len(stream) / (image.shape[0] * image.shape[1])
     print(f"shipped {args.name}: {out.stat().st_size} bytes, reference stream {bpp:.3f} bpp")
 

@@ -1,6 +1,6 @@
 """The Pillow baselines, the codec registry, the codec list parser and one-point measurement.
 
-The `cae` entry is tested here with stand-in `caeadmm.image_codec` / `caeadmm.zoo` modules (the
+The `cae` entry is tested here with stand-in `caeadmm.codec` / `caeadmm.zoo` modules (the
 plumbing: lazy import, one model load per name, bytes and pixels passed through). The real
 codec is exercised by test_cae_with_the_real_codec once `coding/` and a model exist; re-run
 this file then.
@@ -117,7 +117,7 @@ def stand_in_cae(monkeypatch):
     """Stand-in codec and zoo: 'compresses' by storing the pixels, counts model loads."""
     loads: list[str] = []
     zoo = types.ModuleType("caeadmm.zoo")
-    codec = types.ModuleType("caeadmm.image_codec")
+    codec = types.ModuleType("caeadmm.codec")
 
     def load(name):
         loads.append(name)
@@ -137,11 +137,11 @@ def stand_in_cae(monkeypatch):
     zoo.load, codec.compress, codec.decompress = load, compress, decompress
     zoo.METRICS, zoo.default_quality = (), lambda name, model: None
     monkeypatch.setitem(sys.modules, "caeadmm.zoo", zoo)
-    monkeypatch.setitem(sys.modules, "caeadmm.image_codec", codec)
+    monkeypatch.setitem(sys.modules, "caeadmm.codec", codec)
     import caeadmm
 
     monkeypatch.setattr(caeadmm, "zoo", zoo, raising=False)
-    monkeypatch.setattr(caeadmm, "image_codec", codec, raising=False)
+    monkeypatch.setattr(caeadmm, "codec", codec, raising=False)
     baselines._load_cae.cache_clear()
     yield loads
     baselines._load_cae.cache_clear()
@@ -158,8 +158,8 @@ def test_cae_entry_calls_codec_and_zoo_lazily(stand_in_cae):
 
 
 def test_cae_with_the_real_codec(monkeypatch):
-    """A tiny untrained CAE through the real caeadmm.image_codec; skips until coding/ exists."""
-    codec = pytest.importorskip("caeadmm.image_codec", exc_type=ImportError)
+    """A tiny untrained CAE through the real caeadmm.codec; skips until coding/ exists."""
+    codec = pytest.importorskip("caeadmm.codec", exc_type=ImportError)
     pytest.importorskip("coding", exc_type=ImportError)
     if not hasattr(sys.modules["coding"], "encode"):
         pytest.skip("coding/ has no encoder yet")

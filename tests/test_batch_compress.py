@@ -14,7 +14,7 @@ import pytest
 from helpers import default_sigint, load_script, test_image, tiny_model, write_images
 from PIL import Image
 
-from caeadmm import image_codec
+from caeadmm import codec
 from caeadmm.checkpoint import load_model, save_checkpoint
 from caeadmm.config import TrainConfig
 from caeadmm.distributed.batch_compress import Interrupted, compress_corpus
@@ -100,8 +100,8 @@ def test_interrupted_run_and_rerun(ray_local, checkpoint, corpus, tmp_path, caps
         dst = out / src.parent.name / (src.stem + ".cae")
         assert (row["status"], row["output"], row["error"]) == ("ok", str(dst), None)
         assert row["bytes"] == dst.stat().st_size
-        image = image_codec.decompress(dst.read_bytes(), model)
-        assert image.shape == image_codec.load_image(src).shape
+        image = codec.decompress(dst.read_bytes(), model)
+        assert image.shape == codec.load_image(src).shape
         assert row["bpp"] == pytest.approx(8 * row["bytes"] / (image.shape[0] * image.shape[1]))
     # Done files were not compressed again; no partial file of ours is left.
     assert {p: (p.stat().st_ino, p.stat().st_mtime_ns) for p in written} == written

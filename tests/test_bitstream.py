@@ -15,21 +15,21 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from caeadmm import bitstream
-from caeadmm.bitstream import HEADER_BYTES, BitstreamError, Header
+from caeadmm.bitstream import HEADER_BYTES, BitstreamError, CaeHeader
 
 PAYLOAD = bytes(range(256)) * 3
 
 
-def make_header(**changes) -> Header:
+def make_header(**changes) -> CaeHeader:
     """A whole-image ("channels") header."""
     fields = dict(
         width=127, height=129, mode="RGB", layout="channels", latent_channels=8, kept=5,
         fingerprint=bytes(range(16)), payload_length=len(PAYLOAD),
     )
-    return Header(**{**fields, **changes})
+    return CaeHeader(**{**fields, **changes})
 
 
-def make_tile_header(**changes) -> Header:
+def make_tile_header(**changes) -> CaeHeader:
     return make_header(**{"layout": "tiles", "tile_size": 32, "kept": 70, **changes})
 
 

@@ -16,7 +16,7 @@ from helpers import default_sigint, test_image, tiny_model, wait_until_gone, wri
 from PIL import Image
 
 import caeadmm
-from caeadmm import image_codec
+from caeadmm import codec
 from caeadmm.bitstream import read_header
 from caeadmm.checkpoint import save_checkpoint
 from caeadmm.cli import flags, main
@@ -67,10 +67,10 @@ def test_compress_decompress_info_one_file(checkpoint, corpus, tmp_path, capsys)
     src, cae, png = corpus / "a.png", tmp_path / "a.cae", tmp_path / "a-out.png"
     assert main(["compress", str(src), "-o", str(cae), "--model", str(checkpoint)]) == 0
     model = cached_model(str(checkpoint))
-    assert cae.read_bytes() == image_codec.compress(image_codec.load_image(src), model)
+    assert cae.read_bytes() == codec.compress(codec.load_image(src), model)
     assert main(["decompress", str(cae), "-o", str(png), "--model", str(checkpoint)]) == 0
     decoded = np.asarray(Image.open(png))
-    np.testing.assert_array_equal(decoded, image_codec.decompress(cae.read_bytes(), model))
+    np.testing.assert_array_equal(decoded, codec.decompress(cae.read_bytes(), model))
     capsys.readouterr()
     assert main(["info", str(cae)]) == 0
     out = capsys.readouterr().out
@@ -351,13 +351,13 @@ def test_skip_existing_judges_an_output_another_run_wrote_meanwhile(
     assert main(["compress", str(image), "-o", str(out) + "/", "--model", str(checkpoint)]) == 0
     made = (out / "a.cae").read_bytes()
     (out / "a.cae").unlink()
-    load = image_codec.load_image
+    load = codec.load_image
 
     def the_other_run_finishes_first(path):
         (out / "a.cae").write_bytes(made)
         return load(path)
 
-    monkeypatch.setattr(image_codec, "load_image", the_other_run_finishes_first)
+    monkeypatch.setattr(codec, "load_image", the_other_run_finishes_first)
     capsys.readouterr()
     assert main(["compress", str(image), "-o", str(out) + "/", "--model", str(checkpoint),
                  "--skip-existing"]) == 0
@@ -504,9 +504,9 @@ def test_outputs_of_submitted_jobs_must_be_absolute(monkeypatch, tmp_path):
 @pytest.mark.parametrize("layout, shown", [("predicted", "whole image (latent 7x5), predicted"),
                                            ("channels", "whole image (latent 7x5), not predicted")])
 def test_info_names_the_whole_image_payload_kind(layout, shown):
-    from caeadmm.bitstream import Header
+    from caeadmm.bitstream import CaeHeader
     from caeadmm.cli.info import describe
 
-    header = Header(width=50, height=40, mode="RGB", layout=layout, latent_channels=8, kept=4,
+    header = CaeHeader(width=50, height=40, mode="RGB", layout=layout, latent_channels=8, kept=4,
                     fingerprint=bytes(16), payload_length=10)
     assert ("layout", shown) in describe("a.cae", header, 62)

@@ -15,12 +15,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import coding
-from coding import codec, kernels, plan, reference
+from coding import huffman, kernels, plan, reference
 from coding.format import (
-    FORMAT_VERSION,
     MAX_LOG2_RUN,
     MAX_SYMBOLS,
-    Header,
+    HuffmanHeader,
+    StreamKind,
     pack_header,
     unpack_header,
 )
@@ -44,7 +44,7 @@ def round_trip(x) -> bytes:
 
 
 def decodes_or_refuses(data: bytes, backend=kernels) -> np.ndarray | None:
-    return helpers.decodes_or_refuses(lambda d: codec.decode(d, backend), data, ndim=1)
+    return helpers.decodes_or_refuses(lambda d: huffman.decode(d, backend), data, ndim=1)
 
 
 # ---------------------------------------------------------------------------- round trips
@@ -182,7 +182,7 @@ def test_encoded_bits_is_exact(seed):
     x = sparse_laplacian(int(rng.integers(1, 3000)), rng.random(), 10 ** rng.uniform(-1, 4), seed)
     bits = coding.encoded_bits(x)
     assert len(coding.encode(x)) == (bits + 7) // 8
-    c = codec.prepare(x, kernels)
+    c = huffman.prepare(x, kernels)
     assert bits == 8 * len(pack_header(c.header)) + c.table_bits + c.payload_bits
 
 
@@ -193,13 +193,13 @@ def test_decode_refuses_malformed_headers():
     good = coding.encode(sparse_laplacian(1000, 0.8))
     for data in [
         b"",
-        bytes([FORMAT_VERSION + 1]) + good[1:],
-        bytes([FORMAT_VERSION, 0x80]),  # varint cut short
-        bytes([FORMAT_VERSION]) + b"\xff" * 9,  # varint over the symbol cap
-        bytes([FORMAT_VERSION]) + b"\x80" * 9 + b"\x01",  # overlong varint
+        bytes([StreamKind.HUFFMAN + 1]) + good[1:],
+        bytes([StreamKind.HUFFMAN, 0x80]),  # varint cut short
+        bytes([StreamKind.HUFFMAN]) + b"\xff" * 9,  # varint over the symbol cap
+        bytes([StreamKind.HUFFMAN]) + b"\x80" * 9 + b"\x01",  # overlong varint
         good[:3],
         good + b"\x00",  # bytes after the payload
-        bytes([FORMAT_VERSION, 0, 0]),  # empty stream with a trailing byte
+        bytes([StreamKind.HUFFMAN, 0, 0]),  # empty stream with a trailing byte
     ]:
         with pytest.raises(coding.CorruptStreamError):
             coding.decode(data)
@@ -217,10 +217,10 @@ def test_decode_refuses_sizes_the_stream_cannot_hold():
     for x in (sparse_laplacian(1000, 0.8), np.zeros(5000, np.int32)):
         with pytest.raises(coding.CorruptStreamError, match="larger than the payload"):
             coding.decode(_with_count(coding.encode(x), MAX_SYMBOLS))
-    big_alphabet = pack_header(Header(10, log2_run=7, direct=63, classes=32, tail=0))
+    big_alphabet = pack_header(HuffmanHeader(10, log2_run=7, direct=63, classes=32, tail=0))
     with pytest.raises(coding.CorruptStreamError, match="table larger than"):
         coding.decode(big_alphabet + b"\xff" * 100)
-    too_big = pack_header(Header(10, log2_run=10, direct=63, classes=32, tail=0))
+    too_big = pack_header(HuffmanHeader(10, log2_run=10, direct=63, classes=32, tail=0))
     with pytest.raises(coding.CorruptStreamError, match="inconsistent"):
         coding.decode(too_big + b"\xff" * 100_000)
 
@@ -241,7 +241,7 @@ def test_decode_survives_every_single_bit_flip():
 
 
 def test_decode_survives_random_bytes():
-    for data in random_streams(FORMAT_VERSION):
+    for data in random_streams(StreamKind.HUFFMAN):
         decodes_or_refuses(data)
 
 
@@ -284,10 +284,10 @@ def test_kernels_agree_with_reference(seed):
     scale = [0.5, 3.0, 60.0, 1e5, 3e9][seed % 5]
     x = np.clip(np.round(rng.laplace(0, scale, n)), -(2**31), 2**31 - 1).astype(np.int64)
     x[rng.random(n) < rng.random()] = 0
-    data = codec.encode(x, kernels)
-    assert codec.encode(x, reference) == data
-    assert codec.encoded_bits(x, reference) == codec.encoded_bits(x, kernels)
-    np.testing.assert_array_equal(codec.decode(data, reference), x)
+    data = huffman.encode(x, kernels)
+    assert huffman.encode(x, reference) == data
+    assert huffman.encoded_bits(x, reference) == huffman.encoded_bits(x, kernels)
+    np.testing.assert_array_equal(huffman.decode(data, reference), x)
     for bad in corruptions(data, rng):
         assert_same_verdict(decodes_or_refuses(bad, kernels), decodes_or_refuses(bad, reference))
 
@@ -309,10 +309,10 @@ def test_long_codes_decode_through_the_second_table_level():
     rng = np.random.default_rng(0)
     x = np.repeat(np.arange(1, 22, dtype=np.int32), 2 ** np.maximum(0, 14 - np.arange(21)))
     x = rng.permutation(np.concatenate([x, -x]))
-    c = codec.prepare(x, kernels)
+    c = huffman.prepare(x, kernels)
     assert c.lengths.max() == 15 > kernels.PRIMARY_BITS
     data = coding.encode(x)
-    np.testing.assert_array_equal(codec.decode(data, reference), x)
+    np.testing.assert_array_equal(huffman.decode(data, reference), x)
     np.testing.assert_array_equal(coding.decode(data), x)
 
 

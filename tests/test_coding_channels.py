@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 import coding
 from coding import channels, kernels, reference
-from coding.format import CHANNELS_FORMAT_VERSION, FORMAT_VERSION, MAX_CHANNELS, put_varint
+from coding.format import MAX_CHANNELS, StreamKind, put_varint
 from coding.plan import HISTOGRAM_MAGNITUDES
 from coding.synthetic import channel_laplacians, sparse_laplacian
 
@@ -181,7 +181,7 @@ def test_choose_groups_beyond_merge_rows():
 
 
 def _head(channels_: int, positions: int, groups: int | None = None) -> bytes:
-    out = bytearray([CHANNELS_FORMAT_VERSION])
+    out = bytearray([StreamKind.CHANNELS])
     put_varint(out, channels_)
     put_varint(out, positions)
     if groups is not None:
@@ -193,7 +193,7 @@ def test_decode_refuses_malformed_heads():
     good = coding.encode_channels(channel_laplacians(6, 500))
     for data in [
         b"",
-        bytes([FORMAT_VERSION]) + good[1:],  # a 1-D stream's version
+        bytes([StreamKind.HUFFMAN]) + good[1:],  # a 1-D stream's version
         coding.encode(np.arange(10)),
         _head(MAX_CHANNELS + 1, 1),
         _head(3, 0) + b"\x00",  # data after an empty stream
@@ -253,7 +253,7 @@ def test_decode_survives_every_single_bit_flip():
 
 
 def test_decode_survives_random_bytes():
-    for data in random_streams(CHANNELS_FORMAT_VERSION):
+    for data in random_streams(StreamKind.CHANNELS):
         decodes_or_refuses(data)
 
 

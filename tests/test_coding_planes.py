@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 import coding
 from coding import kernels, planes, reference
-from coding.format import MAX_CHANNELS, MAX_WEIGHT, PLANES_FORMAT_VERSION, put_varint
+from coding.format import MAX_CHANNELS, MAX_WEIGHT, StreamKind, put_varint
 from coding.synthetic import channel_laplacians, smooth_planes
 
 I32_MIN, I32_MAX = -(2**31), 2**31 - 1
@@ -129,7 +129,7 @@ def test_weights_are_fitted_per_plane():
 
 
 def _head(*values: int, predictor: bytes = b"") -> bytes:
-    out = bytearray([PLANES_FORMAT_VERSION])
+    out = bytearray([StreamKind.PLANES])
     for value in values:
         put_varint(out, value)
     return bytes(out) + predictor
@@ -215,7 +215,7 @@ def test_decode_survives_every_single_bit_flip():
 
 
 def test_decode_survives_random_bytes():
-    for data in random_streams(PLANES_FORMAT_VERSION):
+    for data in random_streams(StreamKind.PLANES):
         decodes_or_refuses(data)
 
 

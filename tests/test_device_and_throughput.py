@@ -12,7 +12,7 @@ import torch
 from helpers import load_script, test_image, tiny_model
 from PIL import Image
 
-from caeadmm import devices, image_codec, zoo
+from caeadmm import devices, codec, zoo
 from caeadmm.checkpoint import save_checkpoint
 from caeadmm.cli import main
 from caeadmm.cli.common import cached_model
@@ -141,16 +141,16 @@ def test_cuda_streams_match_the_cpu(checkpoint, folder, tmp_path):
 
     model = cached_model(str(checkpoint))
     image = test_image(64, 96, seed=7)
-    cpu = image_codec.compress(image, model)
+    cpu = codec.compress(image, model)
     gpu_model = zoo.load(str(checkpoint)).to(devices.resolve("cuda"))
-    gpu = image_codec.compress(image, gpu_model)
-    symbols = [image_codec.decode_payload(*parse(data)) for data in (cpu, gpu)]
+    gpu = codec.compress(image, gpu_model)
+    symbols = [codec.decode_payload(*parse(data)) for data in (cpu, gpu)]
     assert np.mean(symbols[0] != symbols[1]) <= 0.01
     assert np.abs(symbols[0].astype(int) - symbols[1]).max() <= 1
-    decoded = [image_codec.decompress(cpu, m) for m in (model, gpu_model)]
+    decoded = [codec.decompress(cpu, m) for m in (model, gpu_model)]
     assert np.abs(decoded[0].astype(int) - decoded[1]).max() <= 1
     assert np.mean(decoded[0] != decoded[1]) <= 0.01
-    assert image_codec.decompress(gpu, model).shape == image.shape
+    assert codec.decompress(gpu, model).shape == image.shape
 
 
 def test_job_ends_with_throughput_and_refuses_cuda_without_gpus(ray_local, checkpoint,

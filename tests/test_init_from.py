@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from caeadmm import zoo
-from caeadmm.checkpoint import FORMAT_VERSION, MODEL_FORMAT, init_weights, load_into
+from caeadmm.checkpoint import CHECKPOINT_VERSION, MODEL_FORMAT, init_weights, load_into
 from caeadmm.config import ConfigError, ModelConfig, TrainConfig
 from caeadmm.model import CAE
 from caeadmm.train_loop import ENTROPY_LR_SCALE, make_optimizer, new_admm, train_step
@@ -96,7 +96,7 @@ def test_a_slot_mask_does_not_change_its_patch_size(tmp_path):
     mask[:, 0, 0] = ~mask[:, 0, 0]  # now positions differ: a slot mask
     state = {**source.state_dict(), "mask": mask}
     path = tmp_path / "slot.pt"
-    torch.save({"format": MODEL_FORMAT, "version": FORMAT_VERSION, "model": state,
+    torch.save({"format": MODEL_FORMAT, "version": CHECKPOINT_VERSION, "model": state,
                 "model_config": source.config.to_dict()}, path)
     model = ModelConfig.from_dict({**source.config.to_dict(), "patch_size": 176})
     with pytest.raises(ConfigError, match=r"\(patch_size differ\)"):

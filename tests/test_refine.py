@@ -1,4 +1,4 @@
-"""Encoder-side latent refinement (caeadmm.refine through image_codec.compress): the refined
+"""Encoder-side latent refinement (caeadmm.refine through codec.compress): the refined
 stream is an ordinary stream, better for the objective, for any image size and window."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 from helpers import load_script, test_image, tiny_model
 from PIL import Image
 
-from caeadmm import baselines, image_codec, zoo
+from caeadmm import baselines, codec, zoo
 from caeadmm.checkpoint import save_checkpoint
 from caeadmm.cli import main
 from caeadmm.config import DISTORTION_WEIGHTS, TrainConfig
@@ -62,15 +62,15 @@ def test_shipped_model_refined_is_better_at_about_the_same_rate():
     name = next(m.name for m in zoo.list_models() if m.default)
     model = zoo.load(name)
     image = np.asarray(Image.open(SAMPLES / "astronaut.png").convert("RGB"))[96:224, 160:320]
-    plain = image_codec.compress(image, model)
-    refined = image_codec.compress(
+    plain = codec.compress(image, model)
+    refined = codec.compress(
         image, model, refine=Refinement(steps=10, rate_lambda=zoo.rate_lambda(name))
     )
     assert refined != plain
     assert len(refined) <= 1.03 * len(plain)
 
     def loss(data: bytes) -> float:
-        decoded = image_codec.decompress(data, model)
+        decoded = codec.decompress(data, model)
         as_tensor = [torch.from_numpy(a).permute(2, 0, 1)[None].float() / 255
                      for a in (decoded, image)]
         return float(distortion(*as_tensor)[0])
@@ -80,17 +80,17 @@ def test_shipped_model_refined_is_better_at_about_the_same_rate():
 
 def test_zero_steps_is_the_plain_stream(model):
     image = test_image(40, 56)
-    assert image_codec.compress(image, model, refine=Refinement(steps=0)) == \
-        image_codec.compress(image, model)
+    assert codec.compress(image, model, refine=Refinement(steps=0)) == \
+        codec.compress(image, model)
 
 
 @pytest.mark.parametrize("size, tile", [((75, 101), 32), ((75, 101), None), ((200, 96), 64)])
 def test_every_window_is_refined(model, size, tile):
     """Windowed or not, the refined stream decodes to an image closer to the input."""
     image = test_image(*size, seed=3)
-    plain = image_codec.decompress(image_codec.compress(image, model, tile=tile), model)
-    data = image_codec.compress(image, model, tile=tile, refine=Refinement(steps=10, lr=0.3))
-    refined = image_codec.decompress(data, model)
+    plain = codec.decompress(codec.compress(image, model, tile=tile), model)
+    data = codec.compress(image, model, tile=tile, refine=Refinement(steps=10, lr=0.3))
+    refined = codec.decompress(data, model)
     assert refined.shape == image.shape
     assert mse(refined, image) < 0.97 * mse(plain, image)
 
@@ -100,14 +100,14 @@ def test_tiny_odd_and_grayscale_images(model, shape):
     image = test_image(*shape[:2], seed=1)
     if len(shape) == 2:
         image = image[..., 0]
-    data = image_codec.compress(image, model, refine=Refinement(steps=2, lr=0.3))
-    assert image_codec.decompress(data, model).shape == image.shape
+    data = codec.compress(image, model, refine=Refinement(steps=2, lr=0.3))
+    assert codec.decompress(data, model).shape == image.shape
 
 
 def test_the_model_is_left_as_it_was(model):
     before = model.fingerprint()
     model.train()
-    image_codec.compress(test_image(32, 48), model, refine=Refinement(steps=2))
+    codec.compress(test_image(32, 48), model, refine=Refinement(steps=2))
     assert model.training and model.fingerprint() == before
     assert all(p.grad is None for p in model.parameters())
     model.eval()
@@ -116,9 +116,9 @@ def test_the_model_is_left_as_it_was(model):
 def test_refusals(model):
     image = test_image(32, 32)
     with pytest.raises(ValueError, match="whole-image layout"):
-        image_codec.compress(image, model, layout="tiles", refine=Refinement(steps=1))
+        codec.compress(image, model, layout="tiles", refine=Refinement(steps=1))
     with pytest.raises(ValueError, match="entropy model"):  # the tiny model has none
-        image_codec.compress(image, model, refine=Refinement(steps=1, rate_lambda=10))
+        codec.compress(image, model, refine=Refinement(steps=1, rate_lambda=10))
     for bad in ({"steps": -1}, {"lr": 0.0}, {"rate_lambda": -1.0},
                 {"distortion": {"w_lpips": 1.0}}, {"distortion": {"w_mse": -1.0}}):
         with pytest.raises(ValueError):
@@ -129,14 +129,14 @@ def test_the_distortion_weights_are_the_ones_minimized(model):
     """All weights 0: nothing to minimize, the plain stream; MSE alone (a PSNR-family model's
     loss): the refined image is closer in MSE than with the default mix."""
     image = test_image(48, 64, seed=5)
-    plain = image_codec.compress(image, model)
+    plain = codec.compress(image, model)
     nothing = Refinement(steps=3, lr=0.3, distortion=dict.fromkeys(DISTORTION_WEIGHTS, 0.0))
-    assert image_codec.compress(image, model, refine=nothing) == plain
+    assert codec.compress(image, model, refine=nothing) == plain
     mse_only = {"w_msssim": 0.0, "w_ssim": 0.0, "w_mse": 1e4, "w_psnr": 0.0}
 
     def refined_mse(weights: dict[str, float]) -> float:
-        data = image_codec.compress(image, model, refine=Refinement(10, 0.3, distortion=weights))
-        return mse(image_codec.decompress(data, model), image)
+        data = codec.compress(image, model, refine=Refinement(10, 0.3, distortion=weights))
+        return mse(codec.decompress(data, model), image)
 
     assert refined_mse(mse_only) < refined_mse({})
 
@@ -185,7 +185,7 @@ def test_cli_compress_refine(model, tmp_path, capsys):
     assert main(["compress", str(src), "-o", str(refined), "--model", str(checkpoint),
                  "--refine", "3"]) == 0
     assert refined.read_bytes() != plain.read_bytes()
-    decoded = image_codec.decompress(refined.read_bytes(), model)
+    decoded = codec.decompress(refined.read_bytes(), model)
     assert decoded.shape == (40, 50, 3)
     with pytest.raises(SystemExit):
         main(["compress", str(src), "--refine", "-1"])
@@ -215,8 +215,8 @@ def test_corpus_job_refines_as_compress_does(ray_local, model, tmp_path):
                               concurrency=1)
     assert summary.compressed == 1
     written = (tmp_path / "out" / "a.cae").read_bytes()
-    assert written == image_codec.compress(image, model, refine=refine)
-    assert written != image_codec.compress(image, model)
+    assert written == codec.compress(image, model, refine=refine)
+    assert written != codec.compress(image, model)
 
     job = load_job()
     assert job.build_parser().parse_args(["x", "-o", "y", "--refine"]).refine is None
@@ -257,14 +257,14 @@ def test_flip_search_lowers_the_distortion_and_repeats_itself(model, size, tile)
     """Two rounds (fast) and more (best) each give an image closer to the input than the
     plain stream, whole or window by window; the same run gives the same bytes again."""
     image = test_image(*size, seed=6)
-    plain = mse(image_codec.decompress(image_codec.compress(image, model, tile=tile), model),
+    plain = mse(codec.decompress(codec.compress(image, model, tile=tile), model),
                 image)
     mse_only = {"w_msssim": 0.0, "w_ssim": 0.0, "w_mse": 1e4, "w_psnr": 0.0}
     for rounds in (2, 6):
         refine = Refinement(method="flip", steps=rounds, distortion=mse_only)
-        data = image_codec.compress(image, model, tile=tile, refine=refine)
-        assert mse(image_codec.decompress(data, model), image) < plain
-        assert data == image_codec.compress(image, model, tile=tile, refine=refine)
+        data = codec.compress(image, model, tile=tile, refine=refine)
+        assert mse(codec.decompress(data, model), image) < plain
+        assert data == codec.compress(image, model, tile=tile, refine=refine)
 
 
 def test_flip_search_with_a_rate_term_is_repeatable():
@@ -273,9 +273,9 @@ def test_flip_search_with_a_rate_term_is_repeatable():
     model = zoo.load(name)
     image = np.asarray(Image.open(SAMPLES / "astronaut.png").convert("RGB"))[96:160, 160:240]
     refine = refinement_for(name, "fast")
-    first = image_codec.compress(image, model, refine=refine)
-    assert first == image_codec.compress(image, model, refine=refine)
-    assert first != image_codec.compress(image, model)
+    first = codec.compress(image, model, refine=refine)
+    assert first == codec.compress(image, model, refine=refine)
+    assert first != codec.compress(image, model)
 
 
 def test_gradient_decoder_is_the_decoder(model):
@@ -320,7 +320,7 @@ def test_cli_compress_refine_fast(model, tmp_path):
         assert main(["compress", str(src), "-o", str(out[level]), "--model", str(checkpoint),
                      *extra]) == 0
     image = np.asarray(Image.open(src))
-    assert out["fast"].read_bytes() == image_codec.compress(
+    assert out["fast"].read_bytes() == codec.compress(
         image, model, refine=refinement_for(str(checkpoint), "fast"))
     assert out[None].read_bytes() == out["fast"].read_bytes()  # the default level
-    assert image_codec.decompress(out["best"].read_bytes(), model).shape == (40, 50, 3)
+    assert codec.decompress(out["best"].read_bytes(), model).shape == (40, 50, 3)

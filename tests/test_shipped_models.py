@@ -15,7 +15,7 @@ import pytest
 from helpers import test_image
 from PIL import Image
 
-from caeadmm import image_codec, zoo
+from caeadmm import codec, zoo
 from caeadmm.bitstream import WHOLE_IMAGE_LAYOUTS, parse
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,7 +29,7 @@ def test_registry_has_a_default_model():
 
 
 def assert_decodes_reference(stream: Path, expected: Path, model) -> None:
-    decoded = image_codec.decompress(stream.read_bytes(), model)
+    decoded = codec.decompress(stream.read_bytes(), model)
     expected = np.asarray(Image.open(expected).convert("RGB"))
     assert decoded.shape == expected.shape
     assert np.abs(decoded.astype(int) - expected.astype(int)).max() <= 1
@@ -72,20 +72,20 @@ def test_shipped_model_windows_give_the_one_pass_result(default_model):
     """512 x 768 through the default model in 128-pixel windows and in one pass: identical
     symbols, and pixels within one level (in practice identical)."""
     image = test_image(512, 768, seed=11)
-    data = image_codec.compress(image, default_model, tile=128)
-    one_pass = image_codec.compress(image, default_model, tile=None)
-    np.testing.assert_array_equal(image_codec.decode_payload(*parse(data)),
-                                  image_codec.decode_payload(*parse(one_pass)))
-    tiled = image_codec.decompress(data, default_model, tile=128).astype(int)
-    whole = image_codec.decompress(data, default_model, tile=None).astype(int)
+    data = codec.compress(image, default_model, tile=128)
+    one_pass = codec.compress(image, default_model, tile=None)
+    np.testing.assert_array_equal(codec.decode_payload(*parse(data)),
+                                  codec.decode_payload(*parse(one_pass)))
+    tiled = codec.decompress(data, default_model, tile=128).astype(int)
+    whole = codec.decompress(data, default_model, tile=None).astype(int)
     assert np.abs(tiled - whole).max() <= 1
 
 
 FRESH_DECODE = """
 import sys, numpy as np
-from caeadmm import image_codec, zoo
+from caeadmm import codec, zoo
 model = zoo.load(sys.argv[1])
-np.save(sys.argv[3], image_codec.decompress(open(sys.argv[2], "rb").read(), model))
+np.save(sys.argv[3], codec.decompress(open(sys.argv[2], "rb").read(), model))
 """
 
 
@@ -93,10 +93,10 @@ def test_first_decode_in_a_fresh_process_equals_later_ones(default_model, tmp_pa
     """Decoding must not depend on what ran before in the process: the first decode in a
     fresh process, with 1 and with 2 threads, equals a decode after many others here."""
     name = next(m.name for m in MODELS if m.default)
-    data = image_codec.compress(test_image(300, 420, seed=12), default_model)
+    data = codec.compress(test_image(300, 420, seed=12), default_model)
     stream = tmp_path / "a.cae"
     stream.write_bytes(data)
-    warm = image_codec.decompress(data, default_model)
+    warm = codec.decompress(data, default_model)
     for threads in ("1", "2"):
         out = tmp_path / f"fresh{threads}.npy"
         env = {"OMP_NUM_THREADS": threads, "PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}

@@ -436,7 +436,7 @@ def test_variable_rate_training_keeps_the_consensus(cluster, shards, tmp_path):
     """A variable-rate model under Ray Train on two nodes, each image of each worker's batch
     at its own quality: after every ADMM update both ranks hold the same Z and U (from
     latents that differ between them), and the exported model codes at any quality."""
-    from caeadmm import image_codec
+    from caeadmm import codec
 
     args = ["run_name=vr", "model.latent_norm=none", "model.entropy_model=factorized",
             "model.train_rounding=mixed", "model.quality_levels=3", "rate_lambda=0.01",
@@ -455,7 +455,7 @@ def test_variable_rate_training_keeps_the_consensus(cluster, shards, tmp_path):
     image = np.random.default_rng(0).integers(0, 256, (40, 56, 3), dtype=np.uint8)
     sizes = []
     for quality in (0.0, 1.5, 2.0):
-        data = image_codec.compress(image, model, quality=quality)
-        assert image_codec.decompress(data, model).shape == image.shape
+        data = codec.compress(image, model, quality=quality)
+        assert codec.decompress(data, model).shape == image.shape
         sizes.append(len(data))
     assert sizes[0] <= sizes[-1]

@@ -11,7 +11,7 @@ import torch
 from helpers import test_image
 from PIL import Image
 
-from caeadmm import image_codec, zoo
+from caeadmm import codec, zoo
 from caeadmm.bitstream import BitstreamError, parse, quantize_quality
 from caeadmm.config import ConfigError, ModelConfig, TrainConfig
 from caeadmm.images import load_rgb
@@ -62,18 +62,18 @@ def test_rate_grows_with_the_quality_on_real_photos(model):
     assert SAMPLES, "the bundled sample photos are missing"
     for path in SAMPLES:
         image = load_rgb(path)
-        sizes = [len(image_codec.compress(image, model, quality=q)) for q in (0, 1, 1.5, 2, 3)]
+        sizes = [len(codec.compress(image, model, quality=q)) for q in (0, 1, 1.5, 2, 3)]
         assert sizes == sorted(sizes) and sizes[0] < sizes[-1], (path.name, sizes)
 
 
 @pytest.mark.parametrize("quality", [0.0, 0.7, 1.0, 2.25, LEVELS - 1])
 def test_stream_at_any_quality_decodes_to_the_forward_pass(model, quality):
     image = test_image(75, 101, seed=2)
-    data = image_codec.compress(image, model, quality=quality)
+    data = codec.compress(image, model, quality=quality)
     header = parse(data)[0]
     recorded = quantize_quality(quality)  # 0.7 is 717 / 1024 in the stream
     assert header.version == 3 and header.quality == recorded
-    np.testing.assert_array_equal(image_codec.decompress(data, model),
+    np.testing.assert_array_equal(codec.decompress(data, model),
                                   one_pass(image, model, recorded))  # fmt: skip
 
 
@@ -86,19 +86,19 @@ def test_quality_between_levels_interpolates_the_gains(model):
 
 
 def test_quality_is_recorded_at_the_stream_resolution(model):
-    data = image_codec.compress(test_image(40, 40), model, quality=1.00001)
+    data = codec.compress(test_image(40, 40), model, quality=1.00001)
     assert parse(data)[0].quality == 1.0
-    assert data == image_codec.compress(test_image(40, 40), model, quality=1.0)
+    assert data == codec.compress(test_image(40, 40), model, quality=1.0)
 
 
 @pytest.mark.parametrize("target", [0.3, 1.0, 3.0])
 def test_target_bpp_lands_at_most_on_the_target_and_close_to_it(model, target):
     image = load_rgb(SAMPLES[0])
     pixels = image.shape[0] * image.shape[1]
-    data = image_codec.compress(image, model, target_bpp=target)
+    data = codec.compress(image, model, target_bpp=target)
     bpp = 8 * len(data) / pixels
-    lowest = 8 * len(image_codec.compress(image, model, quality=0)) / pixels
-    highest = 8 * len(image_codec.compress(image, model, quality=LEVELS - 1)) / pixels
+    lowest = 8 * len(codec.compress(image, model, quality=0)) / pixels
+    highest = 8 * len(codec.compress(image, model, quality=LEVELS - 1)) / pixels
     if target < lowest:  # nothing fits: the nearest, the lowest quality
         assert parse(data)[0].quality == 0 and bpp == lowest
     elif target >= highest:
@@ -110,26 +110,26 @@ def test_target_bpp_lands_at_most_on_the_target_and_close_to_it(model, target):
 def test_quality_errors_are_clear(model):
     image = test_image(32, 32)
     with pytest.raises(ValueError, match="needs a quality"):
-        image_codec.compress(image, model)
+        codec.compress(image, model)
     with pytest.raises(ValueError, match=r"in \[0, 3\]"):
-        image_codec.compress(image, model, quality=3.5)
+        codec.compress(image, model, quality=3.5)
     with pytest.raises(ValueError, match="one of them"):
-        image_codec.compress(image, model, quality=1, target_bpp=0.5)
+        codec.compress(image, model, quality=1, target_bpp=0.5)
     fixed = CAE(ModelConfig(preset="tiny", width=16, n_blocks=1, latent_channels=8,
                             patch_size=32)).eval()  # fmt: skip
     with pytest.raises(ValueError, match="variable-rate models"):
-        image_codec.compress(image, fixed, quality=1)
+        codec.compress(image, fixed, quality=1)
 
 
 def test_a_fixed_rate_stream_is_refused_by_a_variable_rate_model(model, monkeypatch):
-    data = image_codec.compress(test_image(32, 32), model, quality=1)
+    data = codec.compress(test_image(32, 32), model, quality=1)
     header, payload = parse(data)
-    fixed = image_codec.bitstream.pack(
-        image_codec.bitstream.Header(**{**header.__dict__, "quality": None, "version": 2}),
+    fixed = codec.bitstream.pack(
+        codec.bitstream.CaeHeader(**{**header.__dict__, "quality": None, "version": 2}),
         payload,
     )
     with pytest.raises(BitstreamError, match="variable-rate"):
-        image_codec.decompress(fixed, model)
+        codec.decompress(fixed, model)
 
 
 def test_training_config_draws_rate_weights_between_the_ends():
@@ -194,8 +194,8 @@ def test_a_training_step_trains_every_image_at_its_own_quality(tmp_path):
     assert not torch.equal(model.level_log_gain, start.level_log_gain)
     image = test_image(40, 48)
     for quality in (0.0, 2.0):
-        data = image_codec.compress(image, model, quality=quality)
-        assert image_codec.decompress(data, model).shape == image.shape
+        data = codec.compress(image, model, quality=quality)
+        assert codec.decompress(data, model).shape == image.shape
 
 
 SHIPPED = [m for m in zoo.list_models() if m.default_quality is not None]
@@ -209,8 +209,8 @@ def test_shipped_variable_rate_model_rate_grows_with_quality(info):
     image = load_rgb(SAMPLES[1])
     pixels = image.shape[0] * image.shape[1]
     top = model.config.quality_levels - 1
-    sizes = [len(image_codec.compress(image, model, quality=q)) for q in range(0, top + 1, 2)]
+    sizes = [len(codec.compress(image, model, quality=q)) for q in range(0, top + 1, 2)]
     assert sizes == sorted(sizes) and len(set(sizes)) == len(sizes), sizes
     target = 8 * (sizes[1] + sizes[2]) / 2 / pixels
-    bpp = 8 * len(image_codec.compress(image, model, target_bpp=target)) / pixels
+    bpp = 8 * len(codec.compress(image, model, target_bpp=target)) / pixels
     assert 0.95 * target <= bpp <= target

@@ -208,7 +208,7 @@ def check_existing(
     "force"), "ok" when a complete output is there to keep, or (state, reason) for one to
     write again, overwriting: "damaged", or "stale" (made with another model or quality).
     Raises FileExistsError for an output the policy keeps off limits. `check` is
-    `caeadmm.resume.check_stream` (with what the run wants) or `check_image`.
+    `caeadmm.outputs.check_stream` (with what the run wants) or `check_image`.
     """
     if existing == "force" or not dst.exists():
         return None

@@ -101,8 +101,8 @@ def compress_one(
     target_bpp: float | None = None,
     device: str = "cpu",
 ) -> common.Done:
-    from caeadmm.image_codec import compress_file
-    from caeadmm.resume import Wanted, check_stream
+    from caeadmm.codec import compress_file
+    from caeadmm.outputs import Wanted, check_stream
 
     def write(overwrite: bool) -> tuple[str, int, int]:
         nbytes, bpp, used = compress_file(src, dst, common.model_on(model, device),

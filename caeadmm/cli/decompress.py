@@ -62,7 +62,7 @@ def decompress_one(
     src: Path, dst: Path, model: str | None, existing: str, max_pixels: int,
     device: str = "cpu",
 ) -> common.Done:
-    from caeadmm.resume import check_image
+    from caeadmm.outputs import check_image
 
     def write(overwrite: bool) -> tuple[str, int, int]:
         return _decompress(src, dst, model, overwrite, max_pixels, device)
@@ -73,7 +73,7 @@ def decompress_one(
 def _decompress(src: Path, dst: Path, model: str | None, overwrite: bool, max_pixels: int,
                 device: str = "cpu") -> tuple[str, int, int]:
     from caeadmm import bitstream, zoo
-    from caeadmm.image_codec import decompress, save_image
+    from caeadmm.codec import decompress, save_image
 
     data = src.read_bytes()
     if model is None:

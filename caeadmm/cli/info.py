@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from caeadmm.bitstream import Header, parse
+from caeadmm.bitstream import CaeHeader, parse
 from caeadmm.cli.common import EXIT_FAILED, EXIT_OK
 
 
@@ -50,7 +50,7 @@ def _read(path: Path) -> bytes:
         raise OSError(f"cannot be read: {exc.strerror or exc}") from None
 
 
-def describe(name: str, header: Header, size: int) -> list[tuple[str, str]]:
+def describe(name: str, header: CaeHeader, size: int) -> list[tuple[str, str]]:
     """(field, value) rows for one checked stream."""
     from caeadmm.zoo import ModelLoadError, find_by_fingerprint
 

@@ -2,12 +2,12 @@
 
 Ray Data spreads the file list over a pool of actors; each actor loads the model once (on
 its GPU with device "cuda", which gives every actor one unless num_gpus says otherwise) and
-compresses its files with `image_codec.compress_file`, which writes every .cae atomically.
+compresses its files with `codec.compress_file`, which writes every .cae atomically.
 The driver collects one manifest row per file (source, output, bytes, bpp, status, error)
 and writes the manifest Parquet atomically at the end, also when interrupted
 (`Interrupted`), so it lists what was done; the Summary has the run's throughput.
 
-Reruns: an existing output is checked whole (`caeadmm.resume.check_stream`: header, payload
+Reruns: an existing output is checked whole (`caeadmm.outputs.check_stream`: header, payload
 length against the file size, checksum, and the model fingerprint and quality asked for); a
 complete one is skipped and its row rebuilt from its header, a damaged one or one made with
 another model or quality is compressed again and reported. Files that failed are tried
@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
-from caeadmm import image_codec, zoo
+from caeadmm import codec, zoo
 from caeadmm.devices import DeviceError, resolve
 from caeadmm.distributed.session import connect, quiet_data, shutdown_own_ray
 from caeadmm.files import is_temp_file, write_atomic
@@ -43,7 +43,7 @@ from caeadmm.inputs import plan_outputs
 from caeadmm.lifeline import die_with_parent
 from caeadmm.progress import Progress
 from caeadmm.refine import Refinement
-from caeadmm.resume import Wanted, check_stream
+from caeadmm.outputs import Wanted, check_stream
 
 MANIFEST_SCHEMA = pa.schema([
     ("source", pa.string()),
@@ -112,7 +112,7 @@ def compress_corpus(
     - manifest: Parquet path (default OUTPUT_DIR/manifest.parquet);
     - refine: refine each image's latent before coding (caeadmm.refine.refinement_for);
     - quality, target_bpp: a variable-rate model's quality, or the bpp to fit
-      (image_codec.compress);
+      (codec.compress);
     - progress: a progress bar on stderr; on_row: called with each new manifest row.
     Connects to Ray (`caeadmm.distributed.session.connect`) if this process is not yet.
     """
@@ -202,7 +202,7 @@ class _Compressor:
 
     def _one(self, src: str, dst: str, replace: bool) -> dict:
         try:
-            nbytes, bpp, _ = image_codec.compress_file(src, dst, self.model, **self.encode,
+            nbytes, bpp, _ = codec.compress_file(src, dst, self.model, **self.encode,
                                                        overwrite=self.overwrite or replace)
         except Exception as exc:  # a bad file must never stop the corpus
             return _row(src, "", error=f"{type(exc).__name__}: {' '.join(str(exc).split())}")

@@ -22,7 +22,7 @@ from coding.format import (
     OK,
     TABLE_LENGTH_BITS,
     TABLE_SYMBOLS,
-    Header,
+    HuffmanHeader,
     as_symbols,
     pack_header,
     unpack_header,
@@ -35,7 +35,7 @@ PADDING = 16  # zero bytes after the stream, so that 64-bit loads near its end s
 class Coding:
     """Everything needed to write one table and payload, and their exact size."""
 
-    header: Header
+    header: HuffmanHeader
     lengths: np.ndarray
     tokens: tuple  # (runs, values, trailing) from nonzero_tokens
     table_bits: int
@@ -58,7 +58,7 @@ def prepare(x: np.ndarray, backend: ModuleType) -> Coding:
         )
     lengths = backend.code_lengths(counts, MAX_CODE_LENGTH)
     tail = int(trailing) & ((1 << p.log2_run) - 1)
-    header = Header(x.size, p.log2_run, p.direct, p.classes, tail)
+    header = HuffmanHeader(x.size, p.log2_run, p.direct, p.classes, tail)
     return Coding(
         header,
         lengths,
@@ -95,7 +95,7 @@ def _check(error: int) -> None:
         raise CorruptStreamError(ERROR_MESSAGES[error])
 
 
-def read(data: np.ndarray, bitpos: int, total_bits: int, header: Header,
+def read(data: np.ndarray, bitpos: int, total_bits: int, header: HuffmanHeader,
          backend: ModuleType) -> np.ndarray:  # fmt: skip
     """The header.count > 0 symbols of the table and payload in bits [bitpos, total_bits) of
     `data` (from `padded`), which must end there with less than a byte of zero padding."""
@@ -125,7 +125,7 @@ def encoded_bits(symbols: object, backend: ModuleType = kernels) -> int:
     """
     x = as_symbols(symbols)
     if x.size == 0:
-        return 8 * len(pack_header(Header(0)))
+        return 8 * len(pack_header(HuffmanHeader(0)))
     c = prepare(x, backend)
     return 8 * len(pack_header(c.header)) + c.body_bits
 
@@ -134,7 +134,7 @@ def encode(symbols: object, backend: ModuleType = kernels) -> bytes:
     """Code a 1-D integer array (values in the int32 range) into a self-describing stream."""
     x = as_symbols(symbols)
     if x.size == 0:
-        return pack_header(Header(0))
+        return pack_header(HuffmanHeader(0))
     c = prepare(x, backend)
     return write(c, pack_header(c.header), backend)
 

@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import coding
-from caeadmm import image_codec
+from caeadmm import codec
 from caeadmm.bitstream import HEADER_BYTES, BitstreamError, ModelMismatchError, pack, parse
 from caeadmm.files import write_atomic
 from caeadmm.model import CAE, eval_mode
@@ -88,7 +88,7 @@ def slot_model() -> CAE:
 
 def symbols_of(data: bytes) -> np.ndarray:
     """The (kept channels, positions) symbols of a whole-image stream."""
-    return image_codec.decode_payload(*parse(data))
+    return codec.decode_payload(*parse(data))
 
 
 def group_count(payload: bytes) -> int:
@@ -107,24 +107,24 @@ def group_count(payload: bytes) -> int:
                                   (200, 96)])
 def test_round_trip_equals_one_pass_over_the_whole_image(model, size):
     image = test_image(*size)
-    data = image_codec.compress(image, model)
+    data = codec.compress(image, model)
     header, _ = parse(data)
     assert (header.height, header.width, header.mode) == (*size, "RGB")
     assert (header.version, header.layout, header.tile_size, header.kept) == (2, "predicted", 0, 4)
     symbols, pixels = whole_image_reconstruction(image, model)
     np.testing.assert_array_equal(symbols_of(data), symbols.reshape(len(symbols), -1))
-    decoded = image_codec.decompress(data, model)
+    decoded = codec.decompress(data, model)
     assert decoded.shape == image.shape and decoded.dtype == np.uint8
     np.testing.assert_array_equal(decoded, pixels)
 
 
 def test_auto_runs_one_window_up_to_its_pixel_bound_and_windows_beyond():
     halo = 4
-    kodak = list(image_codec._windows(64, 96, "auto", halo))  # 512 x 768 pixels
+    kodak = list(codec._windows(64, 96, "auto", halo))  # 512 x 768 pixels
     assert kodak == [((0, 64, 0, 64), (0, 96, 0, 96))]
-    side = int((image_codec.ONE_WINDOW_PIXELS // 64) ** 0.5) + 1  # just over the bound
-    big = list(image_codec._windows(side, side, "auto", halo))
-    assert big == list(image_codec._windows(side, side, image_codec.TILE, halo))
+    side = int((codec.ONE_WINDOW_PIXELS // 64) ** 0.5) + 1  # just over the bound
+    big = list(codec._windows(side, side, "auto", halo))
+    assert big == list(codec._windows(side, side, codec.TILE, halo))
     assert len(big) > 1
 
 
@@ -133,16 +133,16 @@ def test_thin_images_run_in_long_windows_with_the_one_pass_result(model, size):
     """A thin image's windows span its short side and have a square core's area along the
     long side (not tiny square windows, each costing a call, a halo and a batch of two): the
     same symbols and pixels as one pass."""
-    rows, cols = (image_codec.padded_side(n) // 8 for n in size)
-    windows = list(image_codec._windows(rows, cols, 64, 1))
+    rows, cols = (codec.padded_side(n) // 8 for n in size)
+    windows = list(codec._windows(rows, cols, 64, 1))
     cores = [(r1 - r0) * (c1 - c0) for (r0, r1, _, _), (c0, c1, _, _) in windows]
     assert 64 - min(rows, cols) < max(cores) <= 64  # about a square 8 x 8 core's area
     assert len(windows) == -(-rows * cols // max(cores))
     image = test_image(*size, seed=3)
-    data = image_codec.compress(image, model, tile=64)
+    data = codec.compress(image, model, tile=64)
     symbols, pixels = whole_image_reconstruction(image, model)
     np.testing.assert_array_equal(symbols_of(data), symbols.reshape(len(symbols), -1))
-    np.testing.assert_array_equal(image_codec.decompress(data, model, tile=64), pixels)
+    np.testing.assert_array_equal(codec.decompress(data, model, tile=64), pixels)
 
 
 @pytest.mark.parametrize("tile", [32, 64, 200, 512, None])
@@ -150,11 +150,11 @@ def test_windows_give_the_one_pass_result(model, tile):
     """512 x 768: windows of any size (32 px cores run as small windows, batch of two) give
     the one-pass symbols and pixels exactly, and the same bytes as the default."""
     image = test_image(512, 768, seed=5)
-    data = image_codec.compress(image, model, tile=tile)
+    data = codec.compress(image, model, tile=tile)
     symbols, pixels = whole_image_reconstruction(image, model)
     np.testing.assert_array_equal(symbols_of(data), symbols.reshape(len(symbols), -1))
-    assert data == image_codec.compress(image, model)
-    np.testing.assert_array_equal(image_codec.decompress(data, model, tile=tile), pixels)
+    assert data == codec.compress(image, model)
+    np.testing.assert_array_equal(codec.decompress(data, model, tile=tile), pixels)
 
 
 @pytest.mark.parametrize(("size", "seed", "groups"), [((64, 96), 0, 2), ((40, 72), 2, 1)])
@@ -163,13 +163,13 @@ def test_channels_payload_has_a_table_per_channel_group(model, size, seed, group
     once with two tables (two groups of channels) and once with the single-table fallback."""
     image = test_image(*size, seed=seed)
     symbols, _ = whole_image_reconstruction(image, model)
-    data = image_codec.compress(image, model, layout="channels")
+    data = codec.compress(image, model, layout="channels")
     header, payload = parse(data)
     assert header.layout == "channels"
     assert payload == coding.encode_channels(symbols.reshape(len(symbols), -1))
     assert group_count(payload) == groups
-    np.testing.assert_array_equal(image_codec.decompress(data, model),
-                                  image_codec.decompress(image_codec.compress(image, model),
+    np.testing.assert_array_equal(codec.decompress(data, model),
+                                  codec.decompress(codec.compress(image, model),
                                                          model))
 
 
@@ -178,8 +178,8 @@ def test_predicted_payload_is_the_latent_as_planes(model):
     latent: the same symbols as the "channels" stream, in fewer bytes on a smooth image."""
     image = test_image(96, 128)
     symbols, _ = whole_image_reconstruction(image, model)
-    predicted = image_codec.compress(image, model)
-    channels = image_codec.compress(image, model, layout="channels")
+    predicted = codec.compress(image, model)
+    channels = codec.compress(image, model, layout="channels")
     assert parse(predicted)[1] == coding.encode_planes(symbols)
     np.testing.assert_array_equal(symbols_of(predicted), symbols_of(channels))
     assert len(predicted) < len(channels)
@@ -189,9 +189,9 @@ def test_model_without_kept_channels_codes_an_empty_payload():
     """K = 0: a (0, positions) payload, decoded as the decoder's output for a zero latent."""
     model = channel_model(keep=())
     image = test_image(24, 40)
-    data = image_codec.compress(image, model)
+    data = codec.compress(image, model)
     assert parse(data)[0].kept == 0 and symbols_of(data).shape == (0, 3 * 5)
-    np.testing.assert_array_equal(image_codec.decompress(data, model),
+    np.testing.assert_array_equal(codec.decompress(data, model),
                                   whole_image_reconstruction(image, model)[1])
 
 
@@ -199,10 +199,10 @@ def test_unpruned_model_codes_every_channel():
     model = tiny_model(seed=1)
     model.set_mask(None)
     image = test_image(40, 56)
-    data = image_codec.compress(image, model)
+    data = codec.compress(image, model)
     header, _ = parse(data)
     assert (header.layout, header.kept, header.n_symbols) == ("predicted", 8, 8 * 5 * 7)
-    assert image_codec.decompress(data, model).shape == image.shape
+    assert codec.decompress(data, model).shape == image.shape
 
 
 def test_latent_gain_is_applied_as_in_the_model():
@@ -218,11 +218,11 @@ def test_latent_gain_is_applied_as_in_the_model():
     x = torch.from_numpy(image).permute(2, 0, 1)[None].float() / 255
     with torch.no_grad():
         x_hat, latent = model(x)
-    data = image_codec.compress(image, model)
+    data = codec.compress(image, model)
     assert latent.abs().max() >= 2  # symbols that the gain changes
     np.testing.assert_array_equal(symbols_of(data), latent[0].flatten(1).to(torch.int32).numpy())
     expected = (x_hat * 255).round().clamp(0, 255).to(torch.uint8)[0].permute(1, 2, 0).numpy()
-    np.testing.assert_array_equal(image_codec.decompress(data, model), expected)
+    np.testing.assert_array_equal(codec.decompress(data, model), expected)
 
 
 def test_same_bytes_and_pixels_with_one_or_two_threads(model):
@@ -230,12 +230,12 @@ def test_same_bytes_and_pixels_with_one_or_two_threads(model):
     pixels do not depend on the thread count. The float32 output layer alone made 1-level
     differences here (AVX-512); the decoder's fixed-order output layer removes them."""
     image = test_image(300, 420, seed=7)
-    first = image_codec.compress(image, model)
-    decoded = image_codec.decompress(first, model)
+    first = codec.compress(image, model)
+    decoded = codec.decompress(first, model)
     torch.set_num_threads(2)
     try:
-        assert image_codec.compress(image, model) == first
-        np.testing.assert_array_equal(image_codec.decompress(first, model), decoded)
+        assert codec.compress(image, model) == first
+        np.testing.assert_array_equal(codec.decompress(first, model), decoded)
     finally:
         torch.set_num_threads(1)
 
@@ -244,15 +244,15 @@ def test_entropy_decoding_uses_no_floating_point(model):
     """The symbols a stream decodes to are integers from integer code (Huffman, run-length,
     integer prediction): the same on any thread count and under PyTorch's deterministic
     algorithms, which also leave the pixels unchanged."""
-    data = image_codec.compress(test_image(200, 264, seed=3), model)
+    data = codec.compress(test_image(200, 264, seed=3), model)
     header, payload = parse(data)
-    symbols = image_codec.decode_payload(header, payload)
-    pixels = image_codec.decompress(data, model)
+    symbols = codec.decode_payload(header, payload)
+    pixels = codec.decompress(data, model)
     torch.set_num_threads(2)
     torch.use_deterministic_algorithms(True)
     try:
-        np.testing.assert_array_equal(image_codec.decode_payload(header, payload), symbols)
-        np.testing.assert_array_equal(image_codec.decompress(data, model), pixels)
+        np.testing.assert_array_equal(codec.decode_payload(header, payload), symbols)
+        np.testing.assert_array_equal(codec.decompress(data, model), pixels)
     finally:
         torch.use_deterministic_algorithms(False)
         torch.set_num_threads(1)
@@ -297,7 +297,7 @@ def test_small_windows_compute_what_large_ones_do(model, monkeypatch):
     with torch.no_grad():
         large = model.encoder(image)[0, :, 8:12, 8:12]
         crop = image[..., 32:160, 32:160]  # 128 x 128 < SMALL_WINDOW; its core: 8..12
-        small = image_codec._run(model.encoder, crop, 128 * 128)[0, :, 4:8, 4:8]
+        small = codec._run(model.encoder, crop, 128 * 128)[0, :, 4:8, 4:8]
         plain = model.encoder(crop)[0, :, 4:8, 4:8]
     assert torch.equal(small, large)
     assert not torch.equal(plain, large)
@@ -305,23 +305,23 @@ def test_small_windows_compute_what_large_ones_do(model, monkeypatch):
 
 def test_grayscale_is_coded_as_rgb_and_returned_as_grayscale(model):
     gray = test_image(50, 70)[..., 1]
-    data = image_codec.compress(gray, model)
+    data = codec.compress(gray, model)
     assert parse(data)[0].mode == "L"
-    decoded = image_codec.decompress(data, model)
+    decoded = codec.decompress(data, model)
     assert decoded.shape == (50, 70) and decoded.dtype == np.uint8
     _, rgb = whole_image_reconstruction(np.repeat(gray[..., None], 3, axis=2), model)
     expected = np.round(rgb.astype(np.float64).mean(axis=2) + 1e-9).astype(np.uint8)
     np.testing.assert_array_equal(decoded, expected)
-    assert image_codec.compress(gray[..., None], model) == data  # (H, W, 1) is grayscale too
+    assert codec.compress(gray[..., None], model) == data  # (H, W, 1) is grayscale too
 
 
 def test_rgba_file_loses_alpha_with_a_warning(model, tmp_path):
     rgba = np.dstack([test_image(7, 3), np.full((7, 3), 128, np.uint8)])
     Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
     with pytest.warns(UserWarning, match="alpha channel dropped"):
-        image = image_codec.load_image(tmp_path / "a.png")
+        image = codec.load_image(tmp_path / "a.png")
     assert image.shape == (7, 3, 3)
-    assert image_codec.decompress(image_codec.compress(image, model), model).shape == (7, 3, 3)
+    assert codec.decompress(codec.compress(image, model), model).shape == (7, 3, 3)
 
 
 # -- receptive fields ------------------------------------------------------------------------
@@ -331,7 +331,7 @@ def test_encoder_reach_is_the_exact_extent_of_a_one_pixel_change():
     """Change one pixel: exactly the latent positions j with |8 j - x| <= reach change
     (in float64, so that no change is lost to rounding)."""
     model = channel_model().double()
-    reach = image_codec.encoder_reach(model)
+    reach = codec.encoder_reach(model)
     assert reach == 1 + 2 + 2 + 2 + 2 * 2 + 2 * 4 + 8  # tiny: convs of the encoder, by hand
     generator = torch.Generator().manual_seed(0)
     image = torch.rand(1, 3, 192, 192, dtype=torch.float64, generator=generator)
@@ -347,7 +347,7 @@ def test_encoder_reach_is_the_exact_extent_of_a_one_pixel_change():
 
 def test_decoder_reach_covers_a_one_symbol_change_and_is_tight():
     model = channel_model().double()
-    reach = image_codec.decoder_reach(model)
+    reach = codec.decoder_reach(model)
     assert reach == 1
     latent = torch.randint(-5, 6, (1, 8, 16, 16)).double()
     changed = latent.clone()
@@ -365,8 +365,8 @@ def test_reach_of_the_shipped_preset():
     from caeadmm.config import ModelConfig
 
     small = CAE(ModelConfig.from_preset("small"))
-    assert image_codec.encoder_reach(small) == 31
-    assert image_codec.decoder_reach(small) == 1
+    assert codec.encoder_reach(small) == 31
+    assert codec.decoder_reach(small) == 1
 
 
 # -- "tiles" layout: masks that are not channel-structured -----------------------------------
@@ -375,18 +375,18 @@ def test_reach_of_the_shipped_preset():
 @pytest.mark.parametrize("size", [(1, 1), (45, 1), (127, 129)])
 def test_slot_masked_model_codes_tiles(slot_model, size):
     image = test_image(*size)
-    data = image_codec.compress(image, slot_model)
+    data = codec.compress(image, slot_model)
     header, _ = parse(data)
-    assert image_codec.kept_channels(slot_model) is None
+    assert codec.kept_channels(slot_model) is None
     assert (header.version, header.layout, header.tile_size) == (2, "tiles", 32)
     assert header.kept == int(slot_model.mask.sum())
-    np.testing.assert_array_equal(image_codec.decompress(data, slot_model),
+    np.testing.assert_array_equal(codec.decompress(data, slot_model),
                                   tile_reconstruction(image, slot_model))
 
 
 def test_tiles_grayscale(slot_model):
     gray = test_image(40, 33)[..., 0]
-    decoded = image_codec.decompress(image_codec.compress(gray, slot_model), slot_model)
+    decoded = codec.decompress(codec.compress(gray, slot_model), slot_model)
     rgb = tile_reconstruction(np.repeat(gray[..., None], 3, axis=2), slot_model)
     np.testing.assert_array_equal(decoded, (rgb.astype(np.uint16).sum(axis=2) + 1) // 3)
 
@@ -394,17 +394,17 @@ def test_tiles_grayscale(slot_model):
 def test_tiles_layout_can_be_forced_for_a_channel_mask(model):
     """Version 1's layout on demand (for comparisons): its decoding is the tile-by-tile one."""
     image = test_image(70, 40)
-    data = image_codec.compress(image, model, layout="tiles")
+    data = codec.compress(image, model, layout="tiles")
     assert parse(data)[0].layout == "tiles"
-    np.testing.assert_array_equal(image_codec.decompress(data, model),
+    np.testing.assert_array_equal(codec.decompress(data, model),
                                   tile_reconstruction(image, model))
 
 
 def test_channels_layout_needs_a_channel_mask(slot_model):
     with pytest.raises(ValueError, match="same at every latent position"):
-        image_codec.compress(test_image(20, 20), slot_model, layout="channels")
+        codec.compress(test_image(20, 20), slot_model, layout="channels")
     with pytest.raises(ValueError, match="layout must be"):
-        image_codec.compress(test_image(20, 20), slot_model, layout="strips")
+        codec.compress(test_image(20, 20), slot_model, layout="strips")
 
 
 # -- refusals ------------------------------------------------------------------------------
@@ -416,44 +416,44 @@ def test_channels_layout_needs_a_channel_mask(slot_model):
 )
 def test_refuses_bad_arrays(model, bad):
     with pytest.raises(ValueError):
-        image_codec.compress(bad, model)
+        codec.compress(bad, model)
 
 
 def test_wrong_model_is_refused_with_both_fingerprints(model):
     other = channel_model(seed=5)
-    data = image_codec.compress(test_image(20, 20), model)
+    data = codec.compress(test_image(20, 20), model)
     with pytest.raises(ModelMismatchError) as info:
-        image_codec.decompress(data, other)
+        codec.decompress(data, other)
     assert model.fingerprint()[:16].hex() in str(info.value)
     assert other.fingerprint()[:16].hex() in str(info.value)
 
 
 def test_pixel_limit_applies_before_decoding(model):
-    data = image_codec.compress(test_image(64, 64), model)
+    data = codec.compress(test_image(64, 64), model)
     with pytest.raises(BitstreamError, match="exceeds the limit"):
-        image_codec.decompress(data, model, max_pixels=64 * 63)
+        codec.decompress(data, model, max_pixels=64 * 63)
 
 
 def test_header_that_disagrees_with_the_model_is_refused(model, slot_model):
-    data = bytearray(image_codec.compress(test_image(40, 40), model))
+    data = bytearray(codec.compress(test_image(40, 40), model))
     struct.pack_into("<I", data, 20, 3)  # kept channels
     _fix_crc(data)
     with pytest.raises(BitstreamError, match="3 kept"):
-        image_codec.decompress(bytes(data), model)
-    data = bytearray(image_codec.compress(test_image(40, 40), slot_model))
+        codec.decompress(bytes(data), model)
+    data = bytearray(codec.compress(test_image(40, 40), slot_model))
     struct.pack_into("<I", data, 20, int(slot_model.mask.sum()) - 1)
     _fix_crc(data)
     with pytest.raises(BitstreamError, match="kept slots"):
-        image_codec.decompress(bytes(data), slot_model)
+        codec.decompress(bytes(data), slot_model)
 
 
 def test_layout_the_model_cannot_decode_is_refused(slot_model):
-    data = bytearray(image_codec.compress(test_image(40, 40), slot_model))
+    data = bytearray(codec.compress(test_image(40, 40), slot_model))
     struct.pack_into("<HHB", data, 6, 0, 8, 1)  # tile 0, 8 channels, layout "channels"
     struct.pack_into("<I", data, 20, 4)
     _fix_crc(data)
     with pytest.raises(BitstreamError, match="not the same at every latent position"):
-        image_codec.decompress(bytes(data), slot_model)
+        codec.decompress(bytes(data), slot_model)
 
 
 @pytest.mark.parametrize(("layout", "held", "two"), [
@@ -463,31 +463,31 @@ def test_layout_the_model_cannot_decode_is_refused(slot_model):
 def test_wrong_symbol_count_is_refused(model, layout, held, two):
     """More symbols than the header implies are refused by coding's bound (before decoding);
     fewer, or another shape, by the decoded shape against (kept channels, positions)."""
-    data = bytearray(image_codec.compress(test_image(40, 40), model, layout=layout))  # 4x5x5
+    data = bytearray(codec.compress(test_image(40, 40), model, layout=layout))  # 4x5x5
     struct.pack_into("<I", data, 16, 20)  # height 40 -> 20: the header implies 4 x (3 x 5)
     _fix_crc(data)
     with pytest.raises(BitstreamError, match="corrupt payload: .* over the limit 60"):
-        image_codec.decompress(bytes(data), model)
+        codec.decompress(bytes(data), model)
     struct.pack_into("<I", data, 16, 48)  # height 48: the header implies 4 x (6 x 5)
     _fix_crc(data)
     with pytest.raises(BitstreamError, match=held):
-        image_codec.decompress(bytes(data), model)
-    symbols = symbols_of(image_codec.compress(test_image(40, 40), model))
+        codec.decompress(bytes(data), model)
+    symbols = symbols_of(codec.compress(test_image(40, 40), model))
     if layout == "predicted":
         payload = coding.encode_planes(symbols.reshape(2, 10, 5))  # 100 symbols: in the bound
     else:
         payload = coding.encode_channels(symbols.reshape(2, -1))
     header = replace(parse(bytes(data))[0], height=40, payload_length=len(payload))
     with pytest.raises(BitstreamError, match=two):
-        image_codec.decompress(pack(header, payload), model)
+        codec.decompress(pack(header, payload), model)
 
 
 def test_wrong_symbol_count_in_tiles_is_refused(slot_model):
-    data = bytearray(image_codec.compress(test_image(40, 40), slot_model))  # 2 x 2 tiles
+    data = bytearray(codec.compress(test_image(40, 40), slot_model))  # 2 x 2 tiles
     struct.pack_into("<I", data, 16, 20)  # height 40 -> 20: the header implies 1 x 2
     _fix_crc(data)
     with pytest.raises(BitstreamError, match="symbols, the header implies"):
-        image_codec.decompress(bytes(data), slot_model)
+        codec.decompress(bytes(data), slot_model)
 
 
 # -- memory --------------------------------------------------------------------------------
@@ -500,7 +500,7 @@ def test_wrong_symbol_count_in_tiles_is_refused(slot_model):
 MEMORY_SCRIPT = """
 import ctypes, gc, os, re, struct, sys, tempfile, zlib, numpy as np, torch
 import coding
-from caeadmm import bitstream, image_codec
+from caeadmm import bitstream, codec
 from caeadmm.config import ModelConfig
 from caeadmm.model import CAE
 
@@ -513,7 +513,7 @@ mask = torch.zeros(model.config.latent_shape(), dtype=torch.bool)
 mask[:20] = True
 model.set_mask(mask)
 stand_in = lambda x: np.zeros((x.shape[0], 8 * x.shape[-2], 8 * x.shape[-1], 3), np.uint8)
-image_codec._run = lambda network, x, pixels: stand_in(x)
+codec._run = lambda network, x, pixels: stand_in(x)
 model.synthesis_uint8 = lambda latent, quality=None: stand_in(latent)
 if layout == "tiles":
     payload = coding.encode(np.zeros(-(-height // 128) * -(-width // 128) * 20 * 256, np.int8))
@@ -527,7 +527,7 @@ else:
             coding.format.put_varint(head, n)
         payload = bytes(head) + bytes([0, 0]) + payload
     kept, tile = 20, 0
-header = bitstream.Header(
+header = bitstream.CaeHeader(
     width=width, height=height, mode=mode, layout=layout, latent_channels=32, kept=kept,
     fingerprint=model.fingerprint()[:16], payload_length=len(payload), tile_size=tile)
 data = bitstream.pack(header, payload)
@@ -545,7 +545,7 @@ peak_mb = lambda: int(re.search(r"VmHWM:\\s+(\\d+)", open("/proc/self/status").r
 before = peak_mb()
 if via == "refused":
     try:
-        image_codec.decompress(data, model)
+        codec.decompress(data, model)
         raise SystemExit("decoded a stream over the limits")
     except bitstream.BitstreamError as exc:
         print(exc, file=sys.stderr)
@@ -560,7 +560,7 @@ elif via == "cli":  # `caeadmm decompress` to a PNG file
         with open(out, "rb") as png:  # the PNG's IHDR: width and height
             assert png.read(24)[16:] == struct.pack(">II", width, height)
 else:
-    decoded = image_codec.decompress(data, model)
+    decoded = codec.decompress(data, model)
     assert decoded.shape == (height, width) + (() if mode == "L" else (3,))
 print(len(data), before, peak_mb())
 """
@@ -609,7 +609,7 @@ def test_maximal_stream_decodes_in_bounded_memory(height, width, mode, layout, v
     if layout == "tiles":
         symbols = -(-height // 128) * -(-width // 128) * 20 * 256 / 2**20
     else:
-        symbols = 20 * (image_codec.padded_side(height) * image_codec.padded_side(width)
+        symbols = 20 * (codec.padded_side(height) * codec.padded_side(width)
                         // 64) / 2**20
     assert peak - before < max(5 * symbols, symbols + image) + 100, (before, peak)  # ...bounded
     assert peak < 1024
@@ -636,11 +636,11 @@ import json, sys, time
 import numpy as np, torch
 from PIL import Image
 import coding
-from caeadmm import bitstream, image_codec, zoo
+from caeadmm import bitstream, codec, zoo
 
 torch.set_num_threads(1)
 model = zoo.load()  # the registry's default model
-kept = len(image_codec.kept_channels(model))
+kept = len(codec.kept_channels(model))
 channels, tile = model.config.latent_channels, model.config.patch_size
 rng = np.random.default_rng(0)
 
@@ -648,7 +648,7 @@ rng = np.random.default_rng(0)
 def crafted(height, width, layout="predicted", values=0):
     # A stream of an image of height x width whose symbols are zeros, or uniform in +-values.
     if layout == "tiles":
-        slots = int(image_codec._kept_slots(model).sum())
+        slots = int(codec._kept_slots(model).sum())
         n = -(-height // tile) * -(-width // tile) * slots
         symbols = rng.integers(-values, values + 1, n) if values else np.zeros(n, np.int8)
         payload, k, t = coding.encode(symbols), slots, tile
@@ -656,7 +656,7 @@ def crafted(height, width, layout="predicted", values=0):
         shape = (kept, bitstream.padded_side(height) // 8, bitstream.padded_side(width) // 8)
         symbols = rng.integers(-values, values + 1, shape) if values else np.zeros(shape, np.int8)
         payload, k, t = coding.encode_planes(symbols), kept, 0
-    header = bitstream.Header(width=width, height=height, mode="RGB", layout=layout,
+    header = bitstream.CaeHeader(width=width, height=height, mode="RGB", layout=layout,
                               latent_channels=channels, kept=k, tile_size=t,
                               fingerprint=model.fingerprint()[:16], payload_length=len(payload))
     return bitstream.pack(header, payload)
@@ -664,7 +664,7 @@ def crafted(height, width, layout="predicted", values=0):
 
 photo = Image.open({photo!r}).convert("RGB").resize((1224, 816), Image.LANCZOS)
 streams = {{
-    "photo": image_codec.compress(np.asarray(photo), model),
+    "photo": codec.compress(np.asarray(photo), model),
     "zeros": crafted(816, 1224),
     "every symbol in +-127": crafted(816, 1224, values=127),
     "11 x 90909 (1 x N's kin)": crafted(11, 90909),
@@ -674,12 +674,12 @@ streams = {{
     "tiles, every slot in +-127": crafted(816, 1224, "tiles", values=127),
 }}
 for data in streams.values():
-    image_codec.decompress(data, model)  # warm
+    codec.decompress(data, model)  # warm
 best = dict.fromkeys(streams, float("inf"))
 for _ in range(2):
     for name, data in streams.items():
         start = time.process_time()
-        image_codec.decompress(data, model)
+        codec.decompress(data, model)
         best[name] = min(best[name], time.process_time() - start)
 sizes = {{name: bitstream.read_header(data) for name, data in streams.items()}}
 print(json.dumps({{name: best[name] / (h.width * h.height) * 1e6 for name, h in sizes.items()}}))
@@ -715,7 +715,7 @@ def _fix_crc(data: bytearray) -> None:
 def _decode_or_refuse(data: bytes, model: CAE) -> None:
     """The decoder's contract: a correct image or BitstreamError, nothing else."""
     try:
-        image = image_codec.decompress(data, model)
+        image = codec.decompress(data, model)
     except BitstreamError:
         return
     header, _ = parse(data)
@@ -768,27 +768,27 @@ def test_fuzz_v2_whole_image_streams_give_only_bitstream_errors(model):
     decodes or raises BitstreamError, within 2 s (hypothesis deadline), and the process's
     peak memory grows by less than 256 MB over all of them. The payload has two channel
     groups (labels, a group length and two tables to corrupt)."""
-    valid = image_codec.compress(test_image(64, 96, seed=0), model, layout="channels")
+    valid = codec.compress(test_image(64, 96, seed=0), model, layout="channels")
     assert group_count(parse(valid)[1]) == 2
     _fuzz(model, valid, 2000)
 
 
 def test_fuzz_predicted_streams_give_only_bitstream_errors(model):
     """The same for the default layout: a prediction with weights (smooth image)."""
-    valid = image_codec.compress(test_image(64, 96, seed=0), model)
+    valid = codec.compress(test_image(64, 96, seed=0), model)
     assert planes.predictor_of(parse(valid)[1]).spatial
     _fuzz(model, valid, 1000)
 
 
 def test_fuzz_v2_single_table_streams_give_only_bitstream_errors(model):
     """The same for a payload where one table for all channels was smaller (one group)."""
-    valid = image_codec.compress(test_image(40, 72, seed=2), model, layout="channels")
+    valid = codec.compress(test_image(40, 72, seed=2), model, layout="channels")
     assert group_count(parse(valid)[1]) == 1
     _fuzz(model, valid, 500)
 
 
 def test_fuzz_tile_streams_give_only_bitstream_errors(slot_model):
-    _fuzz(slot_model, image_codec.compress(test_image(40, 72, seed=2), slot_model), 500)
+    _fuzz(slot_model, codec.compress(test_image(40, 72, seed=2), slot_model), 500)
 
 
 # -- files ----------------------------------------------------------------------------------
@@ -809,11 +809,11 @@ def test_write_atomic_leaves_nothing_behind_on_failure(tmp_path):
 
 def test_save_image_picks_the_format_from_the_extension(tmp_path):
     image = test_image(9, 11)
-    image_codec.save_image(tmp_path / "x.tif", image)
+    codec.save_image(tmp_path / "x.tif", image)
     assert Image.open(tmp_path / "x.tif").format == "TIFF"
     np.testing.assert_array_equal(np.asarray(Image.open(tmp_path / "x.tif")), image)
     with pytest.raises(ValueError, match="unknown image file extension"):
-        image_codec.save_image(tmp_path / "x.nope", image)
+        codec.save_image(tmp_path / "x.nope", image)
 
 
 @pytest.mark.parametrize("shape", [(1, 1, 3), (5, 3), (37, 1000, 3), (700, 9)])
@@ -826,7 +826,7 @@ def test_large_png_outputs_are_written_row_block_by_row_block(tmp_path, monkeypa
     monkeypatch.setattr(png, "BLOCK_BYTES", 1000)
     image = test_image(*shape[:2], seed=4)
     image = image if len(shape) == 3 else image[..., 1]
-    image_codec.save_image(tmp_path / "x.png", image)
+    codec.save_image(tmp_path / "x.png", image)
     with Image.open(tmp_path / "x.png") as back:
         assert back.format == "PNG" and back.mode == ("RGB" if len(shape) == 3 else "L")
         np.testing.assert_array_equal(np.asarray(back), image)
@@ -836,9 +836,9 @@ def test_load_image_keeps_grayscale_files_grayscale(tmp_path):
     Image.fromarray(test_image(9, 11)[..., 0]).save(tmp_path / "g.png")
     Image.fromarray(test_image(9, 11)[..., 0].astype(np.uint16) * 257).save(tmp_path / "g16.png")
     Image.fromarray(test_image(9, 11)).save(tmp_path / "c.png")
-    assert image_codec.load_image(tmp_path / "g.png").shape == (9, 11)
-    assert image_codec.load_image(tmp_path / "g16.png").shape == (9, 11)
-    assert image_codec.load_image(tmp_path / "c.png").shape == (9, 11, 3)
+    assert codec.load_image(tmp_path / "g.png").shape == (9, 11)
+    assert codec.load_image(tmp_path / "g16.png").shape == (9, 11)
+    assert codec.load_image(tmp_path / "c.png").shape == (9, 11, 3)
 
 
 # -- the shipped reference stream -------------------------------------------------------------
@@ -863,10 +863,10 @@ def test_reference_image_encodes_to_the_same_stream(shipped):
     name, model = shipped
     reference = (DATA / f"{name}.cae").read_bytes()
     theirs_header, _ = parse(reference)
-    image = image_codec.load_image(DATA / "reference.png")
-    data = image_codec.compress(image, model, layout=theirs_header.layout)
+    image = codec.load_image(DATA / "reference.png")
+    data = codec.compress(image, model, layout=theirs_header.layout)
     ours_header, _ = parse(data)
     assert replace(ours_header, payload_length=0) == replace(theirs_header, payload_length=0)
     theirs = symbols_of(reference)
-    for ours in symbols_of(data), symbols_of(image_codec.compress(image, model)):
+    for ours in symbols_of(data), symbols_of(codec.compress(image, model)):
         assert ours.shape == theirs.shape and (ours == theirs).mean() > 0.999

@@ -29,7 +29,7 @@ class Existing:
 
     state: str
     reason: str = ""
-    header: bitstream.Header | None = None
+    header: bitstream.CaeHeader | None = None
     size: int = 0
 
 
@@ -44,7 +44,7 @@ class Wanted:
     quality: float | None = None
 
 
-def mismatch(header: bitstream.Header, wanted: Wanted) -> str | None:
+def mismatch(header: bitstream.CaeHeader, wanted: Wanted) -> str | None:
     """Why a whole stream is not what `wanted` asks for (None when it is)."""
     if not wanted.fingerprint.startswith(header.fingerprint):
         from caeadmm import zoo

@@ -9,10 +9,10 @@ import pytest
 from helpers import test_image, tiny_model
 from PIL import Image
 
-from caeadmm import image_codec, zoo
+from caeadmm import codec, zoo
 from caeadmm.checkpoint import save_checkpoint
 from caeadmm.config import TrainConfig
-from caeadmm.resume import Wanted, check_stream
+from caeadmm.outputs import Wanted, check_stream
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -33,7 +33,7 @@ def models(tmp_path_factory) -> list[Path]:
 def test_a_stream_of_another_model_is_stale(tmp_path):
     model, other = tiny_model(seed=0), tiny_model(seed=1)
     path = tmp_path / "a.cae"
-    path.write_bytes(image_codec.compress(test_image(24, 40), model))
+    path.write_bytes(codec.compress(test_image(24, 40), model))
     assert check_stream(path).state == "ok"  # nothing asked: any whole stream
     assert check_stream(path, Wanted(model.fingerprint(), "tiny")).state == "ok"
     found = check_stream(path, Wanted(other.fingerprint(), "other"))
@@ -56,7 +56,7 @@ def test_the_corpus_job_redoes_outputs_of_another_model(models, tmp_path, monkey
     model = zoo.load(first)
     for i in range(3):
         Image.fromarray(test_image(24, 32, seed=i)).save(root / f"im{i}.png")
-        image_codec.compress_file(root / f"im{i}.png", out / f"im{i}.cae", model)
+        codec.compress_file(root / f"im{i}.png", out / f"im{i}.cae", model)
     queued: list[dict] = []
 
     def no_ray(todo, *args):

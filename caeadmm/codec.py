@@ -28,7 +28,7 @@ channels. Everything else is (H, W, 3) RGB.
 
 Determinism: PyTorch runs a float32 CPU convolution on oneDNN, whose result at a position
 depends only on the inputs it reads (not on the tensor's shape, the position or the thread
-count: tests/test_codec.py), except that a small input (about 20,000 values) with a kernel of
+count: tests/test_image_codec.py), except that a small input (about 20,000 values) with a kernel of
 at most 3 x 3 goes to PyTorch's own im2col + BLAS path, whose float rounding differs. So a
 window smaller than SMALL_WINDOW pixels runs as a batch of two copies of itself, which always
 takes oneDNN; then every window gives the bits the whole-image pass gives, and the stream
@@ -60,7 +60,7 @@ from caeadmm.bitstream import (
     LATENT_STRIDE,
     WHOLE_IMAGE_LAYOUTS,
     BitstreamError,
-    Header,
+    CaeHeader,
     ModelMismatchError,
     padded_side,
 )
@@ -138,7 +138,7 @@ def compress(
             latent = _refined(image, model, kept, latent, tile, refine, quality)
         symbols = quantize(latent, stochastic=False).to(torch.int8).numpy()
     payload = _encode_payload(symbols, layout)
-    header = Header(
+    header = CaeHeader(
         width=width, height=height, mode=mode, layout=layout, latent_channels=channels,
         kept=kept_count, fingerprint=fingerprint, payload_length=len(payload),
         tile_size=tile_size, quality=quality,
@@ -248,7 +248,7 @@ def _encode_payload(symbols: np.ndarray, layout: str) -> bytes:
     return coding.encode(symbols.ravel())
 
 
-def decode_payload(header: Header, payload: bytes) -> np.ndarray:
+def decode_payload(header: CaeHeader, payload: bytes) -> np.ndarray:
     """The payload's symbols, checked against the header: (K, h w) for the whole-image
     layouts, (tiles, K) for "tiles". The header bounds the symbol count before anything is
     decoded or allocated; any disagreement, or a coding.CorruptStreamError, raises
@@ -665,7 +665,7 @@ def _dtype(model: CAE) -> torch.dtype:
     return next(model.parameters()).dtype
 
 
-def _check_model(header: Header, model: CAE) -> None:
+def _check_model(header: CaeHeader, model: CAE) -> None:
     """The stream must come from this model; check the fingerprint, then the shapes it
     implies (a crafted header with a matching fingerprint must not size buffers either)."""
     given = model.fingerprint()
