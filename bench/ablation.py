@@ -164,8 +164,8 @@ def train(cfg: TrainConfig, pool: torch.Tensor, device: torch.device,
 def stream_estimate(model: CAE, header: bitstream.CaeHeader, payload: bytes) -> float:
     """The model's rate estimate (fixed, per-image adaptive or that with the zero context, as
     it was trained) of exactly the symbols a version 2 payload holds."""
-    kept = codec.kept_channels(model)
-    symbols = codec.decode_payload(header, payload).reshape(len(kept), *header.latent_size)
+    kept = model.kept_channels()
+    symbols = bitstream.decode_payload(header, payload).reshape(len(kept), *header.latent_size)
     fixed, adaptive, runs = estimated_bits(model, kept, symbols)
     return {"adaptive": adaptive, "adaptive-runs": runs}.get(model.config.rate_estimate, fixed)
 

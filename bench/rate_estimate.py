@@ -4,10 +4,10 @@ where a gap comes from.
     .venv/bin/python bench/rate_estimate.py --model PATH_OR_NAME [--kodak DIR] [--limit N]
     .venv/bin/python bench/rate_estimate.py --model M --fit-images DIR [--fit-steps 500]
 
-For each image the model's "channels" stream is made (caeadmm.codec.compress with
-layout="channels": the per-channel coder the rate term models; the default "predicted"
-payload codes the same symbols 15-24 % smaller, docs/coding.md) and its payload decoded back
-into the symbols the codec wrote; on exactly those symbols:
+For each image the symbols the codec writes (caeadmm.codec.compress) are coded as a
+"channels" payload (coding.encode_channels: the per-channel coder the rate term models; the
+default "predicted" payload codes the same symbols 15-24 % smaller, docs/coding.md) and
+decoded back; on exactly those symbols:
 
 - est: the entropy model's estimate in bits (eval mode), sum of -log2 P_c(symbol);
 - H_pool: the order-0 entropy of each channel pooled over all the images measured, i.e. the
@@ -118,13 +118,13 @@ def payload_parts(symbols: np.ndarray) -> dict[str, float]:
 def measure(model: CAE, images: list[np.ndarray]) -> list[dict[str, float]]:
     """One row per image: pixels, est, H_pc, the payload's parts and the stream's bits; the
     per-channel histograms under "hist" (for H_pool)."""
-    kept = codec.kept_channels(model)
+    kept = model.kept_channels()
     if kept is None:
         raise SystemExit("the model's mask is not channel-structured: no version 2 streams")
     rows = []
     for image in images:
-        stream = codec.compress(image, model, layout="channels")
-        header, payload = bitstream.parse(stream)
+        header, predicted = bitstream.parse(codec.compress(image, model))
+        payload = coding.encode_channels(bitstream.decode_payload(header, predicted))
         symbols = coding.decode_channels(payload)
         parts = payload_parts(symbols)
         if parts["payload"] != 8 * len(payload):
@@ -139,7 +139,7 @@ def measure(model: CAE, images: list[np.ndarray]) -> list[dict[str, float]]:
             "symbols": float(symbols.size),
             "H_pc": entropy_bits(hist),
             "H_ctx": context_entropy_bits(symbols),
-            "stream": 8.0 * len(stream),
+            "stream": 8.0 * (bitstream.HEADER_BYTES + len(payload)),  # as a "channels" stream
             "hist": hist,
             **parts,
         })

@@ -1,5 +1,11 @@
 """The .cae file format: a fixed 52-byte header followed by one coded payload.
 
+This module owns the format: the header (`CaeHeader`, `pack`, `parse`), the layouts and the
+payload each one uses (`encode_payload`, `decode_payload`, with every shape check), and it
+is the one place that reads `coding`'s stream headers. What produces and consumes the
+symbols is the model's (caeadmm.model.CAE.compress, decompress; the legacy "tiles" layout in
+caeadmm.legacy); caeadmm.codec joins the two.
+
 The header says everything a decoder must check before it allocates anything: which model
 the stream needs, how large the image is, how its symbols are laid out and how many the
 payload holds. `parse` validates every field, the total length and a CRC32 over header and
@@ -13,9 +19,9 @@ the image was coded at in the 16-bit field that holds the tile size in a "tiles"
 Version 2 (written) has a layout byte: "predicted" (the whole image through the network, the
 kept latent channels coded as the residuals of a linear prediction, with a Huffman table per
 group of channels), "channels" (the same latent without the prediction, written before
-"predicted" existed) or "tiles" (independent P x P tiles, version 1's layout and single-table
-payload, for models whose mask is not channel-structured). Version 1 streams (always "tiles")
-are read.
+"predicted" existed; read only) or "tiles" (independent P x P tiles, version 1's layout and
+single-table payload, for models whose mask is not channel-structured). Version 1 streams
+(always "tiles") are read.
 """
 
 from __future__ import annotations
@@ -25,6 +31,12 @@ import struct
 import zlib
 from dataclasses import dataclass
 from enum import IntEnum
+
+import numpy as np
+
+import coding
+from caeadmm.model import LATENT_STRIDE, padded_side
+from coding.format import unpack_header
 
 MAGIC = b"\x89CAE"
 
@@ -42,9 +54,10 @@ MAX_QUALITY = (2**16 - 1) / QUALITY_SCALE
 FINGERPRINT_BYTES = 16  # leading bytes of the model's sha256 fingerprint
 MODES = {0: "RGB", 1: "L"}
 MODE_CODES = {name: code for code, name in MODES.items()}
-# Symbol layouts and their payload kinds ("predicted": coding.encode_planes, "channels":
-# coding.encode_channels, "tiles": coding.encode). A new payload kind is a new code here, not
-# a new version.
+# Symbol layouts and their payloads (`encode_payload`, `decode_payload`): "predicted" (K, h, w)
+# by coding.encode_planes, "channels" (K, h w) by coding.encode_channels (read only), "tiles"
+# (tiles, K) flattened by coding.encode. A new payload kind is a new code here, not a new
+# version.
 LAYOUTS = {0: "tiles", 1: "channels", 2: "predicted"}
 LAYOUT_CODES = {name: code for code, name in LAYOUTS.items()}
 WHOLE_IMAGE_LAYOUTS = ("channels", "predicted")  # one latent for the whole image
@@ -67,8 +80,6 @@ MAX_PADDING = 1.5
 PADDING_ALLOWANCE = 1 << 16
 _MAX_TILE = 4096  # a tile larger than this is certainly not a real model's
 _MAX_CHANNELS = 1024
-LATENT_STRIDE = 8  # image pixels per latent position, each way
-MIN_SIDE = 16  # the network's smallest input side
 
 
 class BitstreamError(ValueError):
@@ -85,12 +96,6 @@ class ModelMismatchError(BitstreamError):
             f"stream needs the model with fingerprint {needed.hex()}, "
             f"but the given model's fingerprint is {given[: len(needed)].hex()}"
         )
-
-
-def padded_side(n: int) -> int:
-    """The side the network sees for an image side of n pixels (whole-image layouts): the
-    next multiple of 8, at least 16 (the image is replicate-padded at the bottom/right)."""
-    return max(MIN_SIDE, -(-n // LATENT_STRIDE) * LATENT_STRIDE)
 
 
 @dataclass(frozen=True)
@@ -162,6 +167,56 @@ def pack(header: CaeHeader, payload: bytes) -> bytes:
     head = _HEADER.pack(*fields, 0)[:-4]
     crc = zlib.crc32(payload, zlib.crc32(head))
     return head + struct.pack("<I", crc) + payload
+
+
+def encode_payload(symbols: np.ndarray, layout: str) -> bytes:
+    """The coded payload of a layout this version writes: "predicted" symbols (K, h, w) as
+    prediction residuals (coding.encode_planes), "tiles" symbols (tiles, K) with one table
+    (coding.encode). "channels" is read only."""
+    if layout == "predicted":
+        return coding.encode_planes(symbols)
+    if layout == "tiles":
+        return coding.encode(symbols.ravel())
+    raise ValueError(f"layout {layout!r} is not written (this version writes 'predicted', "
+                     "and 'tiles' for slot-masked models)")
+
+
+def decode_payload(header: CaeHeader, payload: bytes) -> np.ndarray:
+    """The payload's symbols, checked against the header: (K, h w) for the whole-image
+    layouts, (tiles, K) for "tiles". The header bounds the symbol count before anything is
+    decoded or allocated; any disagreement, or a coding.CorruptStreamError, raises
+    BitstreamError."""
+    try:
+        if header.layout in WHOLE_IMAGE_LAYOUTS:
+            rows, cols = header.latent_size
+            # The bound admits the position count of a stream with no kept channels too.
+            limit = max(header.n_symbols, rows * cols)
+            if header.layout == "predicted":
+                planes = coding.decode_planes(payload, max_symbols=limit)
+                if planes.shape != (header.kept, rows, cols):
+                    raise BitstreamError(
+                        f"payload holds {' x '.join(map(str, planes.shape))} symbols, the "
+                        f"header implies {header.kept} x {rows} x {cols}"
+                    )
+                return planes.reshape(header.kept, rows * cols)
+            symbols = coding.decode_channels(payload, max_symbols=limit)
+            if symbols.shape != (header.kept, rows * cols):
+                raise BitstreamError(
+                    f"payload holds {symbols.shape[0]} channels x {symbols.shape[1]} "
+                    f"positions, the header implies {header.kept} x {rows * cols}"
+                )
+            return symbols
+        # The payload's own symbol count (its first bytes) is checked before anything is
+        # decoded: a crafted count must not size an allocation.
+        count = unpack_header(payload)[0].count
+        if count != header.n_symbols:
+            raise BitstreamError(
+                f"payload holds {count} symbols, the header implies {header.n_symbols}"
+            )
+        rows, cols = header.tiles
+        return coding.decode(payload).reshape(rows * cols, header.kept)
+    except coding.CorruptStreamError as exc:
+        raise BitstreamError(f"corrupt payload: {exc}") from exc
 
 
 def max_pixels_from_env(default: int | None = DEFAULT_MAX_PIXELS) -> int | None:

@@ -1,11 +1,18 @@
 """The compressive autoencoder of CAE-ADMM (docs/method.md): network, quantizer, mask, and
 the optional entropy model of the rate term (docs/rate.md).
 
-The encoder maps an RGB image in [0, 1] of size H x W (multiples of 8, at least 16) to a
-latent of C x H/8 x W/8; the quantizer rounds it to integers in [-LATENT_MAX, LATENT_MAX];
-the decoder maps the integers back to an image in [0, 1]. After the hard prune a frozen
-boolean mask over one P x P tile's latent zeroes the pruned slots in both directions, so a
-masked model only takes P x P inputs (the codec tiles whole images itself).
+The encoder maps an RGB image in [0, 1] of size H x W (multiples of LATENT_STRIDE = 8, at
+least MIN_SIDE = 16) to a latent of C x H/8 x W/8; the quantizer rounds it to integers in
+[-LATENT_MAX, LATENT_MAX]; the decoder maps the integers back to an image in [0, 1]. After
+the hard prune a frozen boolean mask over one P x P tile's latent zeroes the pruned slots in
+both directions, so a slot-masked model only takes P x P inputs (the codec tiles whole images
+for it, caeadmm.legacy).
+
+The model also exposes what the codec needs of it: its geometry (`stride`, `min_side`,
+`padded_side`, and the receptive reach of each half, derived from the layers) and, in
+CompressAI's shape, `compress` and `decompress`: a whole uint8 image to the symbols of its
+kept latent channels and back (run in windows of bounded memory by caeadmm.windows). The
+.cae container around the symbols is caeadmm.bitstream's; caeadmm.codec joins the two.
 """
 
 from __future__ import annotations
@@ -15,6 +22,8 @@ import hashlib
 import json
 import math
 from collections.abc import Iterator
+from fractions import Fraction
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -24,6 +33,9 @@ from caeadmm import entropy_model
 from caeadmm.config import ConfigError, ModelConfig
 from caeadmm.layers import GDN
 
+if TYPE_CHECKING:
+    from caeadmm.refine import Refinement
+
 # Symbols are clamped to [-LATENT_MAX, LATENT_MAX]: they fit int8, so the entropy coder's
 # alphabet stays small, and trained latents sit far inside it (O(1-10) with BatchNorm before
 # the rounding; the rate term keeps them small without it).
@@ -31,6 +43,15 @@ LATENT_MAX = 127
 BN_EPS = 1e-5  # nn.BatchNorm2d's default eps, used when folding a BatchNorm into a convolution
 # A variable-rate model's gains at the lowest and the top quality level, before training.
 GAIN_RANGE = (0.08, 1.5)
+LATENT_STRIDE = 8  # image pixels per latent position, each way
+MIN_SIDE = 16  # the network's smallest input side
+
+
+def padded_side(n: int) -> int:
+    """The side the network sees for an image side of n pixels (a whole image): the next
+    multiple of LATENT_STRIDE, at least MIN_SIDE (the image is replicate-padded at the
+    bottom/right)."""
+    return max(MIN_SIDE, -(-n // LATENT_STRIDE) * LATENT_STRIDE)
 
 
 
@@ -392,6 +413,116 @@ class CAE(nn.Module):
         y = out.transpose(0, 2, 3, 1)
         return np.rint((np.tanh(y) + 1) * 127.5).clip(0, 255).astype(np.uint8)
 
+    # -- geometry: what the codec's windows and the .cae format rely on ---------------------
+
+    stride = LATENT_STRIDE  # image pixels per latent position, each way
+    min_side = MIN_SIDE  # the smallest input side
+    padded_side = staticmethod(padded_side)
+
+    def encoder_reach(self) -> int:
+        """Pixels each way an encoder output reads: latent position j (per axis) depends on
+        input pixels 8 j - reach .. 8 j + reach and no others. Derived from the layers: every
+        convolution (centred by its padding) adds its half kernel times the stride so far."""
+        reach, stride = 0, 1
+        for layer in _centred_convs(self.encoder):
+            reach += (layer.kernel_size[0] - 1) // 2 * layer.dilation[0] * stride
+            stride *= layer.stride[0]
+        if stride != self.stride:
+            raise ValueError(f"encoder stride {stride}, the model declares {self.stride}")
+        return reach
+
+    def decoder_reach(self) -> int:
+        """Latent positions each way a decoded pixel reads beyond its own: the pixels of latent
+        position j depend on latent positions j - reach .. j + reach only. Each convolution
+        adds its half kernel in latent units (divided by the pixel-shuffle factor so far),
+        rounded up."""
+        reach, scale = Fraction(0), 1
+        for layer in self.decoder.modules():
+            if isinstance(layer, nn.Conv2d):
+                if layer.stride != (1, 1):
+                    raise ValueError("a strided convolution in the decoder: derive its reach "
+                                     "by hand")
+                reach += Fraction((layer.kernel_size[0] - 1) // 2 * layer.dilation[0], scale)
+            elif isinstance(layer, nn.PixelShuffle):
+                scale *= layer.upscale_factor
+        if scale != self.stride:
+            raise ValueError(f"decoder upscales by {scale}, the model declares {self.stride}")
+        return math.ceil(reach)
+
+    def kept_channels(self) -> torch.Tensor | None:
+        """Indices of the kept latent channels (all for an unpruned model), or None when the
+        mask is not channel-structured (not the same at every latent position)."""
+        if self.mask is None:
+            return torch.arange(self.config.latent_channels)
+        support = channel_support(self.mask.cpu())
+        return None if support is None else torch.nonzero(support).flatten()
+
+    # -- whole images to symbols and back (the codec's network side) -------------------------
+
+    def compress(
+        self,
+        image: np.ndarray,
+        quality: float | None = None,
+        *,
+        tile: int | str | None = "auto",
+        refine: Refinement | None = None,
+        latent: torch.Tensor | None = None,
+    ) -> np.ndarray:
+        """A whole uint8 image, (H, W, 3) or (H, W) -> the symbols of its kept latent channels, int8
+        (K, h, w) for the image replicate-padded to `padded_side` each way: the encoder's
+        output times the gain at `quality`, optionally refined for this image
+        (`refine`, a caeadmm.refine.Refinement), rounded half to even and clamped to
+        +-LATENT_MAX. `latent`: this image's `image_latent`, when the caller has it already.
+        `tile` bounds memory (caeadmm.windows) and does not change the result."""
+        from caeadmm import windows
+
+        kept = self._channel_kept()
+        if latent is None:
+            latent = self.image_latent(image, tile)
+        latent = self.gained(latent, quality)
+        if refine is not None and refine.steps > 0:
+            latent = windows.refined(image, self, kept, latent, tile, refine, quality)
+        return quantize(latent, stochastic=False).to(torch.int8).numpy()
+
+    def image_latent(self, image: np.ndarray, tile: int | str | None = "auto") -> torch.Tensor:
+        """The kept channels of the encoder's output for a whole uint8 image (H, W, 3), before
+        the gain and the rounding: float (K, h, w) on the CPU, computed window by window."""
+        from caeadmm import windows
+
+        return windows.encoder_output(image, self, self._channel_kept(), tile)
+
+    def gained(self, latent: torch.Tensor, quality: float | None) -> torch.Tensor:
+        """The kept channels' encoder output (K, h, w) times their gain at `quality` (`gain`;
+        elementwise, so the same bits as `analysis`): the values that get rounded."""
+        gain = self.gain(quality)
+        if gain is None:
+            return latent
+        kept = self._channel_kept().to(gain.device)
+        return latent * gain.detach().reshape(-1)[kept].cpu()[:, None, None]
+
+    def decompress(
+        self,
+        symbols: np.ndarray,
+        out: np.ndarray,
+        quality: float | None = None,
+        *,
+        tile: int | str | None = "auto",
+    ) -> np.ndarray:
+        """Symbols of the kept channels (K, h, w) -> the image, written into `out`: uint8
+        (H, W, 3), or (H, W) for a grayscale image (the rounded mean of the three decoded
+        channels); the padding `compress` added is cropped. Returns `out`."""
+        from caeadmm import windows
+
+        windows.decode(symbols, self, self._channel_kept(), tile, out, quality)
+        return out
+
+    def _channel_kept(self) -> torch.Tensor:
+        kept = self.kept_channels()
+        if kept is None:
+            raise ValueError("whole images need a mask that is the same at every latent "
+                             "position (prune_structure: channel)")
+        return kept
+
     # -- helpers -----------------------------------------------------------------------------
 
     def _apply_mask(self, latent: torch.Tensor) -> torch.Tensor:
@@ -410,14 +541,31 @@ class CAE(nn.Module):
         if x.dim() != 4 or x.shape[1] != 3:
             raise InputShapeError(f"images must be (B, 3, H, W), got {tuple(x.shape)}")
         h, w = x.shape[-2:]
-        if h % 8 or w % 8 or min(h, w) < 16:
-            raise InputShapeError(f"H and W must be multiples of 8 and at least 16, got {h} x {w}")
+        if h % self.stride or w % self.stride or min(h, w) < self.min_side:
+            raise InputShapeError(f"H and W must be multiples of {self.stride} and at least "
+                                  f"{self.min_side}, got {h} x {w}")
         p = self.config.patch_size
         if self.mask is not None and (h, w) != (p, p):
             raise InputShapeError(
                 f"this model has a pruning mask for {p} x {p} tiles and cannot take {h} x {w} "
                 f"images; encode {p} x {p} tiles (the codec tiles whole images)"
             )
+
+
+def _centred_convs(network: nn.Module) -> Iterator[nn.Conv2d]:
+    """The convolutions in execution order, checked to be square and centred (reflection pad
+    plus own padding = half the kernel), the form the reach formulas assume."""
+    pad = 0
+    for layer in network.modules():
+        if isinstance(layer, nn.ReflectionPad2d):
+            pad = layer.padding[0]
+        elif isinstance(layer, nn.Conv2d):
+            k, d = layer.kernel_size[0], layer.dilation[0]
+            total = pad + layer.padding[0]
+            if layer.kernel_size[1] != k or k % 2 == 0 or total != (k - 1) // 2 * d:
+                raise ValueError(f"{layer} is not square and centred: derive its reach by hand")
+            pad = 0
+            yield layer
 
 
 def _folded_output_layer(layer: nn.Sequential) -> tuple[torch.Tensor, torch.Tensor]:

@@ -50,10 +50,9 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from caeadmm import zoo
-from caeadmm.bitstream import LATENT_STRIDE
 from caeadmm.config import DISTORTION_WEIGHTS, rate_weight
 from caeadmm.losses import distortion
-from caeadmm.model import CAE, LATENT_MAX, round_straight_through
+from caeadmm.model import CAE, LATENT_MAX, LATENT_STRIDE, round_straight_through
 
 STEPS = 15  # Adam steps of `--refine STEPS` alone before effort levels (docs/refine.md)
 LEARNING_RATE = 0.02  # Adam, in symbol units, decayed linearly to 0 over the steps

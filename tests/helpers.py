@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import signal
 from collections.abc import Callable, Iterator
@@ -39,6 +40,34 @@ def tiny_model(seed: int = 0, keep: float = 0.5, patch_size: int = 32) -> CAE:
     model.encoder[-1][-1].weight.data.fill_(4.0)
     model.set_mask(torch.rand(model.config.latent_shape()) < keep)
     return model.eval()
+
+
+def channels_stream(data: bytes) -> bytes:
+    """A stream of the read-only "channels" layout with the symbols of a "predicted" one: the
+    payload a Huffman table per group of channels (coding.encode_channels), as it was written
+    before "predicted" existed."""
+    from caeadmm import bitstream
+
+    header, payload = bitstream.parse(data)
+    payload = coding.encode_channels(bitstream.decode_payload(header, payload))
+    header = dataclasses.replace(header, layout="channels", payload_length=len(payload))
+    return bitstream.pack(header, payload)
+
+
+def tiles_stream(image: np.ndarray, model: CAE) -> bytes:
+    """A "tiles" stream of any model (version 2's layout 0, which this version writes for
+    slot-masked models only): every P x P tile coded on its own (caeadmm.legacy)."""
+    from caeadmm import bitstream, legacy
+
+    payload = bitstream.encode_payload(legacy.encode_tiles(image, model), "tiles")
+    header = bitstream.CaeHeader(
+        width=image.shape[1], height=image.shape[0], mode="L" if image.ndim == 2 else "RGB",
+        layout="tiles", latent_channels=model.config.latent_channels,
+        kept=int(legacy.kept_slots(model).sum()),
+        fingerprint=model.fingerprint()[: bitstream.FINGERPRINT_BYTES],
+        payload_length=len(payload), tile_size=model.config.patch_size,
+    )
+    return bitstream.pack(header, payload)
 
 
 def test_image(height: int, width: int, seed: int = 0) -> np.ndarray:

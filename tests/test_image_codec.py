@@ -18,16 +18,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import test_image, tiny_model
+from helpers import channels_stream, test_image, tiles_stream, tiny_model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
 import coding
-from caeadmm import codec
+from caeadmm import bitstream, codec, windows
 from caeadmm.bitstream import HEADER_BYTES, BitstreamError, ModelMismatchError, pack, parse
 from caeadmm.files import write_atomic
-from caeadmm.model import CAE, eval_mode
+from caeadmm.model import CAE, eval_mode, padded_side
 from coding import planes
 from coding.format import get_varint
 
@@ -88,7 +88,7 @@ def slot_model() -> CAE:
 
 def symbols_of(data: bytes) -> np.ndarray:
     """The (kept channels, positions) symbols of a whole-image stream."""
-    return codec.decode_payload(*parse(data))
+    return bitstream.decode_payload(*parse(data))
 
 
 def group_count(payload: bytes) -> int:
@@ -120,11 +120,11 @@ def test_round_trip_equals_one_pass_over_the_whole_image(model, size):
 
 def test_auto_runs_one_window_up_to_its_pixel_bound_and_windows_beyond():
     halo = 4
-    kodak = list(codec._windows(64, 96, "auto", halo))  # 512 x 768 pixels
+    kodak = list(windows.windows(64, 96, "auto", halo))  # 512 x 768 pixels
     assert kodak == [((0, 64, 0, 64), (0, 96, 0, 96))]
-    side = int((codec.ONE_WINDOW_PIXELS // 64) ** 0.5) + 1  # just over the bound
-    big = list(codec._windows(side, side, "auto", halo))
-    assert big == list(codec._windows(side, side, codec.TILE, halo))
+    side = int((windows.ONE_WINDOW_PIXELS // 64) ** 0.5) + 1  # just over the bound
+    big = list(windows.windows(side, side, "auto", halo))
+    assert big == list(windows.windows(side, side, windows.TILE, halo))
     assert len(big) > 1
 
 
@@ -133,11 +133,11 @@ def test_thin_images_run_in_long_windows_with_the_one_pass_result(model, size):
     """A thin image's windows span its short side and have a square core's area along the
     long side (not tiny square windows, each costing a call, a halo and a batch of two): the
     same symbols and pixels as one pass."""
-    rows, cols = (codec.padded_side(n) // 8 for n in size)
-    windows = list(codec._windows(rows, cols, 64, 1))
-    cores = [(r1 - r0) * (c1 - c0) for (r0, r1, _, _), (c0, c1, _, _) in windows]
+    rows, cols = (model.padded_side(n) // 8 for n in size)
+    spans = list(windows.windows(rows, cols, 64, 1))
+    cores = [(r1 - r0) * (c1 - c0) for (r0, r1, _, _), (c0, c1, _, _) in spans]
     assert 64 - min(rows, cols) < max(cores) <= 64  # about a square 8 x 8 core's area
-    assert len(windows) == -(-rows * cols // max(cores))
+    assert len(spans) == -(-rows * cols // max(cores))
     image = test_image(*size, seed=3)
     data = codec.compress(image, model, tile=64)
     symbols, pixels = whole_image_reconstruction(image, model)
@@ -163,7 +163,7 @@ def test_channels_payload_has_a_table_per_channel_group(model, size, seed, group
     once with two tables (two groups of channels) and once with the single-table fallback."""
     image = test_image(*size, seed=seed)
     symbols, _ = whole_image_reconstruction(image, model)
-    data = codec.compress(image, model, layout="channels")
+    data = channels_stream(codec.compress(image, model))
     header, payload = parse(data)
     assert header.layout == "channels"
     assert payload == coding.encode_channels(symbols.reshape(len(symbols), -1))
@@ -179,7 +179,7 @@ def test_predicted_payload_is_the_latent_as_planes(model):
     image = test_image(96, 128)
     symbols, _ = whole_image_reconstruction(image, model)
     predicted = codec.compress(image, model)
-    channels = codec.compress(image, model, layout="channels")
+    channels = channels_stream(predicted)
     assert parse(predicted)[1] == coding.encode_planes(symbols)
     np.testing.assert_array_equal(symbols_of(predicted), symbols_of(channels))
     assert len(predicted) < len(channels)
@@ -246,12 +246,12 @@ def test_entropy_decoding_uses_no_floating_point(model):
     algorithms, which also leave the pixels unchanged."""
     data = codec.compress(test_image(200, 264, seed=3), model)
     header, payload = parse(data)
-    symbols = codec.decode_payload(header, payload)
+    symbols = bitstream.decode_payload(header, payload)
     pixels = codec.decompress(data, model)
     torch.set_num_threads(2)
     torch.use_deterministic_algorithms(True)
     try:
-        np.testing.assert_array_equal(codec.decode_payload(header, payload), symbols)
+        np.testing.assert_array_equal(bitstream.decode_payload(header, payload), symbols)
         np.testing.assert_array_equal(codec.decompress(data, model), pixels)
     finally:
         torch.use_deterministic_algorithms(False)
@@ -297,7 +297,7 @@ def test_small_windows_compute_what_large_ones_do(model, monkeypatch):
     with torch.no_grad():
         large = model.encoder(image)[0, :, 8:12, 8:12]
         crop = image[..., 32:160, 32:160]  # 128 x 128 < SMALL_WINDOW; its core: 8..12
-        small = codec._run(model.encoder, crop, 128 * 128)[0, :, 4:8, 4:8]
+        small = windows.run(model.encoder, crop, 128 * 128)[0, :, 4:8, 4:8]
         plain = model.encoder(crop)[0, :, 4:8, 4:8]
     assert torch.equal(small, large)
     assert not torch.equal(plain, large)
@@ -331,7 +331,7 @@ def test_encoder_reach_is_the_exact_extent_of_a_one_pixel_change():
     """Change one pixel: exactly the latent positions j with |8 j - x| <= reach change
     (in float64, so that no change is lost to rounding)."""
     model = channel_model().double()
-    reach = codec.encoder_reach(model)
+    reach = model.encoder_reach()
     assert reach == 1 + 2 + 2 + 2 + 2 * 2 + 2 * 4 + 8  # tiny: convs of the encoder, by hand
     generator = torch.Generator().manual_seed(0)
     image = torch.rand(1, 3, 192, 192, dtype=torch.float64, generator=generator)
@@ -347,7 +347,7 @@ def test_encoder_reach_is_the_exact_extent_of_a_one_pixel_change():
 
 def test_decoder_reach_covers_a_one_symbol_change_and_is_tight():
     model = channel_model().double()
-    reach = codec.decoder_reach(model)
+    reach = model.decoder_reach()
     assert reach == 1
     latent = torch.randint(-5, 6, (1, 8, 16, 16)).double()
     changed = latent.clone()
@@ -365,8 +365,8 @@ def test_reach_of_the_shipped_preset():
     from caeadmm.config import ModelConfig
 
     small = CAE(ModelConfig.from_preset("small"))
-    assert codec.encoder_reach(small) == 31
-    assert codec.decoder_reach(small) == 1
+    assert small.encoder_reach() == 31
+    assert small.decoder_reach() == 1
 
 
 # -- "tiles" layout: masks that are not channel-structured -----------------------------------
@@ -377,7 +377,7 @@ def test_slot_masked_model_codes_tiles(slot_model, size):
     image = test_image(*size)
     data = codec.compress(image, slot_model)
     header, _ = parse(data)
-    assert codec.kept_channels(slot_model) is None
+    assert slot_model.kept_channels() is None
     assert (header.version, header.layout, header.tile_size) == (2, "tiles", 32)
     assert header.kept == int(slot_model.mask.sum())
     np.testing.assert_array_equal(codec.decompress(data, slot_model),
@@ -391,20 +391,21 @@ def test_tiles_grayscale(slot_model):
     np.testing.assert_array_equal(decoded, (rgb.astype(np.uint16).sum(axis=2) + 1) // 3)
 
 
-def test_tiles_layout_can_be_forced_for_a_channel_mask(model):
-    """Version 1's layout on demand (for comparisons): its decoding is the tile-by-tile one."""
+def test_a_tiles_stream_of_a_channel_mask_decodes_tile_by_tile(model):
+    """Version 2 wrote version 1's layout for any model on demand (for comparisons): such a
+    stream still decodes, tile by tile."""
     image = test_image(70, 40)
-    data = codec.compress(image, model, layout="tiles")
+    data = tiles_stream(image, model)
     assert parse(data)[0].layout == "tiles"
     np.testing.assert_array_equal(codec.decompress(data, model),
                                   tile_reconstruction(image, model))
 
 
-def test_channels_layout_needs_a_channel_mask(slot_model):
+def test_whole_images_need_a_channel_mask_and_legacy_layouts_are_read_only(slot_model):
     with pytest.raises(ValueError, match="same at every latent position"):
-        codec.compress(test_image(20, 20), slot_model, layout="channels")
-    with pytest.raises(ValueError, match="layout must be"):
-        codec.compress(test_image(20, 20), slot_model, layout="strips")
+        slot_model.compress(test_image(20, 20))
+    with pytest.raises(ValueError, match="not written"):
+        bitstream.encode_payload(np.zeros((2, 3, 3), np.int8), "channels")
 
 
 # -- refusals ------------------------------------------------------------------------------
@@ -463,7 +464,8 @@ def test_layout_the_model_cannot_decode_is_refused(slot_model):
 def test_wrong_symbol_count_is_refused(model, layout, held, two):
     """More symbols than the header implies are refused by coding's bound (before decoding);
     fewer, or another shape, by the decoded shape against (kept channels, positions)."""
-    data = bytearray(codec.compress(test_image(40, 40), model, layout=layout))  # 4x5x5
+    data = codec.compress(test_image(40, 40), model)  # 4x5x5
+    data = bytearray(data if layout == "predicted" else channels_stream(data))
     struct.pack_into("<I", data, 16, 20)  # height 40 -> 20: the header implies 4 x (3 x 5)
     _fix_crc(data)
     with pytest.raises(BitstreamError, match="corrupt payload: .* over the limit 60"):
@@ -500,9 +502,9 @@ def test_wrong_symbol_count_in_tiles_is_refused(slot_model):
 MEMORY_SCRIPT = """
 import ctypes, gc, os, re, struct, sys, tempfile, zlib, numpy as np, torch
 import coding
-from caeadmm import bitstream, codec
+from caeadmm import bitstream, codec, windows
 from caeadmm.config import ModelConfig
-from caeadmm.model import CAE
+from caeadmm.model import CAE, padded_side
 
 height, width, mode, layout, via = {height}, {width}, {mode!r}, {layout!r}, {via!r}
 shape = (height, width)
@@ -513,13 +515,13 @@ mask = torch.zeros(model.config.latent_shape(), dtype=torch.bool)
 mask[:20] = True
 model.set_mask(mask)
 stand_in = lambda x: np.zeros((x.shape[0], 8 * x.shape[-2], 8 * x.shape[-1], 3), np.uint8)
-codec._run = lambda network, x, pixels: stand_in(x)
+windows.run = lambda network, x, pixels: stand_in(x)
 model.synthesis_uint8 = lambda latent, quality=None: stand_in(latent)
 if layout == "tiles":
     payload = coding.encode(np.zeros(-(-height // 128) * -(-width // 128) * 20 * 256, np.int8))
     kept, tile = 20 * 256, 128
 else:
-    rows, cols = bitstream.padded_side(height) // 8, bitstream.padded_side(width) // 8
+    rows, cols = padded_side(height) // 8, padded_side(width) // 8
     payload = coding.encode_channels(np.zeros((20, rows * cols), np.int8))
     if layout == "predicted":  # the same zeros as planes, no prediction (docs/coding.md)
         head = bytearray([3])
@@ -609,8 +611,7 @@ def test_maximal_stream_decodes_in_bounded_memory(height, width, mode, layout, v
     if layout == "tiles":
         symbols = -(-height // 128) * -(-width // 128) * 20 * 256 / 2**20
     else:
-        symbols = 20 * (codec.padded_side(height) * codec.padded_side(width)
-                        // 64) / 2**20
+        symbols = 20 * (padded_side(height) * padded_side(width) // 64) / 2**20
     assert peak - before < max(5 * symbols, symbols + image) + 100, (before, peak)  # ...bounded
     assert peak < 1024
 
@@ -636,11 +637,12 @@ import json, sys, time
 import numpy as np, torch
 from PIL import Image
 import coding
-from caeadmm import bitstream, codec, zoo
+from caeadmm import bitstream, codec, legacy, zoo
+from caeadmm.model import padded_side
 
 torch.set_num_threads(1)
 model = zoo.load()  # the registry's default model
-kept = len(codec.kept_channels(model))
+kept = len(model.kept_channels())
 channels, tile = model.config.latent_channels, model.config.patch_size
 rng = np.random.default_rng(0)
 
@@ -648,12 +650,12 @@ rng = np.random.default_rng(0)
 def crafted(height, width, layout="predicted", values=0):
     # A stream of an image of height x width whose symbols are zeros, or uniform in +-values.
     if layout == "tiles":
-        slots = int(codec._kept_slots(model).sum())
+        slots = int(legacy.kept_slots(model).sum())
         n = -(-height // tile) * -(-width // tile) * slots
         symbols = rng.integers(-values, values + 1, n) if values else np.zeros(n, np.int8)
         payload, k, t = coding.encode(symbols), slots, tile
     else:
-        shape = (kept, bitstream.padded_side(height) // 8, bitstream.padded_side(width) // 8)
+        shape = (kept, padded_side(height) // 8, padded_side(width) // 8)
         symbols = rng.integers(-values, values + 1, shape) if values else np.zeros(shape, np.int8)
         payload, k, t = coding.encode_planes(symbols), kept, 0
     header = bitstream.CaeHeader(width=width, height=height, mode="RGB", layout=layout,
@@ -768,7 +770,7 @@ def test_fuzz_v2_whole_image_streams_give_only_bitstream_errors(model):
     decodes or raises BitstreamError, within 2 s (hypothesis deadline), and the process's
     peak memory grows by less than 256 MB over all of them. The payload has two channel
     groups (labels, a group length and two tables to corrupt)."""
-    valid = codec.compress(test_image(64, 96, seed=0), model, layout="channels")
+    valid = channels_stream(codec.compress(test_image(64, 96, seed=0), model))
     assert group_count(parse(valid)[1]) == 2
     _fuzz(model, valid, 2000)
 
@@ -782,7 +784,7 @@ def test_fuzz_predicted_streams_give_only_bitstream_errors(model):
 
 def test_fuzz_v2_single_table_streams_give_only_bitstream_errors(model):
     """The same for a payload where one table for all channels was smaller (one group)."""
-    valid = codec.compress(test_image(40, 72, seed=2), model, layout="channels")
+    valid = channels_stream(codec.compress(test_image(40, 72, seed=2), model))
     assert group_count(parse(valid)[1]) == 1
     _fuzz(model, valid, 500)
 
@@ -864,7 +866,9 @@ def test_reference_image_encodes_to_the_same_stream(shipped):
     reference = (DATA / f"{name}.cae").read_bytes()
     theirs_header, _ = parse(reference)
     image = codec.load_image(DATA / "reference.png")
-    data = codec.compress(image, model, layout=theirs_header.layout)
+    data = codec.compress(image, model)
+    if theirs_header.layout == "channels":  # a stream of the layout before "predicted"
+        data = channels_stream(data)
     ours_header, _ = parse(data)
     assert replace(ours_header, payload_length=0) == replace(theirs_header, payload_length=0)
     theirs = symbols_of(reference)

@@ -116,7 +116,7 @@ def test_the_model_is_left_as_it_was(model):
 def test_refusals(model):
     image = test_image(32, 32)
     with pytest.raises(ValueError, match="whole-image layout"):
-        codec.compress(image, model, layout="tiles", refine=Refinement(steps=1))
+        codec.compress(image, tiny_model(), refine=Refinement(steps=1))  # a slot mask: tiles
     with pytest.raises(ValueError, match="entropy model"):  # the tiny model has none
         codec.compress(image, model, refine=Refinement(steps=1, rate_lambda=10))
     for bad in ({"steps": -1}, {"lr": 0.0}, {"rate_lambda": -1.0},
