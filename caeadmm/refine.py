@@ -23,10 +23,10 @@ Two searches, each costing one decoder pass forward and backward per gradient:
 - "adam" (`--refine STEPS`, the method before the effort levels): Adam steps on the latent,
   learning rate decayed linearly to 0.
 
-`refine_window` runs on one network window of the codec (caeadmm.codec): the latent of
+`refine_window` runs on one network window of the codec (caeadmm.windows): the latent of
 the window's core is optimized with the latent around it fixed, the distortion measured on
 the core's pixels, so that memory stays bounded for any image size. An image of up to
-codec.ONE_WINDOW_PIXELS is one window: the whole image at once.
+windows.ONE_WINDOW_PIXELS is one window: the whole image at once.
 
 The gradient runs on a copy of the decoder made for it (`fast_gradient`): BatchNorm folded
 into the convolutions, single-slope PReLU as leaky ReLU, channels-last tensors, and bfloat16
