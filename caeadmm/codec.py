@@ -76,23 +76,20 @@ def compress(
         if refine is not None and refine.steps > 0:
             raise ValueError("latent refinement needs a whole-image layout ('predicted' or "
                              "'channels')")
-        symbols, layout = legacy.encode_tiles(image, model), "tiles"
-        kept_count, tile_size = int(legacy.kept_slots(model).sum()), model.config.patch_size
-    else:
-        layout, kept_count, tile_size = "predicted", len(kept), 0
-        latent = None
-        if target_bpp is not None:
-            latent = model.image_latent(image, tile)
-            quality = search_quality(latent, model, target_bpp, height * width)
-        elif quality is not None:
-            quality = bitstream.quantize_quality(quality)
-        symbols = model.compress(image, quality, tile=tile, refine=refine, latent=latent)
-    payload = bitstream.encode_payload(symbols, layout)
+        return legacy.tiles_stream(image, model)
+    latent = None
+    if target_bpp is not None:
+        latent = model.image_latent(image, tile)
+        quality = search_quality(latent, model, target_bpp, height * width)
+    elif quality is not None:
+        quality = bitstream.quantize_quality(quality)
+    symbols = model.compress(image, quality, tile=tile, refine=refine, latent=latent)
+    payload = bitstream.encode_payload(symbols, "predicted")
     header = CaeHeader(
-        width=width, height=height, mode=mode, layout=layout,
-        latent_channels=model.config.latent_channels, kept=kept_count,
+        width=width, height=height, mode=mode, layout="predicted",
+        latent_channels=model.config.latent_channels, kept=len(kept),
         fingerprint=model.fingerprint()[: bitstream.FINGERPRINT_BYTES],
-        payload_length=len(payload), tile_size=tile_size, quality=quality,
+        payload_length=len(payload), quality=quality,
     )
     return bitstream.pack(header, payload)
 

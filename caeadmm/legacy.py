@@ -3,8 +3,8 @@
 "tiles" (version 1's layout, and version 2's layout 0): independent P x P tiles, each coded
 as the kept slots of its mask, all tiles with one Huffman table. It is still the only layout
 of a model whose mask differs between latent positions (`prune_structure: slot`), so
-caeadmm.codec writes it for such a model (`encode_tiles`); for every other model it is
-decode-only (`decode_tiles`).
+caeadmm.codec writes it for such a model (`tiles_stream`); for every other model it is
+read (`decode_tiles`), and written only by benches and tests that compare the layouts.
 
 "channels" (layout 1, before "predicted" existed): the whole-image latent of "predicted"
 without the prediction. Decode-only: its network side is the whole-image decoder of
@@ -17,10 +17,24 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from caeadmm import bitstream
 from caeadmm.model import CAE, LATENT_MAX, LATENT_STRIDE
 from caeadmm.windows import device_of, dtype_of, put, window_pixels
 
 GPU_BATCH_TILES = 32  # "tiles" layout on a GPU: tiles per network call
+
+
+def tiles_stream(image: np.ndarray, model: CAE) -> bytes:
+    """The "tiles" stream of a checked uint8 image, (H, W, 3) or (H, W) (mode L)."""
+    payload = bitstream.encode_payload(encode_tiles(image, model), "tiles")
+    header = bitstream.CaeHeader(
+        width=image.shape[1], height=image.shape[0], mode="L" if image.ndim == 2 else "RGB",
+        layout="tiles", latent_channels=model.config.latent_channels,
+        kept=int(kept_slots(model).sum()),
+        fingerprint=model.fingerprint()[: bitstream.FINGERPRINT_BYTES],
+        payload_length=len(payload), tile_size=model.config.patch_size,
+    )
+    return bitstream.pack(header, payload)
 
 
 def encode_tiles(image: np.ndarray, model: CAE) -> np.ndarray:

@@ -54,22 +54,6 @@ def channels_stream(data: bytes) -> bytes:
     return bitstream.pack(header, payload)
 
 
-def tiles_stream(image: np.ndarray, model: CAE) -> bytes:
-    """A "tiles" stream of any model (version 2's layout 0, which this version writes for
-    slot-masked models only): every P x P tile coded on its own (caeadmm.legacy)."""
-    from caeadmm import bitstream, legacy
-
-    payload = bitstream.encode_payload(legacy.encode_tiles(image, model), "tiles")
-    header = bitstream.CaeHeader(
-        width=image.shape[1], height=image.shape[0], mode="L" if image.ndim == 2 else "RGB",
-        layout="tiles", latent_channels=model.config.latent_channels,
-        kept=int(legacy.kept_slots(model).sum()),
-        fingerprint=model.fingerprint()[: bitstream.FINGERPRINT_BYTES],
-        payload_length=len(payload), tile_size=model.config.patch_size,
-    )
-    return bitstream.pack(header, payload)
-
-
 def test_image(height: int, width: int, seed: int = 0) -> np.ndarray:
     """Smooth gradients plus noise: content with both structure and detail."""
     yy, xx = np.mgrid[0:height, 0:width]

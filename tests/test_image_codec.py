@@ -18,13 +18,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import channels_stream, test_image, tiles_stream, tiny_model
+from helpers import channels_stream, test_image, tiny_model
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
 import coding
-from caeadmm import bitstream, codec, windows
+from caeadmm import bitstream, codec, legacy, windows
 from caeadmm.bitstream import HEADER_BYTES, BitstreamError, ModelMismatchError, pack, parse
 from caeadmm.files import write_atomic
 from caeadmm.model import CAE, eval_mode, padded_side
@@ -395,7 +395,7 @@ def test_a_tiles_stream_of_a_channel_mask_decodes_tile_by_tile(model):
     """Version 2 wrote version 1's layout for any model on demand (for comparisons): such a
     stream still decodes, tile by tile."""
     image = test_image(70, 40)
-    data = tiles_stream(image, model)
+    data = legacy.tiles_stream(image, model)
     assert parse(data)[0].layout == "tiles"
     np.testing.assert_array_equal(codec.decompress(data, model),
                                   tile_reconstruction(image, model))
