@@ -69,12 +69,12 @@ from PIL import Image
 sys.path[0] = str(Path(__file__).resolve().parents[1])
 
 import coding  # noqa: E402
-from caeadmm import codec  # noqa: E402
-from caeadmm.bitstream import padded_side, parse  # noqa: E402
+from caeadmm import bitstream, codec, legacy  # noqa: E402
+from caeadmm.bitstream import parse  # noqa: E402
 from caeadmm.config import ModelConfig  # noqa: E402
 from caeadmm.images import list_images, load_rgb  # noqa: E402
 from caeadmm.metrics import quality_metrics  # noqa: E402
-from caeadmm.model import CAE  # noqa: E402
+from caeadmm.model import CAE, padded_side  # noqa: E402
 from caeadmm.zoo import default_quality, list_models, load  # noqa: E402
 
 # The Kodak set next to the repository (a checkout of this project's workspace).
@@ -111,7 +111,9 @@ def minus(a: tuple[float, float], b: tuple[float, float]) -> tuple[float, float]
     return a[0] - b[0], a[1] - b[1]
 
 
-LAYOUTS = {"v2": None, "v1": "tiles"}  # row prefix -> compress(layout=...)
+# row prefix -> the stream of that layout: v2 the codec's, v1 version 1's tiles (caeadmm.legacy)
+LAYOUTS = {"v2": codec.compress, "v1": legacy.tiles_stream}
+WRITE = {"predicted": codec.compress, "tiles": legacy.tiles_stream}  # --large --layout
 # row prefix -> (entropy encoder, entropy decoder) of that layout's payload
 ENTROPY = {"v2": (coding.encode_planes, coding.decode_planes),
            "v1": (coding.encode, coding.decode)}
@@ -120,9 +122,8 @@ ENTROPY = {"v2": (coding.encode_planes, coding.decode_planes),
 def measure_image(image: np.ndarray, model: CAE, repeats: int) -> dict[str, tuple]:
     pixels = image.shape[0] * image.shape[1]
     row = {}
-    for name, layout in LAYOUTS.items():
-        t_enc, data = timed(lambda layout=layout: codec.compress(image, model,
-                                                                      layout=layout), repeats)
+    for name, write in LAYOUTS.items():
+        t_enc, data = timed(lambda write=write: write(image, model), repeats)
         t_dec, decoded = timed(lambda data=data: codec.decompress(data, model), repeats)
         _, payload = parse(data)
         encode, decode = ENTROPY[name]
@@ -165,15 +166,14 @@ def payload_table(paths: list[Path], names: list[str]) -> str:
         model = load(name)
         single, grouped, predicted = [], [], []
         for image in images:
-            data = codec.compress(image, model, layout="channels")
+            data = codec.compress(image, model)
             header, payload = parse(data)
             head = len(data) - len(payload)
-            symbols = coding.decode_channels(payload)
+            symbols = bitstream.decode_payload(header, payload)  # (kept channels, positions)
             pixels = header.width * header.height
             single.append(8 * (head + len(coding.encode(symbols.ravel()))) / pixels)
-            grouped.append(8 * len(data) / pixels)
-            planes = symbols.reshape(len(symbols), *header.latent_size)
-            predicted.append(8 * (head + len(coding.encode_planes(planes))) / pixels)
+            grouped.append(8 * (head + len(coding.encode_channels(symbols))) / pixels)
+            predicted.append(8 * len(data) / pixels)
         lines.append(f"| {name} | {len(images)} | {statistics.mean(single):.4f} | "
                      f"{statistics.mean(grouped):.4f} | {statistics.mean(predicted):.4f} | "
                      f"{100 * (sum(grouped) / sum(single) - 1):+.1f} % | "
@@ -462,9 +462,9 @@ def main() -> None:
     parser.add_argument("--pruning-ratio", type=float, default=0.5)
     parser.add_argument("--limit", type=int, help="only the first N images (a quick check)")
     parser.add_argument("--large", action="store_true", help="one 8000 x 6000 image instead")
-    parser.add_argument("--layout", choices=["predicted", "channels", "tiles"],
-                        default="predicted",
-                        help="--large: the layout to measure (default: predicted)")
+    parser.add_argument("--layout", choices=list(WRITE), default="predicted",
+                        help="--large: the layout to measure (default: predicted; tiles: "
+                        "version 1's, caeadmm.legacy)")
     parser.add_argument("--payload", action="store_true",
                         help="sizes only: one table, per channel group, predicted planes")
     parser.add_argument("--bound", action="store_true",
@@ -504,7 +504,7 @@ def main() -> None:
         image = synthetic_image(6000, 8000)
         rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         (t_enc, _), data = timed(
-            lambda: codec.compress(image, model, layout=args.layout), 1)
+            lambda: WRITE[args.layout](image, model), 1)
         after_encode = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         (t_dec, _), _ = timed(lambda: codec.decompress(data, model), 1)
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

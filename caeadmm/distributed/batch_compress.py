@@ -41,9 +41,9 @@ from caeadmm.files import is_temp_file, write_atomic
 from caeadmm.images import list_images
 from caeadmm.inputs import plan_outputs
 from caeadmm.lifeline import die_with_parent
+from caeadmm.outputs import Wanted, check_stream
 from caeadmm.progress import Progress
 from caeadmm.refine import Refinement
-from caeadmm.outputs import Wanted, check_stream
 
 MANIFEST_SCHEMA = pa.schema([
     ("source", pa.string()),
