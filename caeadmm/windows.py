@@ -15,8 +15,8 @@ and decoded into (H, W) as the rounded mean of the three decoded channels.
 
 Determinism: PyTorch runs a float32 CPU convolution on oneDNN, whose result at a position
 depends only on the inputs it reads (not on the tensor's shape, the position or the thread
-count: tests/test_image_codec.py), except that a small input (about 20,000 values) with a kernel of
-at most 3 x 3 goes to PyTorch's own im2col + BLAS path, whose float rounding differs. So a
+count: tests/test_image_codec.py), except that a small input (about 20,000 values) with a
+kernel of at most 3 x 3 goes to PyTorch's own im2col + BLAS path, whose float rounding differs. So a
 window smaller than SMALL_WINDOW pixels runs as a batch of two copies of itself, which always
 takes oneDNN; then every window gives the bits the whole-image pass gives, and the stream
 does not depend on TILE or the thread count. Another CPU or a GPU may round a few symbols

@@ -2,7 +2,7 @@
 and parser fuzzing of both layouts.
 
 The fuzzing of the whole decoder (container, coded payload, model checks) lives in
-test_codec.py; here the container alone is checked against arbitrary bytes.
+test_image_codec.py; here the container alone is checked against arbitrary bytes.
 """
 
 from __future__ import annotations
