@@ -396,8 +396,8 @@ class CAE(nn.Module):
             features = self.decoder[:-1](self._ungain(latent, quality))
         weight, bias = _folded_output_layer(self.decoder[-1])
         if features.device.type == "cpu" and features.dtype == torch.float32:
-            # The same sum in one pass over the float32 features (caeadmm.kernels)
-            from caeadmm.kernels import output_layer_sum
+            # The same sum in one pass over the float32 features (caeadmm/output_layer.py)
+            from caeadmm.output_layer import output_layer_sum
 
             out = output_layer_sum(features.detach().contiguous().numpy(), weight.numpy(),
                                    bias.numpy())

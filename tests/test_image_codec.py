@@ -270,11 +270,11 @@ def test_fixed_order_output_layer_matches_the_float32_decoder(model):
 
 
 def test_output_layer_kernel_gives_the_bits_of_the_torch_sum():
-    """caeadmm.kernels.output_layer_sum (the CPU decoder's last layer) is the float64 torch
+    """caeadmm.output_layer.output_layer_sum (the CPU decoder's last layer) is the float64 torch
     expression it replaced, bit for bit: bias, then features times weight added channel by
     channel in order, each product and sum rounded (no fused multiply-add); also for a
     weight that is a strided view."""
-    from caeadmm.kernels import output_layer_sum
+    from caeadmm.output_layer import output_layer_sum
 
     generator = torch.Generator().manual_seed(3)
     features = torch.randn(2, 32, 9, 37, generator=generator) * 5

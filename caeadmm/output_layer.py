@@ -1,4 +1,4 @@
-"""Numba kernels of the codec's network side (the entropy coder's are in coding/kernels.py).
+"""The decoder's last layer as a Numba kernel (the coder's kernels: coding/kernels.py).
 
 `output_layer_sum` is the decoder's last layer as `CAE.synthesis_uint8` computes it on the
 CPU: a 1x1 convolution in float64, summed over the input channels in a fixed order, one
