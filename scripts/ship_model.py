@@ -149,6 +149,7 @@ def main() -> None:
         entry["metric"] = args.metric
         entry["kodak"] = _points(Path(args.kodak))
         entry["photos"] = _points(args.photos)
+        entry["photos_images"] = int(pd.read_csv(args.photos / "per_image.csv")["image"].nunique())
         quality = args.default_quality
         if quality is None:
             quality = min(entry["kodak"], key=lambda p: abs(p["bpp"] - 0.25))["quality"]

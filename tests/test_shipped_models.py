@@ -16,7 +16,7 @@ from helpers import test_image
 from PIL import Image
 
 from caeadmm import bitstream, codec, zoo
-from caeadmm.bitstream import WHOLE_IMAGE_LAYOUTS, parse
+from caeadmm.bitstream import WHOLE_IMAGE_LAYOUTS, CaeVersion, parse
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).parent / "data"
@@ -42,7 +42,10 @@ def test_shipped_model_matches_registry_and_decodes_reference(info):
     model = zoo.load(info.name)
     assert model.fingerprint().hex() == info.fingerprint
     header, _ = parse((DATA / f"{info.name}.cae").read_bytes())
-    assert header.version == 2 and header.layout in WHOLE_IMAGE_LAYOUTS
+    # A variable-rate model's stream records its quality (version 3).
+    variable = info.default_quality is not None
+    version = CaeVersion.VARIABLE_RATE if variable else CaeVersion.FIXED_RATE
+    assert header.version == version and header.layout in WHOLE_IMAGE_LAYOUTS
     assert_decodes_reference(DATA / f"{info.name}.cae", DATA / f"{info.name}.png", model)
     assert info.kodak is not None, "ship with --kodak: `caeadmm models` shows rate and quality"
 

@@ -174,7 +174,10 @@ def describe(model, entry: dict) -> str:
                        f"{p['bpp']:.3f} bpp, PSNR {p['psnr']:.2f} dB, MS-SSIM "
                        f"{p['ms_ssim']:.4f}, quality {p.get('quality', 0):g}"))
     if entry.get("photos"):
-        fields.append(("", "the second evaluation set (docs/data.md), no model trained on it"))
+        count = entry.get("photos_images", 37)
+        which = "all 37" if count == 37 else f"{count} of the 37"
+        fields.append(("", f"mean over {which} photos of the second evaluation set "
+                       "(docs/data.md), no model trained on them"))
     if model.default_quality is not None:
         fields.append(("quality", f"default {model.default_quality:g} (--quality, "
                        "--target-bpp: docs/variable-rate.md)"))
@@ -185,7 +188,8 @@ def describe(model, entry: dict) -> str:
         fields.append(("distortion", ", ".join(f"{k} {v:g}" for k, v in
                                                model.distortion.items())))
     known = {"name", "file", "sha256", "fingerprint", "operating_point", "kodak", "rate_lambda",
-             "distortion", "superseded", "metric", "photos", "default_quality"}
+             "distortion", "superseded", "metric", "photos", "photos_images",
+             "default_quality"}
     fields += [(key, json.dumps(value)) for key, value in entry.items() if key not in known]
     if model.superseded:
         fields.append(("superseded", "yes: registered so that its streams still decode; a "
