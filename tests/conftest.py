@@ -45,3 +45,17 @@ def ray_local():
     )
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def no_registry(monkeypatch, tmp_path):
+    """No model registry unless a test makes one, and no model the CLI cached in another
+    test (`pytestmark = pytest.mark.usefixtures("no_registry")`)."""
+    from caeadmm.cli.common import cached_model
+
+    empty = tmp_path / "empty-registry.json"
+    empty.write_text('{"default": null, "models": []}')
+    monkeypatch.setenv("CAEADMM_REGISTRY", str(empty))
+    cached_model.cache_clear()
+    yield
+    cached_model.cache_clear()

@@ -13,7 +13,7 @@ import torch
 from hypothesis import strategies as st
 
 import coding
-from caeadmm.config import ModelConfig
+from caeadmm.config import ModelConfig, TrainConfig
 from caeadmm.model import CAE
 
 
@@ -40,6 +40,17 @@ def tiny_model(seed: int = 0, keep: float = 0.5, patch_size: int = 32) -> CAE:
     model.encoder[-1][-1].weight.data.fill_(4.0)
     model.set_mask(torch.rand(model.config.latent_shape()) < keep)
     return model.eval()
+
+
+def save_tiny_model(path: Path, seed: int = 0) -> Path:
+    """tiny_model(seed) saved as a training checkpoint at `path`: a model file for the CLI
+    and the jobs (`--model PATH`)."""
+    from caeadmm.checkpoint import save_checkpoint
+
+    model = tiny_model(seed=seed)
+    save_checkpoint(path, model=model, admm=None, optimizer=None, step=0,
+                    config=TrainConfig(model=model.config))  # fmt: skip
+    return path
 
 
 def channels_stream(data: bytes) -> bytes:

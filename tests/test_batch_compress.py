@@ -11,12 +11,17 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
-from helpers import default_sigint, load_script, test_image, tiny_model, write_images
+from helpers import (
+    default_sigint,
+    load_script,
+    save_tiny_model,
+    test_image,
+    write_images,
+)
 from PIL import Image
 
 from caeadmm import codec
-from caeadmm.checkpoint import load_model, save_checkpoint
-from caeadmm.config import TrainConfig
+from caeadmm.checkpoint import load_model
 from caeadmm.distributed.batch_compress import Interrupted, compress_corpus
 from caeadmm.files import is_temp_file, temp_path
 
@@ -29,11 +34,7 @@ def load_job():
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    model = tiny_model()
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    save_checkpoint(path, model=model, admm=None, optimizer=None, step=0,
-                    config=TrainConfig(model=model.config))
-    return path
+    return save_tiny_model(tmp_path_factory.mktemp("model") / "tiny.pt")
 
 
 @pytest.fixture

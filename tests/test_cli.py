@@ -12,39 +12,27 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import default_sigint, test_image, tiny_model, wait_until_gone, write_images
+from helpers import (
+    default_sigint,
+    save_tiny_model,
+    test_image,
+    wait_until_gone,
+    write_images,
+)
 from PIL import Image
 
 import caeadmm
 from caeadmm import codec
 from caeadmm.bitstream import read_header
-from caeadmm.checkpoint import save_checkpoint
 from caeadmm.cli import flags, main
 from caeadmm.cli.common import cached_model
-from caeadmm.config import TrainConfig
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(autouse=True)
-def fresh_state(monkeypatch, tmp_path):
-    """No registry unless a test makes one; no model cached from another test."""
-    empty = tmp_path / "empty-registry.json"
-    empty.write_text('{"default": null, "models": []}')
-    monkeypatch.setenv("CAEADMM_REGISTRY", str(empty))
-    cached_model.cache_clear()
-
-
-def save_model(path: Path, seed: int) -> Path:
-    model = tiny_model(seed=seed)
-    save_checkpoint(path, model=model, admm=None, optimizer=None, step=0,
-                    config=TrainConfig(model=model.config))
-    return path
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "no_registry")
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    return save_model(tmp_path_factory.mktemp("model") / "tiny.pt", seed=0)
+    return save_tiny_model(tmp_path_factory.mktemp("model") / "tiny.pt", seed=0)
 
 
 @pytest.fixture
@@ -148,7 +136,7 @@ def test_corrupt_stream_is_a_one_line_error(checkpoint, corpus, tmp_path, capsys
 
 
 def test_wrong_model_is_refused_with_the_fingerprint(checkpoint, corpus, tmp_path, capsys):
-    other = save_model(tmp_path / "other.pt", seed=9)
+    other = save_tiny_model(tmp_path / "other.pt", seed=9)
     cae = tmp_path / "a.cae"
     main(["compress", str(corpus / "a.png"), "-o", str(cae), "--model", str(checkpoint)])
     capsys.readouterr()
@@ -324,7 +312,7 @@ def test_skip_existing_redoes_outputs_of_another_model(checkpoint, corpus, tmp_p
     """Outputs of another model are whole streams, but not this run's: each is made again,
     with a line that says why; a rerun with the same model then keeps them all."""
     (corpus / "broken.png").unlink()
-    other = save_model(tmp_path / "other.pt", seed=1)
+    other = save_tiny_model(tmp_path / "other.pt", seed=1)
     out = tmp_path / "out"
     assert main(["compress", str(corpus), "-o", str(out), "--model", str(checkpoint)]) == 0
     args = ["compress", str(corpus), "-o", str(out), "--model", str(other), "--skip-existing"]

@@ -9,40 +9,23 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import load_script, test_image, tiny_model
+from helpers import load_script, save_tiny_model, test_image
 from PIL import Image
 
 from caeadmm import bitstream, codec, devices, zoo
-from caeadmm.checkpoint import save_checkpoint
 from caeadmm.cli import main
 from caeadmm.cli.common import cached_model
-from caeadmm.config import TrainConfig
 from caeadmm.distributed.batch_compress import Summary, compress_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_GPU = not torch.cuda.is_available()
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(autouse=True)
-def fresh_state(monkeypatch, tmp_path):
-    """No registry; no model cached from another test (nor moved to another device)."""
-    empty = tmp_path / "empty-registry.json"
-    empty.write_text('{"default": null, "models": []}')
-    monkeypatch.setenv("CAEADMM_REGISTRY", str(empty))
-    cached_model.cache_clear()
-    yield
-    cached_model.cache_clear()
+pytestmark = pytest.mark.usefixtures("one_torch_thread", "no_registry")
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    model = tiny_model()
-    path = tmp_path_factory.mktemp("model") / "tiny.pt"
-    save_checkpoint(path, model=model, admm=None, optimizer=None, step=0,
-                    config=TrainConfig(model=model.config))
-    return path
+    return save_tiny_model(tmp_path_factory.mktemp("model") / "tiny.pt")
 
 
 @pytest.fixture
