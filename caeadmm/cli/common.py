@@ -28,6 +28,7 @@ from typing import NamedTuple
 
 from tqdm import tqdm
 
+from caeadmm import progress
 from caeadmm.cli import flags
 from caeadmm.lifeline import die_with_parent, exit_now
 
@@ -177,10 +178,8 @@ def execute(
 
 
 class Throughput:
-    """Images coded and their pixels and stream bytes since it was made (wall clock): the
-    `N images in T s: X images/s, Y MB/s` line that compress, decompress and the batch job
-    end with. MB/s counts the uncompressed pixels (3 bytes each, as RGB; 10^6 bytes a MB),
-    the same for both directions, so that the figures compare across codecs and formats."""
+    """Images coded and their pixels and stream bytes since it was made (wall clock), for
+    the throughput line (progress.throughput) that compress and decompress end with."""
 
     def __init__(self) -> None:
         self.start = time.perf_counter()
@@ -193,10 +192,8 @@ class Throughput:
             self.stream_bytes += done.stream_bytes
 
     def summary(self) -> str:
-        seconds = max(time.perf_counter() - self.start, 1e-9)
-        return (f"{self.images} images in {seconds:.1f} s: {self.images / seconds:.2f} "
-                f"images/s, {3 * self.pixels / 1e6 / seconds:.2f} MB/s of pixels "
-                f"({self.pixels / 1e6:.1f} Mpx, {self.stream_bytes / 1e6:.2f} MB of streams)")
+        return progress.throughput(self.images, time.perf_counter() - self.start, self.pixels,
+                                   self.stream_bytes)  # fmt: skip
 
 
 def check_existing(

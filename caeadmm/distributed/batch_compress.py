@@ -42,7 +42,7 @@ from caeadmm.images import list_images
 from caeadmm.inputs import plan_outputs
 from caeadmm.lifeline import die_with_parent
 from caeadmm.outputs import Wanted, check_stream
-from caeadmm.progress import Progress
+from caeadmm.progress import Progress, throughput
 from caeadmm.refine import Refinement
 
 MANIFEST_SCHEMA = pa.schema([
@@ -67,13 +67,8 @@ class Summary:
     stream_bytes: int = 0  # of the streams this run wrote
 
     def throughput(self) -> str:
-        """`N images in T s: X images/s, Y MB/s of pixels (...)`, as caeadmm compress ends
-        (MB/s: the uncompressed pixels, 3 bytes each, per second)."""
-        seconds = max(self.seconds, 1e-9)
-        return (f"{self.compressed} images in {seconds:.1f} s: "
-                f"{self.compressed / seconds:.2f} images/s, "
-                f"{3 * self.pixels / 1e6 / seconds:.2f} MB/s of pixels "
-                f"({self.pixels / 1e6:.1f} Mpx, {self.stream_bytes / 1e6:.2f} MB of streams)")
+        """The throughput line of this run, as caeadmm compress ends (progress.throughput)."""
+        return throughput(self.compressed, self.seconds, self.pixels, self.stream_bytes)
 
 
 class Interrupted(KeyboardInterrupt):
