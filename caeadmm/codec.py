@@ -87,7 +87,7 @@ def compress(
     payload = bitstream.encode_payload(symbols, "predicted")
     header = CaeHeader(
         width=width, height=height, mode=mode, layout="predicted",
-        latent_channels=model.config.latent_channels, kept=len(kept),
+        latent_channels=model.config.latent_channels, kept=len(symbols),
         fingerprint=model.fingerprint()[: bitstream.FINGERPRINT_BYTES],
         payload_length=len(payload), quality=quality,
     )
@@ -106,7 +106,8 @@ def search_quality(latent: torch.Tensor, model: CAE, target_bpp: float, pixels: 
         raise ValueError(f"target bpp must be positive, got {target_bpp}")
 
     def bpp(quality: float) -> float:
-        symbols = quantize(model.gained(latent, quality), stochastic=False)
+        gained = model.gained(latent, quality)[model.stream_channels(quality)]
+        symbols = quantize(gained, stochastic=False)
         payload = bitstream.encode_payload(symbols.to(torch.int8).numpy(), "predicted")
         return 8 * (bitstream.HEADER_BYTES + len(payload)) / pixels
 
@@ -266,7 +267,8 @@ def _check_model(header: CaeHeader, model: CAE) -> None:
         if kept is None:
             raise BitstreamError("a whole-image stream, but the model's mask is not the same "
                                  "at every latent position")
-        expected, found = (channels, len(kept)), (header.latent_channels, header.kept)
+        held = len(model.stream_channels(header.quality))
+        expected, found = (channels, held), (header.latent_channels, header.kept)
         what = "{} channels, {} kept"
     else:
         expected = (model.config.patch_size, channels, int(legacy.kept_slots(model).sum()))

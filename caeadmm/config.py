@@ -100,6 +100,11 @@ class ModelConfig:
     # latent (and as many inverse gains before the decoder), one per rate weight of training;
     # a continuous quality q in [0, quality_levels - 1] interpolates them. 0: one fixed rate.
     quality_levels: int = 0
+    # Nested channel supports for a variable-rate model: quality 0 uses only this many of the
+    # kept channels (the most important, `CAE.channel_rank`), and the count grows
+    # geometrically to every kept channel at the top quality, as the fixed-rate families
+    # keep fewer channels at lower rates. 0: every kept channel at every quality.
+    lowest_quality_channels: int = 0
 
     def __post_init__(self) -> None:
         self._apply_preset()
@@ -108,6 +113,14 @@ class ModelConfig:
             raise ConfigError(
                 f"model.quality_levels must be 0 (fixed rate) or at least 2, got "
                 f"{self.quality_levels}"
+            )
+        if self.lowest_quality_channels and not self.quality_levels:
+            raise ConfigError("model.lowest_quality_channels is for variable-rate models: set "
+                              "model.quality_levels too")
+        if not 0 <= self.lowest_quality_channels <= (self.latent_channels or 0):
+            raise ConfigError(
+                f"model.lowest_quality_channels must be in [0, latent_channels], got "
+                f"{self.lowest_quality_channels}"
             )
         if self.quality_levels and self.latent_gain:
             raise ConfigError("model.quality_levels has its own gains: set latent_gain: false")

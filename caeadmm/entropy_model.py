@@ -87,7 +87,7 @@ class EntropyModel(nn.Module):
 
     def adaptive_bits(
         self, latent: torch.Tensor, max_symbol: int, mask: torch.Tensor | None = None,
-        zero_context: bool = False,
+        zero_context: bool = False, counted: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Estimated bits of each image's latent (B,) when each channel's density is first
         moved to the image's mean of that channel and stretched by the best of
@@ -103,6 +103,10 @@ class EntropyModel(nn.Module):
         after a non-zero) rounds to zero, and each part gets its own mean and stretch: an
         order-1 estimate that sees what the coder's zero-run tokens gain on runs of zeros,
         which no order-0 estimate can.
+
+        counted: (B, C, 1, 1), 0 for the channels an image's stream leaves out (a nested
+        variable-rate model's channels beyond its quality's support, all zero): not counted,
+        while the scan order stays `mask`'s.
         """
         if latent.dim() != 4 or latent.shape[1] != self.channels:
             raise ValueError(
@@ -112,12 +116,13 @@ class EntropyModel(nn.Module):
         if mask is not None:
             weight = weight * mask.to(latent.dtype)
         if not zero_context:
-            return self._adapted_bits(latent, [weight], max_symbol)
+            return self._adapted_bits(latent, [_counted(weight, counted)], max_symbol)
         kept = weight[0].flatten() > 0
         zero = torch.round(latent.detach()).flatten(1)[:, kept] == 0
         after_zero = torch.zeros_like(latent, dtype=torch.bool).flatten(1)
         after_zero[:, kept] = F.pad(zero[:, :-1], (1, 0))
         after_zero = after_zero.reshape(latent.shape).to(latent.dtype)
+        weight = _counted(weight, counted)
         return self._adapted_bits(
             latent, [weight * after_zero, weight * (1 - after_zero)], max_symbol
         )
@@ -274,3 +279,7 @@ def fit(model: EntropyModel, symbols: torch.Tensor, max_symbol: int, steps: int 
     if symbols.dim() != 2 or symbols.shape[1] != model.channels:
         raise ValueError(f"symbols must be (N, {model.channels}), got {tuple(symbols.shape)}")
     return fit_counts(model, symbol_counts(symbols, max_symbol), steps, lr)
+
+
+def _counted(weight: torch.Tensor, counted: torch.Tensor | None) -> torch.Tensor:
+    return weight if counted is None else weight * counted.to(weight.dtype)

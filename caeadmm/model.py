@@ -197,9 +197,17 @@ class CAE(nn.Module):
             # the rounding and a log inverse gain after it, started from gains spread from
             # GAIN_RANGE[0] (quality 0, the lowest rate) to GAIN_RANGE[1] (the top quality).
             levels = torch.linspace(*map(math.log, GAIN_RANGE), config.quality_levels)
+            if config.lowest_quality_channels:
+                # Nested supports set the rate by the channel count first: every level starts
+                # at the fixed-rate model's gain of 1, as each member of a family does.
+                levels = torch.zeros_like(levels)
             start = levels.view(-1, 1, 1, 1).expand(-1, c, 1, 1).clone()
             self.level_log_gain = nn.Parameter(start)
             self.level_log_inverse_gain = nn.Parameter(-start)
+        if config.lowest_quality_channels:
+            # Each channel's place in the nested supports: rank 0 is kept at every quality.
+            # Set from the data when training starts (caeadmm/channel_rank.py).
+            self.register_buffer("channel_rank", torch.arange(c))
         if config.entropy_model != "none":
             self.entropy = entropy_model.build(config.entropy_model, c)
         self.register_buffer("mask", None)
@@ -277,17 +285,25 @@ class CAE(nn.Module):
         x_hat = self.synthesis(latent, quality)
         if not rate:
             return x_hat, latent
-        return x_hat, latent, self.rate_bits(rate_input, self.mask)
+        support = self.quality_support(quality)
+        return x_hat, latent, self.rate_bits(rate_input, self.mask, support)
 
-    def rate_bits(self, latent: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def rate_bits(
+        self, latent: torch.Tensor, mask: torch.Tensor | None, counted: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The rate term's estimate of each image's bits (B,) for a float latent (B, C, h, w),
-        counting the slots where `mask` (broadcastable to (C, h, w); None: all) is True, as
-        `config.rate_estimate` says. Float32 also under autocast."""
+        counting the slots where `mask` (broadcastable to (C, h, w); None: all) is True and,
+        with `counted` ((B or 1, C, 1, 1), a nested model's `quality_support`), only the
+        channels the stream holds, as `config.rate_estimate` says. Float32 also under
+        autocast."""
         with torch.autocast(latent.device.type, enabled=False):
             if self.config.rate_estimate == "fixed":
-                return self.entropy.bits(latent, mask)
+                bits_mask = mask if counted is None else (
+                    counted if mask is None else counted * mask.to(counted.dtype))
+                return self.entropy.bits(latent, bits_mask)
             return self.entropy.adaptive_bits(
-                latent, LATENT_MAX, mask, zero_context=self.config.rate_estimate == "adaptive-runs"
+                latent, LATENT_MAX, mask,
+                zero_context=self.config.rate_estimate == "adaptive-runs", counted=counted,
             )
 
     # -- inference path ------------------------------------------------------------------------
@@ -347,7 +363,9 @@ class CAE(nn.Module):
         """The per-channel factor `analysis` applies to the encoder's output: (B or 1, C, 1, 1)
         at `quality` for a variable-rate model, (C, 1, 1) with `latent_gain`, else None."""
         if self.config.quality_levels:
-            return self._level_gain(self.level_log_gain, quality).exp()
+            gain = self._level_gain(self.level_log_gain, quality).exp()
+            support = self.quality_support(quality)
+            return gain if support is None else gain * support
         self._no_quality(quality)
         return self.log_gain.exp() if self.config.latent_gain else None
 
@@ -375,6 +393,24 @@ class CAE(nn.Module):
         t = (q - low).view(-1, 1, 1, 1)
         low = low.long()
         return levels[low] * (1 - t) + levels[low + 1] * t
+
+    def quality_support(self, quality: Quality) -> torch.Tensor | None:
+        """(B or 1, C, 1, 1), 1 for the channels a nested model uses at `quality` and 0 for the
+        rest (their symbols are all zero), or None for a model without nested supports.
+
+        The count is lowest_quality_channels at quality 0 and every kept channel at the top,
+        geometric between, rounded; the channels are those of lowest `channel_rank`."""
+        low = self.config.lowest_quality_channels
+        if not low:
+            return None
+        kept = self.config.latent_channels if self.mask is None else int(
+            self.mask.flatten(1).any(1).sum())
+        top = self.config.quality_levels - 1
+        q = torch.as_tensor(quality, dtype=torch.float32, device=self.channel_rank.device)
+        q = q.reshape(-1).clamp(0, top)
+        count = torch.floor(low * (max(kept, low) / low) ** (q / top) + 0.5)
+        support = self.channel_rank.view(1, -1) < count.view(-1, 1)
+        return support.to(self.level_log_gain.dtype).view(len(q), -1, 1, 1)
 
     def _no_quality(self, quality: Quality) -> None:
         if quality is not None:
@@ -468,21 +504,31 @@ class CAE(nn.Module):
         refine: Refinement | None = None,
         latent: torch.Tensor | None = None,
     ) -> np.ndarray:
-        """A whole uint8 image, (H, W, 3) or (H, W) -> the symbols of its kept latent channels, int8
-        (K, h, w) for the image replicate-padded to `padded_side` each way: the encoder's
-        output times the gain at `quality`, optionally refined for this image
-        (`refine`, a caeadmm.refine.Refinement), rounded half to even and clamped to
-        +-LATENT_MAX. `latent`: this image's `image_latent`, when the caller has it already.
-        `tile` bounds memory (caeadmm.windows) and does not change the result."""
+        """A whole uint8 image, (H, W, 3) or (H, W) -> the symbols of the kept latent channels
+        the stream holds (`stream_channels`), int8 (K, h, w) for the image replicate-padded to
+        `padded_side` each way: the encoder's output times the gain at `quality`, optionally
+        refined for this image (`refine`, a caeadmm.refine.Refinement), rounded half to even
+        and clamped to +-LATENT_MAX. `latent`: this image's `image_latent`, when the caller
+        has it already. `tile` bounds memory (caeadmm.windows) and does not change the result."""
         from caeadmm import windows
 
         kept = self._channel_kept()
         if latent is None:
             latent = self.image_latent(image, tile)
-        latent = self.gained(latent, quality)
+        held = self.stream_channels(quality)
+        latent = self.gained(latent, quality)[held]
         if refine is not None and refine.steps > 0:
-            latent = windows.refined(image, self, kept, latent, tile, refine, quality)
+            latent = windows.refined(image, self, kept[held], latent, tile, refine, quality)
         return quantize(latent, stochastic=False).to(torch.int8).numpy()
+
+    def stream_channels(self, quality: float | None) -> torch.Tensor:
+        """Which of the kept channels (positions 0 .. K-1) a stream at `quality` holds: all,
+        or a nested model's support at that quality (the others are all zero and left out)."""
+        kept = self._channel_kept()
+        support = self.quality_support(quality)
+        if support is None:
+            return torch.arange(len(kept))
+        return torch.nonzero(support.reshape(-1).cpu()[kept] > 0).flatten()
 
     def image_latent(self, image: np.ndarray, tile: int | str | None = "auto") -> torch.Tensor:
         """The kept channels of the encoder's output for a whole uint8 image (H, W, 3), before
@@ -508,12 +554,19 @@ class CAE(nn.Module):
         *,
         tile: int | str | None = "auto",
     ) -> np.ndarray:
-        """Symbols of the kept channels (K, h, w) -> the image, written into `out`: uint8
-        (H, W, 3), or (H, W) for a grayscale image (the rounded mean of the three decoded
-        channels); the padding `compress` added is cropped. Returns `out`."""
+        """Symbols of the channels a stream holds (K, h, w; `stream_channels`) -> the image,
+        written into `out`: uint8 (H, W, 3), or (H, W) for a grayscale image (the rounded mean
+        of the three decoded channels); the padding `compress` added is cropped. Returns
+        `out`."""
         from caeadmm import windows
 
-        windows.decode(symbols, self, self._channel_kept(), tile, out, quality)
+        kept = self._channel_kept()
+        held = self.stream_channels(quality)
+        if len(held) != len(kept):  # a nested model: the channels left out are zero
+            every = np.zeros((len(kept), *symbols.shape[1:]), symbols.dtype)
+            every[held.numpy()] = symbols
+            symbols = every
+        windows.decode(symbols, self, kept, tile, out, quality)
         return out
 
     def _channel_kept(self) -> torch.Tensor:

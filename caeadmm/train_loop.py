@@ -41,6 +41,7 @@ decay to lr * lr_final_scale over it. docs/training.md has the measurements behi
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import random
 import time
@@ -57,6 +58,7 @@ import torch.distributed as dist
 from torch import nn
 
 from caeadmm.admm import ADMM, admm_update, check_consensus, hard_prune
+from caeadmm.channel_rank import rank_channels
 from caeadmm.checkpoint import init_weights, load_into, restore_training_state, save_checkpoint
 from caeadmm.config import PRECISIONS, TrainConfig
 from caeadmm.entropy_fit import ENTROPY_FIT_BATCHES, fit_entropy_model
@@ -136,7 +138,7 @@ def train(
     # Model, ADMM state and optimizer: fresh, from init_from, or as the checkpoint left them.
     net = CAE(cfg.model).to(device)
     admm = new_admm(cfg, device)
-    start, summary = 0, {}
+    start, summary, fresh = 0, {}, []
     if resume is not None:
         start = restore_training_state(resume, model=net, admm=admm, restore_rng=rank == 0)
         summary = resume["extra"].get("summary", {})
@@ -166,6 +168,12 @@ def train(
         return summary
 
     batches = iter(data)
+    if "channel_rank" in fresh:  # nested supports on weights that have no channel order
+        first = next(batches)
+        net.channel_rank.copy_(rank_channels(net, first.to(device)))
+        batches = itertools.chain([first], batches)
+        order = torch.argsort(net.channel_rank)[: len(net.kept_channels())]
+        log(f"nested supports: channels by importance {order.tolist()}")
     window: list[dict] = []  # training metrics of the steps since the last row (train_step's)
     recent_mse: deque[torch.Tensor] = deque(maxlen=cfg.log_every)  # training MSE before prune
     after_prune: list[torch.Tensor] = []  # and over the first log_every steps after it

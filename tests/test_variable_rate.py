@@ -21,13 +21,15 @@ SAMPLES = sorted((Path(__file__).resolve().parents[1] / "caeadmm" / "samples").g
 LEVELS = 4
 
 
-def variable_rate_model(seed: int = 0) -> CAE:
+def variable_rate_model(seed: int = 0, nested: int = 0) -> CAE:
     """A tiny variable-rate model: random weights with BatchNorm statistics of noise, the
     latent spread like a trained one's, the gains at their start (0.25 .. 1.25), and a
-    channel mask."""
+    channel mask; with `nested`, nested supports from that many channels at quality 0, the
+    channels ranked on noise (caeadmm.channel_rank)."""
     torch.manual_seed(seed)
     model = CAE(ModelConfig(preset="tiny", width=16, n_blocks=1, latent_channels=8,
-                            patch_size=32, quality_levels=LEVELS))  # fmt: skip
+                            patch_size=32, quality_levels=LEVELS,
+                            lowest_quality_channels=nested))  # fmt: skip
     for module in model.modules():
         if isinstance(module, torch.nn.BatchNorm2d):
             module.momentum = None
@@ -38,6 +40,10 @@ def variable_rate_model(seed: int = 0) -> CAE:
     mask = torch.zeros(model.config.latent_shape(), dtype=torch.bool)
     mask[[0, 1, 3, 5, 6]] = True
     model.set_mask(mask)
+    if nested:
+        from caeadmm.channel_rank import rank_channels
+
+        model.channel_rank.copy_(rank_channels(model, torch.rand(8, 3, 32, 32)))
     return model.eval()
 
 
@@ -75,6 +81,71 @@ def test_stream_at_any_quality_decodes_to_the_forward_pass(model, quality):
     assert header.version == 3 and header.quality == recorded
     np.testing.assert_array_equal(codec.decompress(data, model),
                                   one_pass(image, model, recorded))  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def nested() -> CAE:
+    return variable_rate_model(nested=2)
+
+
+@pytest.mark.parametrize(("quality", "held"), [(0.0, 2), (1.0, 3), (1.5, 3), (2.0, 4),
+                                               (LEVELS - 1, 5)])  # fmt: skip
+def test_nested_stream_holds_the_quality_support_and_decodes_to_the_forward_pass(
+    nested, quality, held
+):
+    """A nested model's stream at quality q holds round(2 (5/2)^(q/3)) of the 5 kept
+    channels, the others being all zero, and decodes to the forward pass's pixels."""
+    image = test_image(75, 101, seed=2)
+    data = codec.compress(image, nested, quality=quality)
+    assert parse(data)[0].kept == held == len(nested.stream_channels(quality))
+    np.testing.assert_array_equal(codec.decompress(data, nested),
+                                  one_pass(image, nested, quality))  # fmt: skip
+
+
+def test_nested_supports_grow_with_quality_in_the_channels_rank(nested):
+    kept = nested.kept_channels()
+    ranks = nested.channel_rank[kept]
+    assert sorted(ranks.tolist()) == list(range(len(kept)))  # the kept channels rank first
+    previous: set[int] = set()
+    for quality in np.linspace(0, LEVELS - 1, 13):
+        support = nested.quality_support(float(quality)).reshape(-1) > 0
+        chosen = set(torch.nonzero(support).flatten().tolist())
+        assert previous <= chosen <= set(kept.tolist())
+        assert all(nested.channel_rank[c] < len(chosen) for c in chosen)
+        previous = chosen
+    assert len(previous) == len(kept)
+
+
+def test_rank_channels_ranks_a_channel_the_decoder_ignores_last():
+    """On trained weights (a shipped fixed-rate model, as training starts from one) and real
+    photo patches, every kept channel costs something when dropped, except one whose
+    decoder weights are zeroed: that one is ranked last of the kept, the pruned after it."""
+    from caeadmm.channel_rank import rank_channels
+    from caeadmm.checkpoint import load_into
+
+    shipped = zoo.load("small-rate-k20-r2")
+    config = ModelConfig.from_dict({**shipped.config.to_dict(), "quality_levels": 3,
+                                    "lowest_quality_channels": 2})  # fmt: skip
+    model = CAE(config)
+    load_into(model, shipped.state_dict())
+    kept = model.kept_channels()
+    ignored = int(kept[len(kept) // 2])
+    conv = next(m for m in model.decoder.modules() if isinstance(m, torch.nn.Conv2d))
+    with torch.no_grad():
+        conv.weight[:, ignored] = 0
+    size = config.patch_size
+    patches = [load_rgb(path)[:size, :size] for path in SAMPLES[:2]]
+    batch = torch.from_numpy(np.stack(patches)).permute(0, 3, 1, 2).float() / 255
+    ranks = rank_channels(model, batch)
+    assert int(ranks[ignored]) == len(kept) - 1
+    assert sorted(ranks[kept].tolist()) == list(range(len(kept)))
+
+
+def test_nested_config_is_checked():
+    with pytest.raises(ConfigError, match="quality_levels"):
+        ModelConfig(lowest_quality_channels=2)
+    with pytest.raises(ConfigError, match="lowest_quality_channels"):
+        ModelConfig(latent_channels=8, quality_levels=4, lowest_quality_channels=9)
 
 
 def test_quality_between_levels_interpolates_the_gains(model):
@@ -196,6 +267,40 @@ def test_a_training_step_trains_every_image_at_its_own_quality(tmp_path):
     for quality in (0.0, 2.0):
         data = codec.compress(image, model, quality=quality)
         assert codec.decompress(data, model).shape == image.shape
+
+
+def test_nested_training_from_a_fixed_rate_model_ranks_its_channels(tmp_path):
+    """A nested run that starts from fixed-rate weights ranks their channels first (one
+    line says the order); the exported model's streams hold the nested supports."""
+    import dataclasses
+
+    from caeadmm import train_local
+    from caeadmm.checkpoint import load_model, save_checkpoint
+
+    for i in range(3):
+        Image.fromarray(test_image(80, 96, seed=i)).save(tmp_path / f"{i}.png")
+    fixed = ModelConfig(preset="tiny", patch_size=32, latent_norm="none",
+                        entropy_model="factorized", train_rounding="mixed")  # fmt: skip
+    torch.manual_seed(1)
+    save_checkpoint(tmp_path / "fixed.pt", model=CAE(fixed), admm=None, optimizer=None,
+                    step=0, config=TrainConfig(model=fixed, rate_lambda=1.0))  # fmt: skip
+    cfg = TrainConfig(
+        model=dataclasses.replace(fixed, quality_levels=3, lowest_quality_channels=2),
+        init_from=str(tmp_path / "fixed.pt"), images=str(tmp_path), batch_size=4,
+        warmup_steps=0, admm_steps=0, finetune_steps=3, pruning_ratio=0.0, w_msssim=0.0,
+        rate_lambda=0.01, rate_lambda_max=1.0, log_every=3, checkpoint_every=0,
+        eval_patches=2, threads=1,
+    )
+    lines: list[str] = []
+    train_local.train(cfg, tmp_path / "run", log=lines.append)
+    assert any(line.startswith("nested supports: channels by importance") for line in lines)
+    model = load_model(tmp_path / "run" / "model.pt")
+    channels = model.config.latent_channels
+    assert sorted(model.channel_rank.tolist()) == list(range(channels))
+    for quality, held in ((0.0, 2), (2.0, channels)):
+        data = codec.compress(test_image(40, 48), model, quality=quality)
+        assert parse(data)[0].kept == held
+        assert codec.decompress(data, model).shape == (40, 48, 3)
 
 
 SHIPPED = [m for m in zoo.list_models() if m.default_quality is not None]
