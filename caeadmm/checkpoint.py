@@ -175,7 +175,8 @@ def restore_training_state(
 # The model-config fields that set the network's tensor shapes: init_from must match them.
 # patch_size only sets the mask's shape: a channel mask (the same in every position) is
 # re-tiled to the run's patch size, so training may continue on larger crops.
-SHAPE_FIELDS = ("preset", "width", "n_blocks", "latent_channels", "patch_size", "norm")
+SHAPE_FIELDS = ("preset", "width", "n_blocks", "latent_channels", "patch_size", "norm",
+                "block_scale")
 
 
 def init_weights(cfg: TrainConfig, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:

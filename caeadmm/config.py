@@ -105,6 +105,10 @@ class ModelConfig:
     # geometrically to every kept channel at the top quality, as the fixed-rate families
     # keep fewer channels at lower rates. 0: every kept channel at every quality.
     lowest_quality_channels: int = 0
+    # The downsampling at which the residual blocks run: 2 (the paper's network, half
+    # resolution) or 4 (a quarter: about 46 % of the encoder's multiply-adds and 31 % of the
+    # decoder's; docs/speed.md measures what it costs in rate-distortion).
+    block_scale: int = 2
 
     def __post_init__(self) -> None:
         self._apply_preset()
@@ -114,6 +118,8 @@ class ModelConfig:
                 f"model.quality_levels must be 0 (fixed rate) or at least 2, got "
                 f"{self.quality_levels}"
             )
+        if self.block_scale not in (2, 4):
+            raise ConfigError(f"model.block_scale must be 2 or 4, got {self.block_scale}")
         if self.lowest_quality_channels and not self.quality_levels:
             raise ConfigError("model.lowest_quality_channels is for variable-rate models: set "
                               "model.quality_levels too")

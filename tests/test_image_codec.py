@@ -157,6 +157,31 @@ def test_windows_give_the_one_pass_result(model, tile):
     np.testing.assert_array_equal(codec.decompress(data, model, tile=tile), pixels)
 
 
+@pytest.mark.parametrize("tile", [32, 64])
+def test_quarter_resolution_blocks_give_the_one_pass_result_in_windows(tile):
+    """The cheaper network (model.block_scale 4: residual blocks at a quarter of the
+    resolution) has its own layer stack; the windows derived from it give its one-pass
+    result."""
+    import dataclasses
+
+    base = channel_model(seed=4)
+    torch.manual_seed(4)
+    cheap = CAE(dataclasses.replace(base.config, block_scale=4))
+    for module in cheap.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.momentum = None
+    with torch.no_grad():
+        cheap(torch.rand(16, 3, 32, 32))
+    cheap.encoder[-1][-1].weight.data.fill_(4.0)
+    cheap.set_mask(base.mask)
+    cheap.eval()
+    image = test_image(200, 136, seed=6)
+    data = codec.compress(image, cheap, tile=tile)
+    symbols, pixels = whole_image_reconstruction(image, cheap)
+    np.testing.assert_array_equal(symbols_of(data), symbols.reshape(len(symbols), -1))
+    np.testing.assert_array_equal(codec.decompress(data, cheap, tile=tile), pixels)
+
+
 @pytest.mark.parametrize(("size", "seed", "groups"), [((64, 96), 0, 2), ((40, 72), 2, 1)])
 def test_channels_payload_has_a_table_per_channel_group(model, size, seed, groups):
     """The "channels" payload is coding.encode_channels of (kept channels, positions): here
