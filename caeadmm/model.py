@@ -171,42 +171,27 @@ class CAE(nn.Module):
         else:  # GDN/IGDN after every conv but the last of each side, and no PReLU
             enc, dec, act = "gdn", "igdn", []
         last = "none" if config.norm == "gdn" else "batchnorm"
-        if config.block_scale == 2:  # the paper's: the residual blocks at half resolution
-            self.encoder = nn.Sequential(
-                conv_same(3, 32, enc), *[a() for a in act],
-                conv_down(32, 64, enc), *[a() for a in act],
-                conv_same(64, w, enc), *[a() for a in act],
-                *[ResidualBlock(w, enc) for _ in range(config.n_blocks)],
-                conv_down(w, 64, enc),
-                conv_down(64, 32, enc),
-                conv_same(32, c, config.latent_norm),
-            )
-            self.decoder = nn.Sequential(
-                subpixel(c, 32, 1, dec),
-                subpixel(32, 64, 2, dec),
-                subpixel(64, w, 2, dec), *[a() for a in act],
-                *[ResidualBlock(w, dec) for _ in range(config.n_blocks)],
-                subpixel(w, 64, 1, dec), *[a() for a in act],
-                subpixel(64, 32, 2, dec), *[a() for a in act],
-                subpixel(32, 3, 1, last),
-            )
-        else:  # block_scale 4: the blocks at a quarter of the resolution, a cheaper network
-            self.encoder = nn.Sequential(
-                conv_same(3, 32, enc), *[a() for a in act],
-                conv_down(32, 64, enc), *[a() for a in act],
-                conv_down(64, w, enc), *[a() for a in act],
-                *[ResidualBlock(w, enc) for _ in range(config.n_blocks)],
-                conv_down(w, 32, enc),
-                conv_same(32, c, config.latent_norm),
-            )
-            self.decoder = nn.Sequential(
-                subpixel(c, 32, 1, dec),
-                subpixel(32, w, 2, dec), *[a() for a in act],
-                *[ResidualBlock(w, dec) for _ in range(config.n_blocks)],
-                subpixel(w, 64, 2, dec), *[a() for a in act],
-                subpixel(64, 32, 2, dec), *[a() for a in act],
-                subpixel(32, 3, 1, last),
-            )
+        # block_scale 2 (the paper's): the residual blocks at half resolution; 4: at a quarter,
+        # one stride-2 convolution (and one pixel shuffle) moved in front of them.
+        half = config.block_scale == 2
+        self.encoder = nn.Sequential(
+            conv_same(3, 32, enc), *[a() for a in act],
+            conv_down(32, 64, enc), *[a() for a in act],
+            (conv_same if half else conv_down)(64, w, enc), *[a() for a in act],
+            *[ResidualBlock(w, enc) for _ in range(config.n_blocks)],
+            *([conv_down(w, 64, enc), conv_down(64, 32, enc)] if half
+              else [conv_down(w, 32, enc)]),
+            conv_same(32, c, config.latent_norm),
+        )
+        self.decoder = nn.Sequential(
+            subpixel(c, 32, 1, dec),
+            *([subpixel(32, 64, 2, dec), subpixel(64, w, 2, dec)] if half
+              else [subpixel(32, w, 2, dec)]), *[a() for a in act],
+            *[ResidualBlock(w, dec) for _ in range(config.n_blocks)],
+            subpixel(w, 64, 1 if half else 2, dec), *[a() for a in act],
+            subpixel(64, 32, 2, dec), *[a() for a in act],
+            subpixel(32, 3, 1, last),
+        )
         if config.latent_gain:
             # log of the per-channel gain, so that the gain stays positive
             self.log_gain = nn.Parameter(torch.zeros(c, 1, 1))
