@@ -171,6 +171,8 @@ def train(
     if "channel_rank" in fresh:  # nested supports on weights that have no channel order
         first = next(batches)
         net.channel_rank.copy_(rank_channels(net, first.to(device)))
+        if world > 1:  # every rank its own first batch: rank 0's order for all
+            dist.broadcast(net.channel_rank, src=0)
         batches = itertools.chain([first], batches)
         order = torch.argsort(net.channel_rank)[: len(net.kept_channels())]
         log(f"nested supports: channels by importance {order.tolist()}")
