@@ -402,17 +402,21 @@ class CAE(nn.Module):
         rest (their symbols are all zero), or None for a model without nested supports.
 
         The count is lowest_quality_channels at quality 0 and every kept channel at the top,
-        geometric between, rounded; the channels are those of lowest `channel_rank`."""
+        geometric between, rounded; the channels are the kept ones of lowest `channel_rank`."""
         low = self.config.lowest_quality_channels
         if not low:
             return None
-        kept = self.config.latent_channels if self.mask is None else int(
-            self.mask.flatten(1).any(1).sum())
+        rank = self.channel_rank
+        by_rank = torch.argsort(rank)
+        if self.mask is not None:  # the kept channels only (ADMM may prune during a run)
+            by_rank = by_rank[self.mask.flatten(1).any(1)[by_rank]]
+        place = torch.full_like(rank, len(rank))  # each kept channel's place in the order
+        place[by_rank] = torch.arange(len(by_rank), device=rank.device)
         top = self.config.quality_levels - 1
-        q = torch.as_tensor(quality, dtype=torch.float32, device=self.channel_rank.device)
+        q = torch.as_tensor(quality, dtype=torch.float32, device=rank.device)
         q = q.reshape(-1).clamp(0, top)
-        count = torch.floor(low * (max(kept, low) / low) ** (q / top) + 0.5)
-        support = self.channel_rank.view(1, -1) < count.view(-1, 1)
+        count = torch.floor(low * (max(len(by_rank), low) / low) ** (q / top) + 0.5)
+        support = place.view(1, -1) < count.view(-1, 1)
         return support.to(self.level_log_gain.dtype).view(len(q), -1, 1, 1)
 
     def _no_quality(self, quality: Quality) -> None:

@@ -433,14 +433,15 @@ def test_consensus_on_two_nodes_matches_one_process(submitted):
 
 @pytest.mark.slow
 def test_variable_rate_training_keeps_the_consensus(cluster, shards, tmp_path):
-    """A variable-rate model under Ray Train on two nodes, each image of each worker's batch
-    at its own quality: after every ADMM update both ranks hold the same Z and U (from
-    latents that differ between them), and the exported model codes at any quality."""
+    """A variable-rate model with nested supports under Ray Train on two nodes, each image of
+    each worker's batch at its own quality: after every ADMM update both ranks hold the same
+    Z and U (from latents that differ between them), and the exported model codes at any
+    quality, its stream holding one channel at quality 0 and every kept one at the top."""
     from caeadmm import codec
 
     args = ["run_name=vr", "model.latent_norm=none", "model.entropy_model=factorized",
             "model.train_rounding=mixed", "model.quality_levels=3", "rate_lambda=0.01",
-            "rate_lambda_max=0.1"]  # fmt: skip
+            "rate_lambda_max=0.1", "model.lowest_quality_channels=1"]  # fmt: skip
     _train(cluster, shards, tmp_path, "--debug", *args)
     run = tmp_path / "vr"
     cfg = load_config(SMOKE, args)
@@ -459,3 +460,5 @@ def test_variable_rate_training_keeps_the_consensus(cluster, shards, tmp_path):
         assert codec.decompress(data, model).shape == image.shape
         sizes.append(len(data))
     assert sizes[0] <= sizes[-1]
+    kept = len(model.kept_channels())
+    assert [len(model.stream_channels(q)) for q in (0.0, 2.0)] == [1, kept]
