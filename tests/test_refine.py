@@ -71,7 +71,7 @@ def test_shipped_model_refined_is_better_at_about_the_same_rate():
 
     def loss(data: bytes) -> float:
         decoded = codec.decompress(data, model)
-        as_tensor = [torch.from_numpy(a).permute(2, 0, 1)[None].float() / 255
+        as_tensor = [torch.from_numpy(a.copy()).permute(2, 0, 1)[None].float() / 255
                      for a in (decoded, image)]
         return float(distortion(*as_tensor)[0])
 
