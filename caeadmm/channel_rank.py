@@ -23,8 +23,7 @@ def rank_channels(net: CAE, batch: torch.Tensor) -> torch.Tensor:
     if kept is None:
         raise ValueError("nested supports need a mask that keeps whole channels")
     with eval_mode(net):
-        latent = torch.round(net.encoder(batch) * net._level_gain(net.level_log_gain, top).exp())
-        latent = net._apply_mask(latent)
+        latent = net.encode(batch, top).float()  # the top quality holds every kept channel
 
         def error(dropped: int) -> float:
             trial = latent.clone()
@@ -33,7 +32,8 @@ def rank_channels(net: CAE, batch: torch.Tensor) -> torch.Tensor:
 
         cost = torch.tensor([error(int(c)) for c in kept])
     order = kept[torch.argsort(cost, descending=True, stable=True)]
-    pruned = [c for c in range(net.config.latent_channels) if c not in set(kept.tolist())]
+    kept_set = set(kept.tolist())
+    pruned = [c for c in range(net.config.latent_channels) if c not in kept_set]
     ranks = torch.empty(net.config.latent_channels, dtype=torch.long)
     ranks[torch.cat([order, torch.tensor(pruned, dtype=torch.long)])] = torch.arange(len(ranks))
     return ranks
