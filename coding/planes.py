@@ -94,27 +94,41 @@ def as_planes(symbols: object) -> np.ndarray:
 def fit(planes: np.ndarray, predictor: Predictor) -> np.ndarray:
     """Least-squares weights (C, T + 1) of `predictor` for (C, H, W) `planes`, quantized to
     2**-WEIGHT_SHIFT and clipped to MAX_WEIGHT; a plane's unused taps get weight 0."""
+    return fit_many(planes, [predictor])[0]
+
+
+def fit_many(planes: np.ndarray, predictors: list[Predictor]) -> list[np.ndarray]:
+    """`fit` for each of `predictors`, from one pass over each plane: the candidates' taps
+    overlap (each is a subset of the largest), so the sums of products of a plane's tap
+    columns are formed once and each predictor solves its own corner of them."""
     count, height, width = planes.shape
-    taps = predictor.taps()
-    weights = np.zeros((count, len(taps) + 1), np.int64)
+    union = list(dict.fromkeys(tuple(t) for p in predictors for t in p.taps().tolist()))
+    out = [np.zeros((count, len(p.taps()) + 1), np.int64) for p in predictors]
     padded = np.pad(planes, ((0, 0), (2, 2), (2, 2)))
     step = max(1, height * width // FIT_POSITIONS)
     for i in range(count):
-        used = predictor.weight_count(i)
-        if not used:
+        used = [p.weight_count(i) for p in predictors]
+        if not any(used):
             continue
-        columns = [np.ones(-(-height * width // step))]
-        for back, dy, dx in taps[: used - 1]:
-            shifted = padded[i - back, 2 + dy : 2 + dy + height, 2 + dx : 2 + dx + width]
-            columns.append(shifted.ravel()[::step])
-        design = np.stack(columns, 1).astype(np.float64)
+        usable = [t for t in union if t[0] <= i]  # the planes before i and i itself
+        column = {t: k + 1 for k, t in enumerate(usable)}  # column 0: the constant term
+        design = np.empty((-(-height * width // step), len(usable) + 1), np.float64)
+        design[:, 0] = 1
+        for k, (back, dy, dx) in enumerate(usable, start=1):
+            design[:, k] = padded[i - back, 2 + dy : 2 + dy + height,
+                                  2 + dx : 2 + dx + width].ravel()[::step]  # fmt: skip
         target = planes[i].ravel()[::step].astype(np.float64)
-        # The normal equations: a (taps x taps) problem, much cheaper than the SVD of the
+        # The normal equations: (taps x taps) problems, much cheaper than the SVD of the
         # design matrix; lstsq also takes a singular one (flat planes, repeated taps).
-        solution = np.linalg.lstsq(design.T @ design, design.T @ target, rcond=None)[0]
-        weights[i, :used] = np.clip(np.round(solution * (1 << WEIGHT_SHIFT)),
-                                    -MAX_WEIGHT, MAX_WEIGHT)
-    return weights
+        gram, moment = design.T @ design, design.T @ target
+        for predictor, weights, n in zip(predictors, out, used, strict=True):
+            if not n:
+                continue
+            index = [0] + [column[tuple(t)] for t in predictor.taps()[: n - 1].tolist()]
+            solution = np.linalg.lstsq(gram[np.ix_(index, index)], moment[index], rcond=None)[0]
+            weights[i, :n] = np.clip(np.round(solution * (1 << WEIGHT_SHIFT)),
+                                     -MAX_WEIGHT, MAX_WEIGHT)
+    return out
 
 
 def residuals(planes: np.ndarray, predictor: Predictor, weights: np.ndarray,
@@ -145,9 +159,10 @@ def _stream(predictor: Predictor, weights: np.ndarray, residual: np.ndarray,
     return bytes(out) + channels.encode(residual.reshape(count, -1), backend)
 
 
-def _candidate(planes: np.ndarray, predictor: Predictor, backend: ModuleType) -> bytes | None:
-    """The stream with `predictor`, prediction dropped on planes where it does not pay."""
-    weights = fit(planes, predictor)
+def _candidate(planes: np.ndarray, predictor: Predictor, weights: np.ndarray,
+               backend: ModuleType) -> bytes | None:  # fmt: skip
+    """The stream with `predictor` and its fitted `weights`, prediction dropped on planes
+    where it does not pay."""
     residual = residuals(planes, predictor, weights, backend)
     if residual is None:
         return None
@@ -166,8 +181,9 @@ def encode(symbols: object, candidates: tuple[Predictor, ...] = CANDIDATES,
     planes = as_planes(symbols)
     if planes.size == 0:
         return bytes(_head(planes.shape))
-    tried = dict.fromkeys(p.for_planes(len(planes)) for p in (NO_PREDICTION, *candidates))
-    streams = [_candidate(planes, p, backend) for p in tried]
+    tried = list(dict.fromkeys(p.for_planes(len(planes)) for p in (NO_PREDICTION, *candidates)))
+    fitted = fit_many(planes, tried)
+    streams = [_candidate(planes, p, w, backend) for p, w in zip(tried, fitted, strict=True)]
     return min((s for s in streams if s is not None), key=len)
 
 

@@ -124,6 +124,16 @@ def test_weights_are_fitted_per_plane():
     residual = planes.residuals(x, predictor, weights)
     np.testing.assert_array_equal(residual, np.stack([base, np.zeros_like(base)]))
 
+def test_shared_fit_gives_each_predictor_its_own_weights():
+    """The encoder fits all its candidates from one set of column products per plane: each
+    gets the weights that fitting it alone gives (its taps are a corner of the union's)."""
+    x = smooth_planes(7, 33, 29, seed=9)
+    shared = planes.fit_many(x, list(planes.CANDIDATES))
+    for predictor, weights in zip(planes.CANDIDATES, shared, strict=True):
+        np.testing.assert_array_equal(weights, planes.fit(x, predictor))
+    assert any(weights.any() for weights in shared)
+
+
 
 # ---------------------------------------------------------------------------- bad streams
 
