@@ -73,12 +73,17 @@ def export_model(
 ) -> Path:
     """Write the inference-only file (model config, weights, mask) of a checkpoint."""
     ckpt = load_checkpoint(checkpoint_path)
-    payload = {
-        "format": MODEL_FORMAT,
-        "version": CHECKPOINT_VERSION,
-        "model_config": ckpt["model_config"],
-        "model": ckpt["model"],
-    }
+    return _write_model(out_path, ckpt["model_config"], ckpt["model"])
+
+
+def save_model(net: CAE, out_path: str | os.PathLike) -> Path:
+    """Write the inference-only file of a network built in memory (e.g. a run's init_from)."""
+    return _write_model(out_path, net.config.to_dict(), _float32_state(net))
+
+
+def _write_model(out_path: str | os.PathLike, config: dict, state: dict) -> Path:
+    payload = {"format": MODEL_FORMAT, "version": CHECKPOINT_VERSION, "model_config": config,
+               "model": state}  # fmt: skip
     return write_atomic(out_path, lambda fh: torch.save(payload, fh), overwrite=True)
 
 

@@ -141,6 +141,30 @@ def test_rank_channels_ranks_a_channel_the_decoder_ignores_last():
     assert sorted(ranks[kept].tolist()) == list(range(len(kept)))
 
 
+def test_a_nested_model_grown_from_a_family_starts_as_its_lowest_rate_member():
+    """grow_nested on shipped members of one lineage: the first one's channels rank first,
+    then each next member's new ones; the last one's channels are kept; and at the start a
+    photo decodes at every quality to the first member's pixels (the added channels'
+    decoder weights are zero), while the stream holds more channels as the quality grows."""
+    from caeadmm.channel_rank import grow_nested
+
+    family = [zoo.load(name) for name in ("small-rate-k2", "small-rate-k3", "small-rate-k12-r2")]
+    grown = grow_nested(family, quality_levels=3)
+    low, mid, top = (set(m.kept_channels().tolist()) for m in family)
+    order = grown.channel_rank.argsort()[: len(top)].tolist()
+    assert set(order[:2]) == low and set(order[:3]) == low | (mid & top)
+    assert set(grown.kept_channels().tolist()) == top
+    image = load_rgb(SAMPLES[0])[:96, :128]
+    base = codec.decompress(codec.compress(image, family[0]), family[0])
+    sizes = []
+    for quality in (0.0, 1.0, 2.0):
+        data = codec.compress(image, grown, quality=quality)
+        np.testing.assert_array_equal(codec.decompress(data, grown), base)
+        assert parse(data)[0].kept == len(grown.stream_channels(quality))
+        sizes.append(len(data))
+    assert sizes == sorted(sizes) and sizes[0] < sizes[-1]
+
+
 def test_nested_config_is_checked():
     with pytest.raises(ConfigError, match="quality_levels"):
         ModelConfig(lowest_quality_channels=2)
