@@ -141,6 +141,14 @@ def test_variable_rate_models_come_first_with_their_quality_range(registry, caps
     points = [{**kodak(0.05 * (q + 1), 24 + q, 0.9 + q / 100), "quality": q} for q in range(9)]
     photos = [{**p, "bpp": p["bpp"] * 1.1} for p in points]
     registry([entry("fixed", metric="ms-ssim", kodak=kodak(0.1, 24, 0.9)),
+              entry("fixed-mse", metric="mse", kodak=kodak(0.1, 25, 0.8)),
+              entry("vr-mse", metric="mse", kodak=points, default_quality=4),
+              entry("vr", metric="ms-ssim", kodak=points, photos=photos, default_quality=4,
+                    rate_lambda=32, rate_lambda_max=8192)], default="fixed")
+    assert main(["models"]) == 0
+    names = [row.lstrip("* ").split()[0] for row in capsys.readouterr().out.splitlines()[1:5]]
+    assert names == ["vr", "vr-mse", "fixed", "fixed-mse"]
+    registry([entry("fixed", metric="ms-ssim", kodak=kodak(0.1, 24, 0.9)),
               entry("vr", metric="ms-ssim", kodak=points, photos=photos, default_quality=4,
                     rate_lambda=32, rate_lambda_max=8192)], default="vr")
     assert main(["models"]) == 0

@@ -1,8 +1,9 @@
 """`caeadmm models [NAME] [--all] [--json]`: the trained models shipped with this installation.
 
 Without NAME: one row per model, under 100 columns (name, the metric it was trained for, its
-rate and quality on Kodak, checkpoint size), the default marked with *, grouped by metric
-(the default's first) and sorted by rate; models marked `"superseded": true` in the registry
+rate and quality on Kodak, checkpoint size), the default marked with *: the variable-rate
+models first, then the fixed-rate ones, each grouped by metric (the default's first) and
+sorted by rate; models marked `"superseded": true` in the registry
 (kept so that their streams decode) only with --all. With NAME: everything the registry says
 about that model. --json prints the same selection as JSON for scripts.
 """
@@ -94,7 +95,8 @@ def metric(model, entry: dict) -> str:
 
 
 def _ordered(models: list, entries: dict[str, dict]) -> list:
-    """Grouped by metric (the default model's first), by Kodak rate within a group."""
+    """Variable-rate models first, then fixed-rate ones; each grouped by metric (the default
+    model's first), by Kodak rate within a group."""
     groups: list[str] = []
     for m in sorted(models, key=lambda m: not m.default):
         if metric(m, entries.get(m.name, {})) not in groups:
@@ -102,7 +104,7 @@ def _ordered(models: list, entries: dict[str, dict]) -> list:
 
     def key(m) -> tuple:
         points = _points(m)
-        return (groups.index(metric(m, entries.get(m.name, {}))), m.default_quality is None,
+        return (m.default_quality is None, groups.index(metric(m, entries.get(m.name, {}))),
                 not points, points[0]["bpp"] if points else 0.0)
 
     return sorted(models, key=key)
