@@ -113,6 +113,10 @@ def compress_one(
             line += f", quality {used:.3f}"
         if target_bpp is not None and bpp > target_bpp:
             line += f" (the lowest quality; the target {target_bpp} bpp is out of reach)"
+        elif target_bpp is not None and bpp < 0.95 * target_bpp:
+            # A nested model's rate steps up where a channel joins: no quality lands closer.
+            line += (f" ({bpp / target_bpp:.0%} of the target {target_bpp} bpp: the nearest"
+                     f" under it; the next quality up is over it)")
         return line, round(8 * nbytes / bpp), nbytes
 
     # An existing output counts as done only if made with this model (and quality).
