@@ -343,3 +343,24 @@ def test_shipped_variable_rate_model_rate_grows_with_quality(info):
     target = 8 * (sizes[1] + sizes[2]) / 2 / pixels
     bpp = 8 * len(codec.compress(image, model, target_bpp=target)) / pixels
     assert 0.95 * target <= bpp <= target
+
+
+def test_target_bpp_in_a_nested_models_rate_step_reports_the_nearest_under_it(tmp_path, capsys):
+    """The shipped nested network's rate steps up where its third channel joins (quality
+    8 log10(1.25) = 0.775): a target between the two sides gets the quality below the step,
+    and `compress` says the stream is the nearest under the target."""
+    from caeadmm.cli import main
+
+    model = zoo.load(zoo.for_metric("ms-ssim"))
+    assert model.config.lowest_quality_channels == 2
+    image = load_rgb(SAMPLES[0])
+    pixels = image.shape[0] * image.shape[1]
+    below, above = (8 * len(codec.compress(image, model, quality=q)) / pixels
+                    for q in (0.77, 0.78))  # fmt: skip
+    assert above > 1.1 * below
+    target = round((below + above) / 2, 4)
+    assert main(["compress", str(SAMPLES[0]), "-o", str(tmp_path / "a.cae"), "--metric",
+                 "ms-ssim", "--target-bpp", str(target)]) == 0  # fmt: skip
+    out = capsys.readouterr().out
+    assert f"the target {target} bpp: the nearest under it" in out
+    assert parse((tmp_path / "a.cae").read_bytes())[0].quality < 0.78
