@@ -17,6 +17,7 @@ import dataclasses
 
 import torch
 
+from caeadmm.checkpoint import load_into
 from caeadmm.model import CAE, eval_mode
 
 
@@ -69,8 +70,7 @@ def grow_nested(family: list[CAE], quality_levels: int) -> CAE:
     config = dataclasses.replace(base.config, quality_levels=quality_levels,
                                  lowest_quality_channels=len(low))  # fmt: skip
     net = CAE(config)
-    weights = {k: v for k, v in base.state_dict().items() if k != "mask"}
-    net.load_state_dict(weights, strict=False)
+    load_into(net, base.state_dict())  # the level gains and the ranks start fresh
     mask = torch.zeros(config.latent_shape(), dtype=torch.bool)
     mask[order] = True
     net.set_mask(mask)
