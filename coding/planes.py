@@ -38,6 +38,7 @@ from coding.format import (
 SPATIAL_TAPS = ((0, 0, -1), (0, -1, 0), (0, -1, -1), (0, -1, 1), (0, 0, -2), (0, -2, 0))
 CROSS_TAPS = {0: (), 1: ((0, 0),), 2: ((0, 0), (0, -1), (-1, 0), (0, 1), (1, 0))}
 FIT_POSITIONS = 1 << 16  # least squares on at most this many positions per plane
+FIT_BLOCK = 1 << 13  # positions per block of the products (memory: 8 bytes x columns x this)
 
 
 @dataclass(frozen=True)
@@ -98,37 +99,57 @@ def fit(planes: np.ndarray, predictor: Predictor) -> np.ndarray:
 
 
 def fit_many(planes: np.ndarray, predictors: list[Predictor]) -> list[np.ndarray]:
-    """`fit` for each of `predictors`, from one pass over each plane: the candidates' taps
-    overlap (each is a subset of the largest), so the sums of products of a plane's tap
-    columns are formed once and each predictor solves its own corner of them."""
-    count, height, width = planes.shape
+    """`fit` for each of `predictors`, from one matrix of sums of products: a tap of plane i
+    is a shifted copy of some plane, the same column for every plane that uses it, so the
+    products of all (plane, shift) columns are formed once (`_column_products`) and each
+    plane and predictor solves its own corner of them."""
+    count = len(planes)
     union = list(dict.fromkeys(tuple(t) for p in predictors for t in p.taps().tolist()))
     out = [np.zeros((count, len(p.taps()) + 1), np.int64) for p in predictors]
-    padded = np.pad(planes, ((0, 0), (2, 2), (2, 2)))
-    step = max(1, height * width // FIT_POSITIONS)
+    if not union:
+        return out
+    shifts = list(dict.fromkeys([(0, 0)] + [(dy, dx) for _, dy, dx in union]))
+    products = _column_products(planes, shifts)
+
+    def column(plane: int, dy: int, dx: int) -> int:  # column 0: the constant term
+        return 1 + plane * len(shifts) + shifts.index((dy, dx))
+
     for i in range(count):
-        used = [p.weight_count(i) for p in predictors]
-        if not any(used):
-            continue
-        usable = [t for t in union if t[0] <= i]  # the planes before i and i itself
-        column = {t: k + 1 for k, t in enumerate(usable)}  # column 0: the constant term
-        design = np.empty((-(-height * width // step), len(usable) + 1), np.float64)
-        design[:, 0] = 1
-        for k, (back, dy, dx) in enumerate(usable, start=1):
-            design[:, k] = padded[i - back, 2 + dy : 2 + dy + height,
-                                  2 + dx : 2 + dx + width].ravel()[::step]  # fmt: skip
-        target = planes[i].ravel()[::step].astype(np.float64)
-        # The normal equations: (taps x taps) problems, much cheaper than the SVD of the
-        # design matrix; lstsq also takes a singular one (flat planes, repeated taps).
-        gram, moment = design.T @ design, design.T @ target
-        for predictor, weights, n in zip(predictors, out, used, strict=True):
+        target = column(i, 0, 0)
+        for predictor, weights in zip(predictors, out, strict=True):
+            n = predictor.weight_count(i)
             if not n:
                 continue
-            index = [0] + [column[tuple(t)] for t in predictor.taps()[: n - 1].tolist()]
-            solution = np.linalg.lstsq(gram[np.ix_(index, index)], moment[index], rcond=None)[0]
+            taps = predictor.taps()[: n - 1].tolist()
+            index = [0] + [column(i - back, dy, dx) for back, dy, dx in taps]
+            # The normal equations: (taps x taps) problems, much cheaper than the SVD of the
+            # design matrix; lstsq also takes a singular one (flat planes, repeated taps).
+            solution = np.linalg.lstsq(products[np.ix_(index, index)],
+                                       products[index, target], rcond=None)[0]
             weights[i, :n] = np.clip(np.round(solution * (1 << WEIGHT_SHIFT)),
                                      -MAX_WEIGHT, MAX_WEIGHT)
     return out
+
+
+def _column_products(planes: np.ndarray, shifts: list[tuple[int, int]]) -> np.ndarray:
+    """D^T D for the design matrix D whose columns are a constant 1 and each plane shifted by
+    each of `shifts` (zero outside the plane; plane-major), over every step-th position, at
+    most FIT_POSITIONS of them. Built a block of positions at a time (bounded memory); the
+    sums are of integers, exact in float64 for symbols of a latent, so the blocks change
+    nothing."""
+    count, height, width = planes.shape
+    padded = np.pad(planes, ((0, 0), (2, 2), (2, 2))).reshape(count, -1)
+    offsets = np.array([dy * (width + 4) + dx for dy, dx in shifts], np.int64)
+    positions = np.arange(0, height * width, max(1, height * width // FIT_POSITIONS))
+    size = 1 + count * len(shifts)
+    products = np.zeros((size, size))
+    for start in range(0, len(positions), FIT_BLOCK):
+        block = positions[start : start + FIT_BLOCK]
+        centre = (block // width + 2) * (width + 4) + block % width + 2
+        design = np.ones((size, len(block)))
+        design[1:] = padded[:, centre[None, :] + offsets[:, None]].reshape(size - 1, -1)
+        products += design @ design.T
+    return products
 
 
 def residuals(planes: np.ndarray, predictor: Predictor, weights: np.ndarray,
@@ -160,15 +181,16 @@ def _stream(predictor: Predictor, weights: np.ndarray, residual: np.ndarray,
 
 
 def _candidate(planes: np.ndarray, predictor: Predictor, weights: np.ndarray,
-               backend: ModuleType) -> bytes | None:  # fmt: skip
+               plain: list[int], backend: ModuleType) -> bytes | None:  # fmt: skip
     """The stream with `predictor` and its fitted `weights`, prediction dropped on planes
-    where it does not pay."""
+    where it does not pay: where the residual takes at least the `plain` bits of the plane."""
     residual = residuals(planes, predictor, weights, backend)
     if residual is None:
         return None
     for i in range(len(planes)):
-        plain = huffman.encoded_bits(planes[i].ravel(), backend)
-        if huffman.encoded_bits(residual[i].ravel(), backend) >= plain:
+        if not weights[i].any():  # predicts 0: the residual is the plane already
+            continue
+        if huffman.encoded_bits(residual[i].ravel(), backend) >= plain[i]:
             weights[i] = 0
             residual[i] = planes[i]
     return _stream(predictor, weights, residual, backend)
@@ -183,7 +205,9 @@ def encode(symbols: object, candidates: tuple[Predictor, ...] = CANDIDATES,
         return bytes(_head(planes.shape))
     tried = list(dict.fromkeys(p.for_planes(len(planes)) for p in (NO_PREDICTION, *candidates)))
     fitted = fit_many(planes, tried)
-    streams = [_candidate(planes, p, w, backend) for p, w in zip(tried, fitted, strict=True)]
+    plain = [huffman.encoded_bits(plane.ravel(), backend) for plane in planes]
+    streams = [_candidate(planes, p, w, plain, backend)
+               for p, w in zip(tried, fitted, strict=True)]
     return min((s for s in streams if s is not None), key=len)
 
 

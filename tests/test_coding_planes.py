@@ -124,15 +124,38 @@ def test_weights_are_fitted_per_plane():
     residual = planes.residuals(x, predictor, weights)
     np.testing.assert_array_equal(residual, np.stack([base, np.zeros_like(base)]))
 
-def test_shared_fit_gives_each_predictor_its_own_weights():
-    """The encoder fits all its candidates from one set of column products per plane: each
-    gets the weights that fitting it alone gives (its taps are a corner of the union's)."""
+def _direct_fit(x: np.ndarray, predictor: planes.Predictor) -> np.ndarray:
+    """What `fit` means, written out: per plane, least squares on its own design matrix (a
+    constant and each tap's shifted plane, zero outside)."""
+    count, height, width = x.shape
+    padded = np.pad(x, ((0, 0), (2, 2), (2, 2))).astype(np.float64)
+    out = np.zeros((count, len(predictor.taps()) + 1), np.int64)
+    for i in range(count):
+        n = predictor.weight_count(i)
+        if not n:
+            continue
+        columns = [np.ones(height * width)] + [
+            padded[i - back, 2 + dy : 2 + dy + height, 2 + dx : 2 + dx + width].ravel()
+            for back, dy, dx in predictor.taps()[: n - 1].tolist()
+        ]
+        design = np.stack(columns, axis=1)
+        solution = np.linalg.lstsq(design.T @ design, design.T @ x[i].ravel(), rcond=None)[0]
+        out[i, :n] = np.clip(np.round(solution * (1 << coding.format.WEIGHT_SHIFT)),
+                             -MAX_WEIGHT, MAX_WEIGHT)
+    return out
+
+
+@pytest.mark.parametrize("block", [planes.FIT_BLOCK, 7])
+def test_shared_fit_gives_each_predictor_its_own_weights(block, monkeypatch):
+    """The encoder fits all its candidates from one matrix of products of (plane, shift)
+    columns, built a block of positions at a time: each predictor gets the weights of its
+    own least squares on each plane, whatever the block size."""
+    monkeypatch.setattr(planes, "FIT_BLOCK", block)
     x = smooth_planes(7, 33, 29, seed=9)
     shared = planes.fit_many(x, list(planes.CANDIDATES))
     for predictor, weights in zip(planes.CANDIDATES, shared, strict=True):
-        np.testing.assert_array_equal(weights, planes.fit(x, predictor))
+        np.testing.assert_array_equal(weights, _direct_fit(x, predictor))
     assert any(weights.any() for weights in shared)
-
 
 
 # ---------------------------------------------------------------------------- bad streams
