@@ -150,6 +150,11 @@ def cae_setting_parts(setting: str) -> tuple[str, float | None]:
     return name, float(quality) if at else None
 
 
+def cae_quality_levels(setting: str) -> int:
+    """The quality levels of a CAE setting's model (0: a fixed-rate model)."""
+    return int(_cae_model(setting).config.quality_levels)
+
+
 def _cae_model(setting: str) -> Any:
     """The model of a CAE setting, loaded once per process (_load_cae)."""
     return _load_cae(cae_setting_parts(setting)[0])

@@ -6,8 +6,10 @@ bisection over its settings in increasing order of rate, encoding only the image
 - a codec with a quality setting (JPEG, WebP, AVIF): quality 0-100;
 - JPEG 2000 (its setting is a target rate): targets from 0.01 to 24 bpp, 2 % apart
   (OpenJPEG lands a little below a target, so the target that fits is often above the size);
-- the CAE: `cae_at_size`, the single place to change once the codec can search a rate of its
-  own (`--target-bpp`): for now it picks among registered models, the largest whose file fits.
+- the CAE (`cae_at_size`): a variable-rate model's qualities, 1/CAE_QUALITY_STEPS apart (the
+  registry's current model for the default metric), or a list of fixed-rate models sorted by
+  rate (`--models`); the same bisection, so that `cae-refined` (whose rate the refinement
+  moves) is searched like `cae`.
 
 File size grows with each of these settings, apart from small steps back; bisection may then
 miss the very largest fitting setting, but what it returns always fits. When even the
@@ -23,9 +25,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from caeadmm.baselines import Setting, get_codec
+from caeadmm.baselines import Setting, cae_quality_levels, get_codec
 
 QUALITIES = tuple(range(0, 101))
+CAE_QUALITY_STEPS = 16  # a variable-rate model is searched at qualities this far apart
 JPEG2000_TARGETS = tuple(round(0.01 * 1.02**k, 6) for k in range(int(math.log(2400, 1.02)) + 1))
 EXTENSIONS = {"jpeg": ".jpg", "jpeg-default": ".jpg", "webp": ".webp", "webp-default": ".webp",
               "jpeg2000": ".j2k", "avif": ".avif", "cae": ".cae", "cae-refined": ".cae"}
@@ -87,15 +90,22 @@ def fit_codec(codec_name: str, rgb: np.ndarray, max_bytes: int,
 
 def cae_at_size(rgb: np.ndarray, max_bytes: int, models: Sequence[str],
                 codec_name: str = "cae") -> Fit:
-    """The CAE set to meet a size: for now the model among `models` (registered names or
-    checkpoint paths, sorted by rate) whose file fits best.
-
-    The one function to replace once the codec searches a rate itself (`--target-bpp`):
-    whatever replaces it returns a Fit whose `setting` the codec's encode/decode accept.
-    """
+    """The CAE set to meet a size: the setting among `models` (registered names, metrics or
+    checkpoint paths, sorted by rate) whose file fits best, a variable-rate model standing for
+    its qualities 1/CAE_QUALITY_STEPS apart ("NAME@Q" settings)."""
     if not models:
         raise ValueError("no CAE model to choose from: pass --models")
-    return _search(codec_name, rgb, max_bytes, list(models))
+    return _search(codec_name, rgb, max_bytes, [s for m in models for s in cae_settings(m)])
+
+
+def cae_settings(model: str) -> list[str]:
+    """The CAE settings of one model in increasing order of rate: itself for a fixed-rate
+    model, "MODEL@Q" for Q from 0 to its top quality in steps of 1/CAE_QUALITY_STEPS."""
+    levels = cae_quality_levels(model)
+    if not levels:
+        return [model]
+    return [f"{model}@{k / CAE_QUALITY_STEPS:g}"
+            for k in range((levels - 1) * CAE_QUALITY_STEPS + 1)]
 
 
 def _search(codec_name: str, rgb: np.ndarray, max_bytes: int,
@@ -118,8 +128,9 @@ def _search(codec_name: str, rgb: np.ndarray, max_bytes: int,
 
 def candidate_models(metric: str | None = None) -> list[str]:
     """The registered models the CAE chooses from: those not superseded that were trained for
-    `metric` ("MS-SSIM" or "MSE"; None: the default model's), sorted by their Kodak rate.
-    Models without a single Kodak figure are left out unless no model has one."""
+    `metric` ("MS-SSIM" or "MSE"; None: the default model's); that metric's variable-rate
+    model alone when there is one, else the fixed-rate ones sorted by their Kodak rate (those
+    without a single Kodak figure left out unless no model has one)."""
     from caeadmm import zoo
 
     models = [m for m in zoo.list_models() if not m.superseded]
@@ -127,6 +138,9 @@ def candidate_models(metric: str | None = None) -> list[str]:
         default = next((m for m in models if m.default), models[0] if models else None)
         metric = default.trained_for if default else None
     family = [m for m in models if m.trained_for == metric]
+    variable = [m for m in family if m.default_quality is not None]
+    if variable:
+        return [next((m for m in variable if m.default), variable[0]).name]
     rated = [m for m in family if isinstance(m.kodak, dict)]
     if not rated:
         return [m.name for m in family]

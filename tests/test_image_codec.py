@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 import coding
-from caeadmm import bitstream, codec, legacy, windows
+from caeadmm import bitstream, codec, legacy, windows, zoo
 from caeadmm.bitstream import HEADER_BYTES, BitstreamError, ModelMismatchError, pack, parse
 from caeadmm.files import write_atomic
 from caeadmm.model import CAE, eval_mode, padded_side
@@ -667,7 +667,9 @@ from caeadmm.model import padded_side
 
 torch.set_num_threads(1)
 model = zoo.load()  # the registry's default model
-kept = len(model.kept_channels())
+quality = zoo.default_quality(None, model)  # None: a fixed-rate model
+top = None if quality is None else model.config.quality_levels - 1  # the most channels
+kept = len(model.stream_channels(top))
 channels, tile = model.config.latent_channels, model.config.patch_size
 rng = np.random.default_rng(0)
 
@@ -685,13 +687,14 @@ def crafted(height, width, layout="predicted", values=0):
         payload, k, t = coding.encode_planes(symbols), kept, 0
     header = bitstream.CaeHeader(width=width, height=height, mode="RGB", layout=layout,
                               latent_channels=channels, kept=k, tile_size=t,
-                              fingerprint=model.fingerprint()[:16], payload_length=len(payload))
+                              fingerprint=model.fingerprint()[:16], payload_length=len(payload),
+                              quality=None if layout == "tiles" else top)
     return bitstream.pack(header, payload)
 
 
 photo = Image.open({photo!r}).convert("RGB").resize((1224, 816), Image.LANCZOS)
 streams = {{
-    "photo": codec.compress(np.asarray(photo), model),
+    "photo": codec.compress(np.asarray(photo), model, quality=quality),
     "zeros": crafted(816, 1224),
     "every symbol in +-127": crafted(816, 1224, values=127),
     "11 x 90909 (1 x N's kin)": crafted(11, 90909),
@@ -700,6 +703,13 @@ streams = {{
     "tiles, 86 x 11628": crafted(86, 11628, "tiles"),
     "tiles, every slot in +-127": crafted(816, 1224, "tiles", values=127),
 }}
+if quality is not None:  # a variable-rate model reads no "tiles" stream: refused at the header
+    for name in [n for n in streams if n.startswith("tiles")]:
+        try:
+            codec.decompress(streams.pop(name), model)
+        except bitstream.BitstreamError:
+            continue
+        sys.exit(name + ": decoded by a variable-rate model")
 for data in streams.values():
     codec.decompress(data, model)  # warm
 best = dict.fromkeys(streams, float("inf"))
@@ -720,7 +730,7 @@ def test_no_crafted_stream_costs_more_cpu_per_pixel_than_a_photo():
     stream of the same size (astronaut.png at 1224 x 816): every symbol at +-127 (the
     longest codes), the thinnest shapes the padding limit allows (the network then computes
     1.45 times the pixels; a shape beyond is refused: test_bitstream.py), and the tiles
-    layout, thin and dense. Each within 1.5 times the photo's (measured: 0.83-1.09)."""
+    layout, thin and dense (a variable-rate model, which writes none, refuses it outright). Each within 1.5 times the photo's (measured: 0.83-1.09)."""
     script = CPU_SCRIPT.format(photo=str(ROOT / "caeadmm" / "samples" / "astronaut.png"))
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             cwd=ROOT, timeout=900)
@@ -876,8 +886,6 @@ DATA = Path(__file__).parent / "data"
 @pytest.fixture(scope="module")
 def shipped() -> tuple[str, CAE]:
     """(name, model) of the registry's default model."""
-    from caeadmm import zoo
-
     default = next((m for m in zoo.list_models() if m.default), None)
     if default is None:
         pytest.skip("no default model is registered")
@@ -891,11 +899,12 @@ def test_reference_image_encodes_to_the_same_stream(shipped):
     reference = (DATA / f"{name}.cae").read_bytes()
     theirs_header, _ = parse(reference)
     image = codec.load_image(DATA / "reference.png")
-    data = codec.compress(image, model)
+    quality = zoo.default_quality(name, model)
+    data = codec.compress(image, model, quality=quality)
     if theirs_header.layout == "channels":  # a stream of the layout before "predicted"
         data = channels_stream(data)
     ours_header, _ = parse(data)
     assert replace(ours_header, payload_length=0) == replace(theirs_header, payload_length=0)
     theirs = symbols_of(reference)
-    for ours in symbols_of(data), symbols_of(codec.compress(image, model)):
+    for ours in symbols_of(data), symbols_of(codec.compress(image, model, quality=quality)):
         assert ours.shape == theirs.shape and (ours == theirs).mean() > 0.999

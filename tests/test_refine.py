@@ -62,10 +62,10 @@ def test_shipped_model_refined_is_better_at_about_the_same_rate():
     name = next(m.name for m in zoo.list_models() if m.default)
     model = zoo.load(name)
     image = np.asarray(Image.open(SAMPLES / "astronaut.png").convert("RGB"))[96:224, 160:320]
-    plain = codec.compress(image, model)
-    refined = codec.compress(
-        image, model, refine=Refinement(steps=10, rate_lambda=zoo.rate_lambda(name))
-    )
+    quality = zoo.default_quality(name, model)
+    plain = codec.compress(image, model, quality=quality)
+    refined = codec.compress(image, model, quality=quality, refine=Refinement(
+        steps=10, rate_lambda=zoo.rate_lambda(name), rate_lambda_max=zoo.rate_lambda_max(name)))
     assert refined != plain
     assert len(refined) <= 1.03 * len(plain)
 
@@ -272,10 +272,10 @@ def test_flip_search_with_a_rate_term_is_repeatable():
     name = next(m.name for m in zoo.list_models() if m.default)
     model = zoo.load(name)
     image = np.asarray(Image.open(SAMPLES / "astronaut.png").convert("RGB"))[96:160, 160:240]
-    refine = refinement_for(name, "fast")
-    first = codec.compress(image, model, refine=refine)
-    assert first == codec.compress(image, model, refine=refine)
-    assert first != codec.compress(image, model)
+    refine, quality = refinement_for(name, "fast"), zoo.default_quality(name, model)
+    first = codec.compress(image, model, refine=refine, quality=quality)
+    assert first == codec.compress(image, model, refine=refine, quality=quality)
+    assert first != codec.compress(image, model, quality=quality)
 
 
 def test_gradient_decoder_is_the_decoder(model):

@@ -16,7 +16,7 @@ import pytest
 from helpers import test_image
 from PIL import Image
 
-from caeadmm import matching, report, zoo
+from caeadmm import baselines, matching, report, zoo
 from caeadmm.cli import main as cli_main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -301,10 +301,27 @@ def test_jpeg_at_a_size_is_the_best_quality_that_fits():
 
 
 def test_the_cae_chooses_among_the_current_models_of_the_default_metric():
-    models = matching.candidate_models()
+    """The default model is a variable-rate one: `compare` searches its qualities alone."""
     infos = {m.name: m for m in zoo.list_models()}
-    assert DEFAULT_MODEL in models
-    assert not any(infos[m].superseded for m in models)
-    assert len({infos[m].trained_for for m in models}) == 1
-    rates = [infos[m].kodak["bpp"] for m in models]
-    assert rates == sorted(rates)
+    assert infos[DEFAULT_MODEL].default_quality is not None
+    assert matching.candidate_models() == [DEFAULT_MODEL]
+    mse = matching.candidate_models("MSE")
+    assert len(mse) == 1 and infos[mse[0]].trained_for == "MSE" and not infos[mse[0]].superseded
+    settings = matching.cae_settings(DEFAULT_MODEL)
+    top = zoo.load(DEFAULT_MODEL).config.quality_levels - 1
+    assert settings[0] == f"{DEFAULT_MODEL}@0" and settings[-1] == f"{DEFAULT_MODEL}@{top}"
+    assert len(settings) == top * matching.CAE_QUALITY_STEPS + 1
+    assert matching.cae_settings("small-rate-k6-r2") == ["small-rate-k6-r2"]  # fixed rate
+
+
+def test_a_variable_rate_cae_meets_a_size_at_its_largest_fitting_quality():
+    rgb = test_image(64, 96)
+    sizes = {s: len(baselines.get_codec("cae").encode(rgb, s))
+             for s in matching.cae_settings(DEFAULT_MODEL)[:: matching.CAE_QUALITY_STEPS]}
+    low, high = min(sizes.values()), max(sizes.values())
+    max_bytes = (low + high) // 2
+    fit = matching.fit_codec("cae", rgb, max_bytes)
+    assert fit.fits and len(fit.data) <= max_bytes and fit.decoded.shape == rgb.shape
+    quality = float(fit.setting.partition("@")[2])
+    above = f"{DEFAULT_MODEL}@{quality + 1 / matching.CAE_QUALITY_STEPS:g}"
+    assert len(baselines.get_codec("cae").encode(rgb, above)) > max_bytes

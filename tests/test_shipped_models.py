@@ -66,17 +66,26 @@ def test_every_model_shipped_before_version_2_has_a_version_1_stream():
                                             "small-k20"}
 
 
+DEFAULT = next(m.name for m in MODELS if m.default)
+
+
 @pytest.fixture(scope="module")
 def default_model():
-    return zoo.load(next(m.name for m in MODELS if m.default))
+    return zoo.load(DEFAULT)
 
 
-def test_shipped_model_windows_give_the_one_pass_result(default_model):
+@pytest.fixture(scope="module")
+def quality(default_model):
+    """The quality compress uses for the default model (None: a fixed-rate model)."""
+    return zoo.default_quality(DEFAULT, default_model)
+
+
+def test_shipped_model_windows_give_the_one_pass_result(default_model, quality):
     """512 x 768 through the default model in 128-pixel windows and in one pass: identical
     symbols, and pixels within one level (in practice identical)."""
     image = test_image(512, 768, seed=11)
-    data = codec.compress(image, default_model, tile=128)
-    one_pass = codec.compress(image, default_model, tile=None)
+    data = codec.compress(image, default_model, tile=128, quality=quality)
+    one_pass = codec.compress(image, default_model, tile=None, quality=quality)
     np.testing.assert_array_equal(bitstream.decode_payload(*parse(data)),
                                   bitstream.decode_payload(*parse(one_pass)))
     tiled = codec.decompress(data, default_model, tile=128).astype(int)
@@ -92,17 +101,16 @@ np.save(sys.argv[3], codec.decompress(open(sys.argv[2], "rb").read(), model))
 """
 
 
-def test_first_decode_in_a_fresh_process_equals_later_ones(default_model, tmp_path):
+def test_first_decode_in_a_fresh_process_equals_later_ones(default_model, quality, tmp_path):
     """Decoding must not depend on what ran before in the process: the first decode in a
     fresh process, with 1 and with 2 threads, equals a decode after many others here."""
-    name = next(m.name for m in MODELS if m.default)
-    data = codec.compress(test_image(300, 420, seed=12), default_model)
+    data = codec.compress(test_image(300, 420, seed=12), default_model, quality=quality)
     stream = tmp_path / "a.cae"
     stream.write_bytes(data)
     warm = codec.decompress(data, default_model)
     for threads in ("1", "2"):
         out = tmp_path / f"fresh{threads}.npy"
         env = {"OMP_NUM_THREADS": threads, "PYTHONPATH": str(ROOT), "PATH": "/usr/bin:/bin"}
-        subprocess.run([sys.executable, "-c", FRESH_DECODE, name, str(stream), str(out)],
+        subprocess.run([sys.executable, "-c", FRESH_DECODE, DEFAULT, str(stream), str(out)],
                        cwd=ROOT, env=env, check=True, timeout=600)
         np.testing.assert_array_equal(np.load(out), warm)
