@@ -730,7 +730,8 @@ def test_no_crafted_stream_costs_more_cpu_per_pixel_than_a_photo():
     stream of the same size (astronaut.png at 1224 x 816): every symbol at +-127 (the
     longest codes), the thinnest shapes the padding limit allows (the network then computes
     1.45 times the pixels; a shape beyond is refused: test_bitstream.py), and the tiles
-    layout, thin and dense (a variable-rate model, which writes none, refuses it outright). Each within 1.5 times the photo's (measured: 0.83-1.09)."""
+    layout, thin and dense (a variable-rate model, which writes none, refuses it outright).
+    Each within 1.5 times the photo's (measured: 0.83-1.09)."""
     script = CPU_SCRIPT.format(photo=str(ROOT / "caeadmm" / "samples" / "astronaut.png"))
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
                             cwd=ROOT, timeout=900)
