@@ -315,11 +315,11 @@ def pillow_rows(images: list[np.ndarray], repeats: int, threads: int) -> list[tu
 
 
 def bound_models(names: list[str] | None) -> list[str | None]:
-    """--model, else the registry's default and every registered variable-rate model."""
+    """--model, else the registry's default and every other registered variable-rate model."""
     if names:
         return list(names)
     variable = [m.name for m in list_models() if m.default_quality is not None
-                and not m.superseded]
+                and not m.superseded and not m.default]
     return [None, *variable]
 
 
@@ -360,7 +360,9 @@ def bound(args: argparse.Namespace) -> None:
             measured = statistics.median(r[2] for r in per_image)
             ratio = statistics.median(r[2] / r[1] for r in per_image)
             what = "encode" if part == "encoder" else "decode"
-            lines.append(f"| {name or 'default'} | {part} ({what}) | "
+            label = name or f"default ({next(m.name for m in list_models() if m.default)})"
+            label += "" if quality is None else f", quality {quality:g}"
+            lines.append(f"| {label} | {part} ({what}) | "
                          f"{macs / pixels / 1e3:.1f} | {macs / 1e9:.1f} | {stack:.3f} | "
                          f"{macs / 1e9 / stack:.1f} | {measured:.3f} | {ratio:.2f} |")
     print("\n".join(lines))

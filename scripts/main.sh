@@ -56,8 +56,10 @@ caeadmm decompress "$OUT/compressed" -o "$OUT/decompressed"
 caeadmm info "$OUT/compressed"/*.cae
 
 step "5/6 rate-distortion evaluation against JPEG"
-DEFAULT_MODEL="$(python -c "from caeadmm import zoo; print(next(m.name for m in zoo.list_models() if m.default))")"
-caeadmm eval "$SAMPLES" --codecs "cae:$DEFAULT_MODEL,jpeg" -o "$OUT/eval" \
+# the default model's curve: five of its qualities (a variable-rate model), or its one point
+CAE="$(python -c "from caeadmm import zoo; m = next(m for m in zoo.list_models() if m.default)
+print(m.name + ('' if m.default_quality is None else '@0,2,4,6,8'))")"
+caeadmm eval "$SAMPLES" --codecs "cae:$CAE,jpeg" -o "$OUT/eval" \
     --address "127.0.0.1:$GCS_PORT"
 
 step "6/6 outputs"
