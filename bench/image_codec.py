@@ -164,9 +164,10 @@ def payload_table(paths: list[Path], names: list[str]) -> str:
     images = [load_rgb(path) for path in paths]
     for name in names:
         model = load(name)
+        quality = default_quality(name, model)  # None: a fixed-rate model
         single, grouped, predicted = [], [], []
         for image in images:
-            data = codec.compress(image, model)
+            data = codec.compress(image, model, quality=quality)
             header, payload = parse(data)
             head = len(data) - len(payload)
             symbols = bitstream.decode_payload(header, payload)  # (kept channels, positions)

@@ -187,6 +187,9 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     model = load(args.model)
+    if model.config.quality_levels:
+        raise SystemExit(f"{args.model} is a variable-rate model: this bench measures a "
+                         "fixed-rate model's estimate")
     if model.config.entropy_model == "none":
         raise SystemExit(f"{args.model} has no entropy model")
     paths = list_images([args.kodak])[: args.limit]

@@ -56,13 +56,15 @@ MS_SSIM_CURVE = "small-rate-k2,small-rate-k3,small-rate-k6-r2,small-rate-k12-r2,
 LEVELS = ("today", "adam", "fast", "best")
 
 
-def measure(image: np.ndarray, model, refine: Refinement | None, repeats: int) -> dict:
-    """bpp, PSNR, MS-SSIM of one stream and the median encode time over `repeats`: wall
-    clock ("time") and CPU time of this process, all threads ("cpu")."""
+def measure(image: np.ndarray, model, refine: Refinement | None, repeats: int,
+            quality: float | None = None) -> dict:  # fmt: skip
+    """bpp, PSNR, MS-SSIM of one stream (at `quality`, for a variable-rate model) and the
+    median encode time over `repeats`: wall clock ("time") and CPU time of this process, all
+    threads ("cpu")."""
     times, cpus = [], []
     for _ in range(repeats):
         start, cpu = time.perf_counter(), time.process_time()
-        data = codec.compress(image, model, refine=refine)
+        data = codec.compress(image, model, refine=refine, quality=quality)
         times.append(time.perf_counter() - start)
         cpus.append(time.process_time() - cpu)
     decoded = codec.decompress(data, model)
@@ -98,8 +100,9 @@ def settings_table(args: argparse.Namespace) -> None:
         print(f"{args.images} holds {len(found)} images: measuring {len(held)} of the "
               f"{args.count} asked for", flush=True)
     images = held_out(held[: args.count], args.side)
-    codec.compress(images[0], model)  # Numba compiles the coder before any timing
-    plain = [measure(im, model, None, args.repeats) for im in images]
+    quality = zoo.default_quality(args.model, model)  # None: a fixed-rate model
+    codec.compress(images[0], model, quality=quality)  # Numba compiles the coder first
+    plain = [measure(im, model, None, args.repeats, quality) for im in images]
     print(f"model {args.model or 'default'} (rate_lambda {rate_lambda:g}), {len(images)} "
           f"held-out training-corpus images, central {args.side} px, {args.threads} thread(s); "
           f"plain: {np.mean([p['bpp'] for p in plain]):.4f} bpp, "
@@ -115,7 +118,7 @@ def settings_table(args: argparse.Namespace) -> None:
     settings += [("flip", int(r), None) for r in args.rounds.split(",") if r]
     for method, steps, lr in settings:
         refine = replace(base, method=method, steps=steps, lr=lr or base.lr)
-        rows = [measure(im, model, refine, args.repeats) for im in images]
+        rows = [measure(im, model, refine, args.repeats, quality) for im in images]
         d = {k: np.mean([r[k] - p[k] for r, p in zip(rows, plain, strict=True)])
              for k in ("psnr", "ms_ssim")}
         rate = np.mean([r["bpp"] / p["bpp"] - 1 for r, p in zip(rows, plain, strict=True)])
@@ -151,7 +154,8 @@ def kodak_table(args: argparse.Namespace) -> None:
     steps = {"plain": 0}
     for name in names:
         model = zoo.load(name)
-        codec.compress(images[0][:64, :64], model)  # Numba compiles the coder first
+        quality = zoo.default_quality(name, model)  # None: a fixed-rate model
+        codec.compress(images[0][:64, :64], model, quality=quality)  # Numba compiles the coder
         refines = {lv: None if lv == "plain" else level_refinement(name, lv)
                    for lv in ("plain", *levels)}
         steps.update({lv: gradients(r) for lv, r in refines.items()})
@@ -159,7 +163,7 @@ def kodak_table(args: argparse.Namespace) -> None:
             results[level].append([])
         for image in images:
             for level, refine in refines.items():
-                results[level][-1].append(measure(image, model, refine, 1))
+                results[level][-1].append(measure(image, model, refine, 1, quality))
             print(f"  {name}: " + ", ".join(f"{lv} {results[lv][-1][-1]['cpu']:.2f}"
                                             for lv in refines) + " CPU s",
                   file=sys.stderr, flush=True)
